@@ -1,0 +1,325 @@
+"""A contender scores the benchmark pairs in a process of its own, so its peak memory is its own.
+
+The parent starts ``python -m benchmarks.contender KIND ...`` per contender, all with the same CPU pinning
+and thread count. The child loads its model with its library's defaults, warms up on the same few pairs
+as every other contender and reports ready; then each ``score`` line on its stdin makes it score all the
+pairs in one call and report the seconds taken. Keeping the processes alive lets the parent interleave
+the contenders' rounds, so a neighbour's burst of CPU use on a shared machine hits them all alike.
+Messages go to stdout as lines starting with ``BENCH:``; anything else a library prints is ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+KINDS = ("ours", "sentence-transformers", "flagembedding")
+WARMUP_PAIRS = 64  # untimed, the same pairs for every contender: first-call costs stay out of the rounds
+MARK = "BENCH:"
+
+Pairs = list[tuple[str, str]]
+Scorer = Callable[[Pairs], np.ndarray]
+
+
+@dataclass(frozen=True)
+class ContenderRun:
+    kind: str
+    dtype: str
+    output: str  # "sigmoid" (the cross-encoder's activation) or "logit"
+    pairs: int
+    round_seconds: tuple[float, ...]  # one timed call over all pairs per round
+    load_seconds: float
+    threads: int
+    baseline_rss_bytes: int  # after imports, before the model
+    peak_rss_bytes: int  # the process's high-water mark, loading included
+    gpu_peak_bytes: int | None
+
+    @property
+    def seconds(self) -> float:
+        """The best (fastest) round: the one least slowed by other work on the machine."""
+        return min(self.round_seconds)
+
+
+class Contender:
+    """One contender process: started, loaded and warmed up, then scoring once per ``score_once``."""
+
+    def __init__(
+        self,
+        kind: str,
+        model_dir: Path,
+        corpus_file: Path,
+        work_dir: Path,
+        device: str,
+        dtype: str,
+        cpus: list[int],
+        timeout_s: float,
+    ) -> None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        self.kind = kind
+        self.timeout_s = timeout_s
+        self.scores_file = work_dir / f"{kind}-{dtype}-scores.npy"
+        self.log_file = work_dir / f"{kind}-{dtype}.log"
+        self.round_seconds: list[float] = []
+        self._ready: dict[str, Any] | None = None
+        with open(self.log_file, "wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.contender",
+                    kind,
+                    f"--model={model_dir}",
+                    f"--corpus={corpus_file}",
+                    f"--scores={self.scores_file}",
+                    f"--device={device}",
+                    f"--dtype={dtype}",
+                    f"--cpus={','.join(map(str, cpus))}",
+                ],
+                cwd=REPO,
+                env=child_env(len(cpus), device),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
+
+    def wait_ready(self) -> None:
+        if self._ready is None:
+            self._ready = self._receive("ready")
+
+    def score_once(self, record: bool = True) -> float:
+        """Score all pairs once; return the seconds the call took, and with ``record`` keep them as one
+        of this contender's rounds."""
+        self.wait_ready()
+        self._send("score")
+        seconds = float(self._receive("scored")["seconds"])
+        if record:
+            self.round_seconds.append(seconds)
+        return seconds
+
+    def finish(self) -> tuple[ContenderRun, np.ndarray]:
+        """End the process; return its figures and the scores of its last round."""
+        self.wait_ready()
+        if not self.round_seconds:
+            raise RuntimeError(f"contender {self.kind} never scored")
+        self._send("exit")
+        done = self._receive("done")
+        self.process.wait(self.timeout_s)
+        run = ContenderRun(round_seconds=tuple(self.round_seconds), **done["run"])
+        return run, np.load(self.scores_file)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> Contender:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def _receive(self, event: str) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([self.process.stdout], [], [], max(0.0, remaining))
+            if not readable:
+                self.close()
+                raise TimeoutError(f"contender {self.kind} sent no {event!r} within {self.timeout_s:.0f}s")
+            line = self.process.stdout.readline()
+            if line.startswith(MARK):
+                message: dict[str, Any] = json.loads(line[len(MARK) :])
+                if message["event"] == event:
+                    return message
+            elif line == "":  # end of output: the process has exited
+                log = self.log_file.read_text(errors="replace")[-4000:]
+                raise RuntimeError(f"contender {self.kind} stopped before {event!r}:\n{log}")
+
+
+def run_contender(
+    kind: str,
+    model_dir: Path,
+    corpus_file: Path,
+    work_dir: Path,
+    device: str,
+    dtype: str,
+    cpus: list[int],
+    timeout_s: float,
+    rounds: int = 1,
+) -> tuple[ContenderRun, np.ndarray]:
+    """Start one contender, score ``rounds`` times, and finish it."""
+    with Contender(kind, model_dir, corpus_file, work_dir, device, dtype, cpus, timeout_s) as contender:
+        for _ in range(rounds):
+            contender.score_once()
+        return contender.finish()
+
+
+def child_env(threads: int, device: str) -> dict[str, str]:
+    """The environment of every benchmark child: no RERANK_* settings, offline, the same thread count,
+    and on CUDA one GPU (else FlagEmbedding spreads over all of them)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RERANK_")}
+    if device.startswith("cuda"):
+        visible = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
+        env["CUDA_VISIBLE_DEVICES"] = visible
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        }
+    )
+    return env
+
+
+# --- the child process ------------------------------------------------------------------------------
+
+
+def pin(cpus: list[int]) -> int:
+    """Pin this process to ``cpus`` and use one torch thread per CPU; returns the thread count."""
+    import torch
+
+    os.sched_setaffinity(0, cpus)
+    torch.set_num_threads(len(cpus))
+    return torch.get_num_threads()
+
+
+def current_rss_bytes() -> int:
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
+def load_ours(model_dir: Path, device: str, dtype: str) -> tuple[Scorer, str]:
+    from worker.model_spec import ModelSpec
+    from worker.rerankers import load_reranker
+    from worker.settings import Settings
+
+    reranker = load_reranker(
+        ModelSpec.parse(f"cross-encoder:{model_dir}"), Settings(device=device, dtype=dtype)
+    )
+
+    def score(pairs: Pairs) -> np.ndarray:
+        return reranker.score([query for query, _ in pairs], [text for _, text in pairs]).scores
+
+    return score, reranker.describe()["dtype"]
+
+
+def load_sentence_transformers(model_dir: Path, device: str) -> tuple[Scorer, str]:
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(model_dir), device=device)
+
+    def score(pairs: Pairs) -> np.ndarray:
+        return np.asarray(model.predict(pairs, show_progress_bar=False), dtype=np.float32)
+
+    return score, str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
+def load_flagembedding(model_dir: Path, device: str) -> tuple[Scorer, str]:
+    from FlagEmbedding import FlagReranker
+
+    model = FlagReranker(str(model_dir))  # its defaults: fp32, batch size 128, max length 512
+
+    def score(pairs: Pairs) -> np.ndarray:
+        return np.asarray(model.compute_score([list(pair) for pair in pairs]), dtype=np.float32)
+
+    dtype = "float16" if model.use_fp16 and device != "cpu" else "float32"
+    return score, dtype
+
+
+def say(event: str, **fields: Any) -> None:
+    print(MARK + json.dumps({"event": event, **fields}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--scores", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--cpus", required=True)
+    args = parser.parse_args(argv)
+
+    threads = pin([int(cpu) for cpu in args.cpus.split(",")])
+    import pyarrow.parquet as pq
+    import torch
+
+    if args.kind == "flagembedding":
+        import FlagEmbedding  # noqa: F401 - imported before the baseline, like the other libraries
+    import sentence_transformers  # noqa: F401
+
+    table = pq.read_table(args.corpus, columns=["query", "text"])
+    pairs = list(zip(table.column("query").to_pylist(), table.column("text").to_pylist(), strict=True))
+    baseline = current_rss_bytes()
+    started = time.perf_counter()
+    scorer, dtype = {
+        "ours": lambda: load_ours(args.model, args.device, args.dtype),
+        "sentence-transformers": lambda: load_sentence_transformers(args.model, args.device),
+        "flagembedding": lambda: load_flagembedding(args.model, args.device),
+    }[args.kind]()
+    load_seconds = time.perf_counter() - started
+    scorer(pairs[:WARMUP_PAIRS])
+    on_cuda = args.device.startswith("cuda")
+    say("ready")
+
+    scores = None
+    for command in sys.stdin:
+        if command.strip() != "score":
+            break
+        if on_cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        scores = scorer(pairs)
+        if on_cuda:
+            torch.cuda.synchronize()
+        say("scored", seconds=time.perf_counter() - started)
+
+    if scores is not None:
+        np.save(args.scores, np.asarray(scores, dtype=np.float32))
+    run = {
+        "kind": args.kind,
+        "dtype": dtype,
+        "output": "logit" if args.kind == "flagembedding" else "sigmoid",
+        "pairs": len(pairs),
+        "load_seconds": load_seconds,
+        "threads": threads,
+        "baseline_rss_bytes": baseline,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "gpu_peak_bytes": int(torch.cuda.max_memory_allocated()) if on_cuda else None,
+    }
+    say("done", run=run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

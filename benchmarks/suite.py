@@ -1,0 +1,526 @@
+"""Local scoring speed: our cross-encoder scorer against sentence-transformers and FlagEmbedding.
+
+For each model (built locally with the shape of ms-marco-MiniLM-L-6-v2 and of bge-reranker-v2-m3), every
+contender scores the same pairs in its own process with the same CPU pinning and thread count: ours
+(``load_reranker``, the workers' own code path) at RERANK_DTYPE=auto and at the other dtype,
+``CrossEncoder.predict`` and ``FlagReranker.compute_score`` with their defaults. The contenders take turns
+in interleaved rounds and each one's best round counts, so that other work on a shared machine slows
+them alike. Printed per contender: pairs/s, tokens/s, how many times faster ours is, load time, peak RSS
+(and GPU memory on CUDA) and agreement with the float32 reference (``CrossEncoder.predict``). Then the
+device's measured matmul peak and our model FLOP utilization, the same kind of corpus through submit.py
+and one worker against the in-process scorer, and on CUDA the out-of-memory adaptation of the token
+budget. Built models are cached under data/bench-models.
+
+Examples:
+  python scripts/bench.py --quick        # about a minute: the MiniLM shape, 60 pairs, a smoke run
+  python scripts/bench.py                # the numbers: both shapes, more pairs, two rounds
+  python scripts/bench.py --models minilm-l6 --pairs 6000 --rounds 3 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.agreement import agreement
+from benchmarks.contender import REPO, Contender, ContenderRun, child_env
+from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
+from benchmarks.flops import forward_flops
+from benchmarks.models import SHAPES, BuiltModel, bert_tokenizer, build_model
+from benchmarks.oom_demo import OomDemo
+from benchmarks.peak import measure_peaks
+from benchmarks.pipeline import PipelineFleet, PipelineRun
+from benchmarks.report import ContenderRow, contender_table, oom_lines, verdict
+
+DOCS_PER_QUERY = 30
+# Pairs the score head is fitted to: the trained MiniLM body is cheap to run; the random bge-m3-shaped
+# body only needs its logits spread, and each of its forward passes is 30 times the work.
+HEAD_PAIRS = {"minilm-l6": 256, "bge-m3": 32}
+TIMEOUT_S = 3600.0
+REFERENCE = "sentence-transformers"
+LABELS = {
+    "ours": "ours: load_reranker(...).score",
+    "sentence-transformers": "sentence-transformers CrossEncoder.predict",
+    "flagembedding": "FlagEmbedding FlagReranker.compute_score",
+}
+
+
+_STARTED = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """A progress line with the seconds since the benchmark started."""
+    print(f"   [{time.perf_counter() - _STARTED:4.0f}s] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    pairs: int
+    rounds: int  # interleaved rounds per contender; the best round is reported
+    other_dtype: bool  # also run ours at the dtype auto did not pick
+
+
+@dataclass(frozen=True)
+class Plan:
+    models: dict[str, ModelPlan]
+    pipeline_pairs: int
+    shard_pairs: int
+    # Quick runs start every process at once to finish in time; their load times then overlap.
+    concurrent_start: bool
+
+
+PLANS = {
+    ("quick", "cpu"): Plan({"minilm-l6": ModelPlan(60, 1, False)}, 60, 2000, concurrent_start=True),
+    # A nightly corpus is large: the pipeline's fixed costs (submit.py's start-up, validation, sharding,
+    # the final merge) are measured over a minute of scoring, in shards of the default size.
+    ("full", "cpu"): Plan(
+        {"minilm-l6": ModelPlan(1200, 2, True), "bge-m3": ModelPlan(30, 1, False)},
+        pipeline_pairs=9000,
+        shard_pairs=2000,
+        concurrent_start=False,
+    ),
+    ("quick", "cuda"): Plan(
+        {"minilm-l6": ModelPlan(4000, 1, False), "bge-m3": ModelPlan(800, 1, False)},
+        4000,
+        2000,
+        concurrent_start=True,
+    ),
+    ("full", "cuda"): Plan(
+        {"minilm-l6": ModelPlan(30000, 3, True), "bge-m3": ModelPlan(6000, 2, True)},
+        pipeline_pairs=60000,
+        shard_pairs=2000,
+        concurrent_start=False,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every part of the run shares."""
+
+    device: str
+    cpus: list[int]
+    auto_dtype: str
+    cache_dir: Path
+    work: Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke run that finishes in about a minute")
+    parser.add_argument("--models", help=f"comma-separated, from {', '.join(SHAPES)} (default: per mode)")
+    parser.add_argument("--pairs", type=int, help="pairs per model and for the pipeline (default: per mode)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per contender (default: per mode)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument(
+        "--cpus", help="CPUs to pin every contender to, e.g. 0-3 or 0,1 (default: all allowed)"
+    )
+    parser.add_argument("--no-pipeline", action="store_true", help="skip the submit.py + worker run")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=REPO / "data" / "bench-models", help="where built models are kept"
+    )
+    parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    device = (
+        "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
+    )
+    cpus = parse_cpus(args.cpus) if args.cpus else sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, cpus)  # the pipeline's children inherit it
+    mode = "quick" if args.quick else "full"
+    plan = PLANS[(mode, device)]
+    keys = args.models.split(",") if args.models else list(plan.models)
+    started = time.perf_counter()
+    print(f"$ {' '.join(['python', *sys.argv])}")
+    figures: dict[str, object] = {"mode": mode, "device": device, "cpus": cpus}
+    with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch:
+        setup = Setup(device, cpus, resolved_auto_dtype(device), args.cache_dir, Path(scratch))
+        print(machine_line(setup))
+        peaks: dict[str, float] = {}
+        for index, key in enumerate(keys):
+            model_plan = plan.models.get(key, ModelPlan(240, 1, False))
+            model_plan = ModelPlan(
+                args.pairs or model_plan.pairs, args.rounds or model_plan.rounds, model_plan.other_dtype
+            )
+            with_pipeline = index == 0 and not args.no_pipeline
+            pipeline_pairs = args.pairs or plan.pipeline_pairs
+            figures[key], pipeline = bench_model(
+                setup,
+                build_model(SHAPES[key], args.cache_dir, HEAD_PAIRS[key], log=progress),
+                model_plan,
+                peaks,
+                plan,
+                pipeline_pairs if with_pipeline else None,
+                quick=args.quick,
+            )
+            if pipeline is not None:
+                figures["pipeline"] = pipeline
+        figures["matmul_peak_gflops"] = peaks
+        figures["oom_demo"] = asdict(bench_oom(setup))
+    print_targets(figures, keys[0] if keys else None)
+    print(f"\nbenchmark took {time.perf_counter() - started:.0f}s")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=float))
+    return 0
+
+
+def bench_model(
+    setup: Setup,
+    built: BuiltModel,
+    model_plan: ModelPlan,
+    peaks: dict[str, float],
+    plan: Plan,
+    pipeline_pairs: int | None,
+    quick: bool,
+) -> tuple[dict[str, object], dict[str, object] | None]:
+    """Every contender on ``built``; with ``pipeline_pairs``, also the pipeline run on this model.
+
+    The matmul peak is measured right after the contenders' rounds, with the same pinning, and ``peaks``
+    keeps the best seen so far: on a machine shared with other work, the best is the closest to what the
+    hardware can do, so the utilization is not flattered by a peak measured in a busy moment."""
+    corpus = bench_corpus(model_plan.pairs)
+    corpus_file = corpus.write_parquet(setup.work / f"{built.shape.key}-corpus.parquet")
+    lengths = token_lengths(built, corpus)
+    flops = forward_flops(built.shape, lengths)
+    print(f"\n== {built.description}")
+    if built.tokenizer_note:
+        print(f"   tokenizer: {built.tokenizer_note}")
+    print(
+        f"   {len(corpus)} pairs ({len(corpus.query_slices())} queries x {DOCS_PER_QUERY} documents), "
+        f"{lengths.mean():.1f} tokens/pair (median {np.median(lengths):.0f}, max {lengths.max()}), "
+        f"{np.mean(lengths >= 512):.1%} truncated at 512; {flops / len(corpus) / 1e9:.2f} GFLOP/pair; "
+        f"best of {model_plan.rounds} interleaved round(s) per contender"
+    )
+    variants = [("ours", setup.auto_dtype, f"{LABELS['ours']} (auto: {setup.auto_dtype})")]
+    if model_plan.other_dtype:
+        other = "float32" if setup.auto_dtype != "float32" else "bfloat16"
+        variants.append(("ours", other, f"{LABELS['ours']} (RERANK_DTYPE={other})"))
+    variants += [(REFERENCE, "auto", LABELS[REFERENCE]), ("flagembedding", "auto", LABELS["flagembedding"])]
+    work = setup.work / built.shape.key
+    with ExitStack() as stack:
+        contenders = {}
+        progress(f"starting {len(variants)} contender processes{' at once' if plan.concurrent_start else ''}")
+        for kind, dtype, label in variants:
+            contenders[label] = stack.enter_context(
+                Contender(kind, built.path, corpus_file, work, setup.device, dtype, setup.cpus, TIMEOUT_S)
+            )
+            if not plan.concurrent_start:
+                contenders[label].wait_ready()
+        pipeline = None
+        if pipeline_pairs is not None:
+            # Equal sizes mean the same pairs (one seed), so the in-process side reuses ours from above.
+            shared = contenders[variants[0][2]] if pipeline_pairs == model_plan.pairs else None
+            pipeline = stack.enter_context(
+                PipelineSection(setup, built, pipeline_pairs, plan.shard_pairs, in_process=shared)
+            )
+        for contender in contenders.values():
+            contender.wait_ready()
+        if pipeline is not None:
+            pipeline.wait_ready()
+        labels = list(contenders)
+        for round_index in range(model_plan.rounds):
+            # Rotate the order so that no contender always runs first (or right after another).
+            for label in labels[round_index % len(labels) :] + labels[: round_index % len(labels)]:
+                seconds = contenders[label].score_once()
+                progress(f"round {round_index + 1}: {label}: {len(corpus) / seconds:.1f} pairs/s")
+        progress("measuring the matmul peak")
+        for dtype, gflops in measure_peaks(setup.device, setup.cpus, quick=quick).items():
+            peaks[dtype] = max(peaks.get(dtype, 0.0), gflops)
+        pipeline_figures = None if pipeline is None else pipeline.measure()
+        runs = {label: contender.finish() for label, contender in contenders.items()}
+    figures = report_model(built, corpus, lengths, flops, runs, peaks)
+    if pipeline is not None and pipeline_figures is not None:
+        pipeline.report(pipeline_figures)
+    return figures, None if pipeline_figures is None else asdict(pipeline_figures)
+
+
+def report_model(
+    built: BuiltModel,
+    corpus: BenchCorpus,
+    lengths: np.ndarray,
+    flops: float,
+    runs: dict[str, tuple[ContenderRun, np.ndarray]],
+    peaks: dict[str, float],
+) -> dict[str, object]:
+    reference = runs[LABELS[REFERENCE]][1]
+    queries = corpus.query_slices()
+    rows = []
+    for label, (run, scores) in runs.items():
+        comparable = 1.0 / (1.0 + np.exp(-scores.astype(np.float64))) if run.output == "logit" else scores
+        rows.append(
+            ContenderRow(
+                label=label,
+                run=run,
+                tokens=int(lengths.sum()),
+                agreement=None if label == LABELS[REFERENCE] else agreement(reference, comparable, queries),
+            )
+        )
+    ours = rows[0]
+    print(contender_table(rows, ours.pairs_per_s))
+    print(
+        "   agreement is with CrossEncoder.predict's float32 scores, compared as the cross-encoder's "
+        "sigmoid: FlagReranker's raw logits are passed through it, and FlagReranker cuts long pairs its own "
+        "way (the query to 3/4 of 512 tokens, then the passage)"
+    )
+    print(
+        "   matmul peak, GFLOP/s (best square matmul, same pinning, best measured so far): "
+        + ", ".join(f"{dtype} {gflops:.0f}" for dtype, gflops in peaks.items())
+    )
+    model_flops_per_s = flops / ours.run.seconds
+    utilization = {dtype: model_flops_per_s / (peak * 1e9) for dtype, peak in peaks.items()}
+    print(
+        f"   MFU, ours at {ours.run.dtype}: {model_flops_per_s / 1e9:.1f} GFLOP/s of model matmuls = "
+        + ", ".join(f"{share:.0%} of the {dtype} peak" for dtype, share in utilization.items())
+    )
+    return {
+        "description": built.description,
+        "pairs": len(corpus),
+        "tokens_per_pair": float(lengths.mean()),
+        "model_gflop": flops / 1e9,
+        "mfu": utilization,
+        "contenders": [
+            {
+                "label": row.label,
+                **asdict(row.run),
+                "seconds": row.run.seconds,
+                "pairs_per_s": row.pairs_per_s,
+                "tokens_per_s": row.tokens_per_s,
+                "ours_speedup": ours.pairs_per_s / row.pairs_per_s,
+                "agreement": None if row.agreement is None else asdict(row.agreement),
+            }
+            for row in rows
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class PipelineFigures:
+    run: PipelineRun
+    before_seconds: float  # the in-process scorer on the same pairs, right before the pipeline run
+    after_seconds: float  # and right after it
+    in_process_pairs_per_s: float
+    wall_ratio: float
+    ledger_ratio: float
+
+
+class PipelineSection:
+    """The pipeline run next to an in-process scorer on the same corpus, started in the background.
+
+    The in-process rate is measured right before and right after the pipeline run, on the same pairs,
+    so a change in the machine's background load affects both sides alike. ``in_process`` is a contender
+    already scoring these pairs (else the section starts its own).
+    """
+
+    def __init__(
+        self, setup: Setup, built: BuiltModel, n_pairs: int, shard_pairs: int, in_process: Contender | None
+    ) -> None:
+        self.setup = setup
+        self.built = built
+        self.shard_pairs = shard_pairs
+        self.corpus = bench_corpus(n_pairs)
+        self.corpus_file = self.corpus.write_parquet(setup.work / "pipeline-corpus.parquet")
+        work = setup.work / "pipeline"
+        work.mkdir(parents=True, exist_ok=True)
+        self.fleet = PipelineFleet(built.path, work, setup.device, setup.auto_dtype, setup.cpus, TIMEOUT_S)
+        self.owns_in_process = in_process is None
+        self.in_process = in_process or Contender(
+            "ours", built.path, self.corpus_file, work, setup.device, setup.auto_dtype, setup.cpus, TIMEOUT_S
+        )
+
+    def wait_ready(self) -> None:
+        self.in_process.wait_ready()
+        self.fleet.wait_ready()
+
+    def measure(self) -> PipelineFigures:
+        self.wait_ready()
+        progress(
+            f"pipeline: {len(self.corpus)} pairs in-process, then through submit.py, then in-process again"
+        )
+        before = self.in_process.score_once(record=False)
+        run = self.fleet.submit(self.corpus_file, self.shard_pairs)
+        after = self.in_process.score_once(record=False)
+        progress("pipeline done")
+        in_process = len(self.corpus) / ((before + after) / 2)
+        return PipelineFigures(
+            run=run,
+            before_seconds=before,
+            after_seconds=after,
+            in_process_pairs_per_s=in_process,
+            wall_ratio=run.wall_pairs_per_s / in_process,
+            ledger_ratio=run.ledger_pairs_per_s / in_process,
+        )
+
+    def report(self, figures: PipelineFigures) -> None:
+        run, pairs = figures.run, len(self.corpus)
+        print(
+            f"\n== pipeline: {pairs} pairs through scripts/submit.py and one scripts/workers.py worker "
+            f"({self.built.shape.label}, RERANK_DTYPE={self.setup.auto_dtype}), against ours in-process on "
+            "the same pairs right before and after"
+        )
+        print(
+            f"   {run.shards} shard(s) of up to {self.shard_pairs} pairs; in-process: "
+            f"{figures.in_process_pairs_per_s:.1f} pairs/s ({pairs / figures.before_seconds:.1f} before, "
+            f"{pairs / figures.after_seconds:.1f} after)"
+        )
+        print(
+            f"   wall clock, submit.py --wait launch to exit: {run.wall_seconds:.1f}s = "
+            f"{run.wall_pairs_per_s:.1f} pairs/s = {figures.wall_ratio:.0%} of in-process"
+        )
+        print(
+            f"   ledger, summed shard-attempt wall seconds: {run.ledger_wall_seconds:.1f}s = "
+            f"{run.ledger_pairs_per_s:.1f} pairs/s = {figures.ledger_ratio:.0%} of in-process "
+            f"(of which forward passes {run.ledger_device_seconds:.1f}s)"
+        )
+
+    def __enter__(self) -> PipelineSection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.owns_in_process:
+            self.in_process.close()
+        self.fleet.stop()
+
+
+def bench_oom(setup: Setup) -> OomDemo:
+    print()
+    if setup.device != "cuda":
+        demo = OomDemo(skipped="no CUDA device")
+    else:
+        built = build_model(SHAPES["minilm-l6"], setup.cache_dir, HEAD_PAIRS["minilm-l6"])
+        completed = subprocess.run(
+            [sys.executable, "-m", "benchmarks.oom_demo", f"--model={built.path}"],
+            cwd=REPO,
+            env=child_env(len(setup.cpus), setup.device),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise RuntimeError(f"the out-of-memory demo failed:\n{completed.stderr[-4000:]}")
+        demo = oom_demo_from_json(completed.stdout.splitlines()[-1])
+    for line in oom_lines(demo):
+        print(line)
+    return demo
+
+
+def oom_demo_from_json(text: str) -> OomDemo:
+    from benchmarks.oom_demo import BudgetPoint
+
+    values = json.loads(text)
+    values["history"] = tuple(BudgetPoint(**point) for point in values["history"])
+    return OomDemo(**values)
+
+
+def bench_corpus(n_pairs: int) -> BenchCorpus:
+    """The benchmark's pairs: the same seed everywhere, so equal sizes mean equal corpora."""
+    return synthetic_corpus(
+        whole_words(bert_tokenizer()), max(1, n_pairs // DOCS_PER_QUERY), DOCS_PER_QUERY, seed=11
+    )
+
+
+def print_targets(figures: dict[str, object], key: str | None) -> None:
+    model = figures.get(key) if key else None
+    if not isinstance(model, dict):
+        return
+    rows = model["contenders"]
+    ours = rows[0]
+    print(f"\ntargets ({key}, ours at RERANK_DTYPE=auto = {ours['dtype']}):")
+    for kind, name in (
+        ("sentence-transformers", "CrossEncoder.predict"),
+        ("flagembedding", "FlagReranker.compute_score"),
+    ):
+        speedup = next(row["ours_speedup"] for row in rows if row["kind"] == kind)
+        print(verdict(f">= 4x the pairs/s of {name}", f"{speedup:.2f}x", speedup >= 4.0))
+    mfu = model["mfu"]["bfloat16"]
+    print(verdict(">= 40% of the measured bf16 matmul peak (MFU)", f"{mfu:.0%}", mfu >= 0.4))
+    for row in rows:
+        if row["kind"] == "ours":
+            found = row["agreement"]
+            spearman, top = found["spearman_mean"], found["top_k_same"]
+            print(
+                verdict(
+                    f"mean Spearman >= 0.998 vs fp32 ({row['dtype']})", f"{spearman:.5f}", spearman >= 0.998
+                )
+            )
+            print(
+                verdict(f"top-10 unchanged in >= 97% of queries ({row['dtype']})", f"{top:.1%}", top >= 0.97)
+            )
+    pipeline = figures.get("pipeline")
+    if isinstance(pipeline, dict) and figures.get("mode") == "quick":
+        print("  pipeline vs in-process: not judged in a quick run, whose few pairs leave start-up dominant")
+    elif isinstance(pipeline, dict):
+        for basis in ("wall", "ledger"):
+            ratio = pipeline[f"{basis}_ratio"]
+            print(verdict(f"pipeline >= 90% of in-process ({basis})", f"{ratio:.0%}", ratio >= 0.9))
+
+
+def token_lengths(built: BuiltModel, corpus: BenchCorpus) -> np.ndarray:
+    from transformers import AutoTokenizer
+
+    from worker.rerankers.pair_tokens import PairTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(built.path))
+    max_length = min(tokenizer.model_max_length, built.shape.positions)
+    return PairTokenizer(tokenizer, max_length)(corpus.pairs).lengths
+
+
+def resolved_auto_dtype(device: str) -> str:
+    import torch
+
+    from worker.device import describe_dtype, resolve_dtype
+    from worker.settings import Settings
+
+    return describe_dtype(resolve_dtype(Settings(dtype="auto"), torch.device(device)))
+
+
+def machine_line(setup: Setup) -> str:
+    import torch
+
+    from worker.device import cpu_flags, cpu_has_amx, resolve_compute
+    from worker.settings import Settings
+
+    flags = cpu_flags()
+    where = f"GPU {torch.cuda.get_device_name(0)}" if setup.device == "cuda" else f"CPU {cpu_model()}"
+    torch.set_num_threads(len(setup.cpus))
+    budget = resolve_compute(Settings(device=setup.device)).token_budget
+    return (
+        f"{where}; pinned to CPUs {setup.cpus}; torch {torch.__version__} "
+        f"({torch.backends.cpu.get_cpu_capability()}); AMX {'yes' if cpu_has_amx() else 'no'}, "
+        f"avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}; RERANK_DTYPE=auto resolves to "
+        f"{setup.auto_dtype} on {setup.device}, default token budget {budget}; "
+        f"{platform.python_implementation()} {platform.python_version()}"
+    )
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def parse_cpus(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return sorted(set(cpus))

@@ -1,0 +1,118 @@
+"""Cost accounting from the ledger: cost, tokens, search units, requests, scored pairs and GPU hours,
+grouped by run, model, provider, worker and/or day, over a date range, with cost per million pairs.
+API requests are priced when they are recorded; GPU hours are priced here from the [[gpu]] entries of
+the same price table (RERANK_PRICES_PATH, default config/prices.toml).
+
+Exit codes: 0 done; 2 bad flags or price table.
+
+Examples:
+  python scripts/cost.py --by model --since 2026-11-01
+  python scripts/cost.py --by day --by provider --since 2026-11-01 --until 2026-11-30 --format csv
+  python scripts/cost.py --run 20261121-231500-ab12cd --format json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from datetime import date
+from typing import Any
+
+from storage.cost_report import DIMENSIONS, CostRow, cost_report
+from storage.ledger import Ledger
+from worker.errors import RerankError
+from worker.pricing import load_price_table
+from worker.settings import get_settings
+
+COLUMNS = (
+    "requests",
+    "tokens",
+    "search_units",
+    "pairs",
+    "gpu_hours",
+    "api_cost_usd",
+    "gpu_cost_usd",
+    "cost_usd",
+    "cost_per_million_pairs",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--by", action="append", choices=DIMENSIONS, help="group by this (repeat for several; default: model)"
+    )
+    parser.add_argument("--since", type=date.fromisoformat, help="first day (YYYY-MM-DD, UTC) to count")
+    parser.add_argument("--until", type=date.fromisoformat, help="last day (YYYY-MM-DD, UTC) to count")
+    parser.add_argument("--run", metavar="RUN_ID", help="only this run")
+    parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    by = args.by or ["model"]
+    try:
+        prices = load_price_table(settings.prices_path)
+    except RerankError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ledger = Ledger(settings.resolved_ledger_url)
+    rows = cost_report(ledger, by, prices, args.since, args.until, args.run) if ledger.exists() else []
+    records = [row.as_dict() for row in rows]
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+    elif args.format == "csv":
+        writer = csv.DictWriter(sys.stdout, fieldnames=[*by, *COLUMNS, "unpriced"], extrasaction="ignore")
+        writer.writeheader()
+        for record in records:
+            writer.writerow({**record, "unpriced": "; ".join(record["unpriced"])})
+    else:
+        print(render_table(by, rows))
+    return 0
+
+
+def render_table(by: list[str], rows: list[CostRow]) -> str:
+    if not rows:
+        return "no usage in that range"
+    header = [*by, *COLUMNS]
+    body = [[*row.group.values(), *(_cell(row.as_dict()[column]) for column in COLUMNS)] for row in rows]
+    totals = _totals(rows)
+    body.append(["total", *[""] * (len(by) - 1), *(_cell(totals[column]) for column in COLUMNS)])
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(cell).rjust(width) for cell, width in zip(line, widths, strict=True))
+        for line in [header, *body]
+    ]
+    notes = sorted({note for row in rows for note in row.unpriced})
+    return "\n".join(lines + [f"not priced: {note}" for note in notes])
+
+
+def _totals(rows: list[CostRow]) -> dict[str, Any]:
+    total = CostRow(group={})
+    for row in rows:
+        total.requests += row.requests
+        total.tokens += row.tokens
+        total.search_units += row.search_units
+        total.pairs += row.pairs
+        total.gpu_hours += row.gpu_hours
+        total.api_cost_usd += row.api_cost_usd
+        total.gpu_cost_usd += row.gpu_cost_usd
+    return total.as_dict()
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4f}"
+    return f"{value:,}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

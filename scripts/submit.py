@@ -1,0 +1,259 @@
+"""Submit a corpus for re-scoring: validate it, cut it into shards of whole queries, record the run in
+the ledger and enqueue one task per shard for the workers that host the model.
+
+Exit codes: 0 done (or enqueued, without --wait); 1 finished with failed shards; 2 bad input or flags;
+3 broker or ledger unreachable; 4 --timeout passed before the run finished; 130 interrupted (the run
+goes on; follow it again with --resume RUN_ID --wait).
+
+Examples:
+  python scripts/submit.py corpus.parquet --model all-MiniLM-L6-v2 --wait --out scores.parquet
+  python scripts/submit.py --resume 20261121-231500-ab12cd --wait
+  python scripts/submit.py --retry-failed 20261121-231500-ab12cd --wait --out scores.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from storage.corpus import CorpusColumns, validate_corpus
+from storage.ledger import Ledger
+from storage.ledger_schema import Run
+from storage.ledger_types import RunProgress
+from storage.scores import merge_scores, read_metadata
+from worker.broker import resolve_broker_url
+from worker.celery_app import create_app
+from worker.errors import BrokerError, CorpusError, RerankError
+from worker.model_spec import ModelSpec
+from worker.presence import live_workers
+from worker.progress import wait_for_run
+from worker.report import run_summary
+from worker.settings import Settings, get_settings
+from worker.submission import (
+    create_run,
+    enqueue_shards,
+    failed_shards,
+    previous_scores,
+    unfinished_shards,
+)
+
+EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+WORKER_CHECK_EVERY_S = 15.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = CorpusColumns()
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("corpus", nargs="?", type=Path, help="the corpus Parquet file (long or nested form)")
+    parser.add_argument(
+        "--model",
+        help="reranker: kind:name, kind a local backend (cross-encoder, flag, flag-llm, embedding) or a "
+        "hosted API (cohere, jina, voyage, tei, openai-rerank, vllm-score, nim, llm-judge)",
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="re-enqueue the shards of RUN_ID that are not done (failed ones too)",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        metavar="RUN_ID",
+        help="re-enqueue only the failed shards of RUN_ID, with fresh tries",
+    )
+    parser.add_argument(
+        "--reuse",
+        metavar="latest|RUN_ID",
+        help="incremental run: score only pairs whose content hash is not in that earlier run of the same "
+        "model (latest: the newest completed one) and carry its scores over for the rest",
+    )
+    parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
+    parser.add_argument("--out", type=Path, help="with --wait: merge all scores into this Parquet file")
+    parser.add_argument(
+        "--shard-pairs", type=int, help="target pairs per shard (default: RERANK_SHARD_PAIRS)"
+    )
+    parser.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
+    parser.add_argument("--poll", type=float, default=1.0, help="seconds between progress updates")
+    columns = parser.add_argument_group("column names")
+    columns.add_argument("--query-id-column", default=defaults.query_id, help="default: %(default)s")
+    columns.add_argument("--query-column", default=defaults.query, help="default: %(default)s")
+    columns.add_argument("--doc-id-column", default=defaults.doc_id, help="default: %(default)s")
+    columns.add_argument("--text-column", default=defaults.text, help="default: %(default)s")
+    columns.add_argument(
+        "--candidates-column",
+        default=defaults.candidates,
+        help="nested form's list column (default: %(default)s)",
+    )
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume and args.retry_failed:
+        parser.error("give either --resume or --retry-failed")
+    existing = args.resume or args.retry_failed
+    if existing and args.reuse:
+        parser.error("--reuse applies to a new submission, not to --resume/--retry-failed")
+    if existing and (args.corpus or args.model):
+        parser.error("--resume/--retry-failed take no corpus or --model: the run already records them")
+    if not existing and (args.corpus is None or args.model is None):
+        parser.error("give a corpus and --model, or --resume RUN_ID, or --retry-failed RUN_ID")
+    if args.out is not None and not args.wait:
+        parser.error("--out needs --wait: the scores are merged once the run has finished")
+    if args.shard_pairs is not None and args.shard_pairs < 1:
+        parser.error("--shard-pairs must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return _submit(args, settings)
+    except CorpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except SQLAlchemyError as exc:
+        print(
+            f"error: the ledger is unreachable: {type(exc).__name__}: {exc.args[0] if exc.args else ''}",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    except RerankError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted: the run goes on; follow it with --resume RUN_ID --wait", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    if args.out is not None and not args.out.parent.is_dir():
+        raise RerankError(f"--out {args.out}: directory {args.out.parent} does not exist")
+    columns = CorpusColumns(
+        query_id=args.query_id_column,
+        query=args.query_column,
+        doc_id=args.doc_id_column,
+        text=args.text_column,
+        candidates=args.candidates_column,
+    )
+    if args.resume or args.retry_failed:
+        flag, run_id = ("--resume", args.resume) if args.resume else ("--retry-failed", args.retry_failed)
+        ledger = Ledger(settings.resolved_ledger_url)
+        run = ledger.get_run(run_id) if ledger.exists() else None
+        if run is None:
+            raise RerankError(f"{flag} {run_id}: no such run in the ledger at {_safe(settings)}")
+        broker_url = resolve_broker_url(settings)
+        shards = unfinished_shards(ledger, run.run_id) if args.resume else failed_shards(ledger, run.run_id)
+    else:
+        spec = ModelSpec.parse(args.model)
+        summary = validate_corpus(args.corpus, columns)
+        ledger = Ledger(settings.resolved_ledger_url)
+        reused_from, previous = (
+            previous_scores(ledger, settings, spec, args.reuse) if args.reuse else (None, None)
+        )
+        broker_url = resolve_broker_url(settings)
+        ledger.create_schema()
+        shard_pairs = args.shard_pairs or settings.shard_pairs
+        created = create_run(
+            args.corpus, summary, spec, columns, settings, ledger, shard_pairs, previous, reused_from
+        )
+        run = ledger.get_run(created.run_id)
+        assert run is not None
+        shards = created.shards
+        print(
+            f"run {run.run_id}: {created.n_pairs:,} pairs of {created.n_queries:,} queries "
+            f"in {len(shards)} shard(s) for {run.model}",
+            file=sys.stderr,
+        )
+        if args.reuse and reused_from is None:
+            print(f"--reuse latest: no earlier completed run of {spec}; scoring every pair", file=sys.stderr)
+        if reused_from is not None:
+            print(
+                f"reusing {created.reused_pairs:,} scores from run {reused_from}; "
+                f"{created.n_pairs - created.reused_pairs:,} pairs to score",
+                file=sys.stderr,
+            )
+    app = create_app(settings, broker_url)
+    try:
+        sent = enqueue_shards(app, ledger, run, shards)
+    except Exception as exc:
+        raise BrokerError(
+            f"enqueueing run {run.run_id} failed ({type(exc).__name__}); it is recorded in the ledger: "
+            f"retry with --resume {run.run_id}"
+        ) from exc
+    if args.resume or args.retry_failed:
+        print(f"run {run.run_id}: re-enqueued {sent} shard(s)", file=sys.stderr)
+    _warn_if_unserved(broker_url, settings, run)
+    print(run.run_id, flush=True)  # stdout carries only the run id, for scripts
+    if not args.wait:
+        return EXIT_OK
+    progress = _follow(ledger, run, broker_url, settings, args)
+    print(run_summary(ledger, run.run_id), file=sys.stderr)
+    if not progress.finished:
+        print(f"error: run {run.run_id} is not finished after {args.timeout}s", file=sys.stderr)
+        return EXIT_TIMEOUT
+    if progress.shards_failed:
+        print(
+            f"run {run.run_id} finished with {progress.shards_failed} failed shard(s); see "
+            f"scripts/status.py {run.run_id}, fix the cause, then --retry-failed {run.run_id}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED_SHARDS
+    if args.out is not None:
+        _write_merged(ledger, run, settings, args.out)
+    return EXIT_OK
+
+
+def _follow(
+    ledger: Ledger, run: Run, broker_url: str, settings: Settings, args: argparse.Namespace
+) -> RunProgress:
+    last_check = time.monotonic()
+
+    def check_workers(_: RunProgress) -> None:
+        nonlocal last_check
+        if time.monotonic() - last_check >= WORKER_CHECK_EVERY_S:
+            last_check = time.monotonic()
+            _warn_if_unserved(broker_url, settings, run)
+
+    return wait_for_run(ledger, run.run_id, poll_s=args.poll, timeout_s=args.timeout, on_poll=check_workers)
+
+
+def _warn_if_unserved(broker_url: str, settings: Settings, run: Run) -> None:
+    if not live_workers(broker_url, settings.redis_key_prefix, run.queue):
+        placement = "--concurrency 8" if ModelSpec.parse(run.model).is_api else "--cpu 1   (or --gpus all)"
+        print(
+            f"warning: no worker consumes queue {run.queue}; start one with\n"
+            f"  python scripts/workers.py --model {run.model} {placement}",
+            file=sys.stderr,
+        )
+
+
+def _write_merged(ledger: Ledger, run: Run, settings: Settings, out: Path) -> None:
+    data_dir = settings.resolved_data_dir
+    files = [data_dir / shard.output_path for shard in ledger.shards(run.run_id)]
+    metadata = {**read_metadata(files[0]), "run_id": run.run_id}
+    metadata.pop("shard_id", None)
+    rows = merge_scores(files, out, metadata)
+    print(f"wrote {rows:,} scores to {out}", file=sys.stderr)
+
+
+def _safe(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(settings.resolved_ledger_url).render_as_string(hide_password=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

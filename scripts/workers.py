@@ -1,0 +1,129 @@
+"""Start reranker workers on this machine: one Celery worker process per GPU, N CPU workers, or API
+workers that score through a hosted rerank API under the fleet's shared rate limits.
+
+Examples:
+  python scripts/workers.py --model cross-encoder:cross-encoder/ms-marco-MiniLM-L6-v2 --gpus all
+  python scripts/workers.py --model all-MiniLM-L6-v2 --cpu 2
+  python scripts/workers.py --api cohere --model rerank-v3.5 --concurrency 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+
+from worker.broker import resolve_broker_url
+from worker.errors import BrokerError, RerankError
+from worker.launcher import Fleet, WorkerProcess, parse_gpus, plan_api_fleet, plan_fleet, visible_gpu_count
+from worker.model_spec import API_KINDS, ModelSpec
+from worker.settings import get_settings
+
+EXIT_USAGE = 2
+EXIT_BROKER = 3
+DEFAULT_API_CONCURRENCY = 8
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="reranker to host: kind:name with kind cross-encoder, flag, flag-llm or embedding "
+        "(a Hugging Face id or a local path), or an API kind (cohere:rerank-v3.5, ...); a bare name is "
+        "detected from a local model dir; with --api, the model the API serves",
+    )
+    parser.add_argument(
+        "--api",
+        choices=API_KINDS,
+        help="score through this hosted API instead of a local model (--model names the served model)",
+    )
+    placement = parser.add_mutually_exclusive_group()
+    placement.add_argument("--gpus", help="'all' or GPU indices like 0,1: one worker process per GPU")
+    placement.add_argument("--cpu", type=int, metavar="N", help="start N CPU worker processes")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help=f"API workers: shards and HTTP requests each process keeps in flight "
+        f"(default {DEFAULT_API_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--processes", type=int, metavar="P", help="API workers: worker processes to start (default 1)"
+    )
+    parser.add_argument("--hostname", default=socket.gethostname(), help="node name suffix (default: host)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s workers: %(message)s")
+    try:
+        spec = _model_spec(args)
+        _check_placement(args, spec)
+        if spec.is_api:
+            from worker.rerankers.api import check_api_config
+
+            check_api_config(spec, settings)
+        gpus = parse_gpus(args.gpus, visible_gpu_count()) if args.gpus else None
+        broker_url = resolve_broker_url(settings)
+    except RerankError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BROKER if isinstance(exc, BrokerError) else EXIT_USAGE
+    processes: list[WorkerProcess]
+    if spec.is_api:
+        concurrency = args.concurrency or DEFAULT_API_CONCURRENCY
+        processes = plan_api_fleet(
+            spec, args.processes or 1, concurrency, broker_url, args.hostname, settings.log_level
+        )
+    else:
+        processes = plan_fleet(spec, gpus, args.cpu or 0, broker_url, args.hostname, settings.log_level)
+    print(
+        f"starting {len(processes)} worker(s) for {spec} on queue {spec.queue}: "
+        + ", ".join(p.name for p in processes),
+        file=sys.stderr,
+        flush=True,
+    )
+    fleet = Fleet(processes)
+    fleet.start()
+    return fleet.wait()
+
+
+def _model_spec(args: argparse.Namespace) -> ModelSpec:
+    """``--model``, or ``--api KIND --model NAME`` (NAME may also repeat the kind: ``KIND:NAME``)."""
+    if args.api is None:
+        return ModelSpec.parse(args.model)
+    name = args.model.removeprefix(f"{args.api}:")
+    return ModelSpec.parse(f"{args.api}:{name}")
+
+
+def _check_placement(args: argparse.Namespace, spec: ModelSpec) -> None:
+    for flag, value in (
+        ("--cpu", args.cpu),
+        ("--concurrency", args.concurrency),
+        ("--processes", args.processes),
+    ):
+        if value is not None and value < 1:
+            raise RerankError(f"{flag} must be at least 1")
+    if spec.is_api:
+        if args.gpus is not None or args.cpu is not None:
+            raise RerankError(
+                f"{spec} is scored by an API: drop --gpus/--cpu and use --concurrency N (and --processes P)"
+            )
+        return
+    if args.concurrency is not None or args.processes is not None:
+        raise RerankError("--concurrency and --processes are for API workers; use --gpus or --cpu N")
+    if args.gpus is None and args.cpu is None:
+        raise RerankError(f"{spec} runs locally: give --gpus all|0,1 or --cpu N")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Alembic migrations of the ledger; ``storage.ledger_migrations.upgrade`` applies them."""

@@ -1,0 +1,1 @@
+"""Thin Celery task functions: decode the message, call the real logic, record the outcome."""

@@ -1,0 +1,38 @@
+"""Reranker backends. ``load_reranker`` imports a backend only when asked, so importing this package
+stays free of torch, sentence-transformers and FlagEmbedding (and API workers never load them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.model_spec import ModelSpec
+    from worker.rerankers.base import Reranker
+    from worker.settings import Settings
+
+
+def load_reranker(spec: ModelSpec, settings: Settings) -> Reranker:
+    """Load the backend for ``spec.kind`` on the device and dtype the settings choose.
+
+    Raises ``ModelLoadError`` naming the model when it cannot be loaded, ``ConfigError`` or
+    ``NoDeviceError`` when the settings cannot be honoured.
+    """
+    if spec.is_api:
+        from worker.rerankers.api import load_api_reranker
+
+        return load_api_reranker(spec, settings)
+    if spec.kind == "cross-encoder":
+        from worker.rerankers.cross_encoder import load_cross_encoder
+
+        return load_cross_encoder(spec, settings)
+    if spec.kind in ("flag", "flag-llm"):
+        from worker.rerankers.flag import load_flag
+
+        return load_flag(spec, settings)
+    if spec.kind == "embedding":
+        from worker.rerankers.embedding import load_embedding
+
+        return load_embedding(spec, settings)
+    from worker.errors import ModelSpecError
+
+    raise ModelSpecError(f"no backend for model kind {spec.kind!r} ({spec})")

@@ -1,0 +1,56 @@
+"""bf16/fp16 matrix multiplies with a float32 residual stream and a float32 score head.
+
+Casting a whole model to bf16 rounds every residual addition and every LayerNorm to 8 significant bits,
+and rounds the final logit too, which turns close scores into ties. Here only the weights of the linear
+layers are stored in the low-precision dtype and the forward pass runs under ``torch.autocast``: matrix
+multiplies and attention run in bf16/fp16 (where the speed is), the residual stream, embeddings and
+LayerNorms stay float32 (type promotion keeps ``bf16 + fp32`` in fp32), and the score head runs in float32
+outside autocast so the logit keeps its full precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+
+class Float32ScoreHead(nn.Module):
+    """Runs the wrapped output projection in float32 even inside an autocast region."""
+
+    def __init__(self, head: nn.Linear) -> None:
+        super().__init__()
+        self.head = head.float()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.head(hidden.float())
+
+
+def score_heads(model: nn.Module, score_width: int) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every ``nn.Linear`` in ``model`` with ``score_width`` output features."""
+    return [
+        (parent, name)
+        for parent in model.modules()
+        for name, child in parent.named_children()
+        if isinstance(child, nn.Linear) and child.out_features == score_width
+    ]
+
+
+def store_linear_weights_in(model: nn.Module, dtype: torch.dtype, head: tuple[nn.Module, str]) -> None:
+    """Cast every ``nn.Linear`` of ``model`` to ``dtype`` and wrap ``head`` in ``Float32ScoreHead``."""
+    parent, name = head
+    wrapped = Float32ScoreHead(getattr(parent, name))
+    setattr(parent, name, wrapped)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module is not wrapped.head:
+            module.to(dtype)
+
+
+def compute_in(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[object]:
+    """The autocast region for ``dtype`` on ``device``; nothing for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -1,0 +1,49 @@
+"""What a worker process holds for its whole life: settings, the ledger and its one reranker."""
+
+from __future__ import annotations
+
+import threading
+
+from storage.ledger import Ledger
+from storage.shard_leases import ShardLeases
+from worker.errors import MessageError
+from worker.model_spec import ModelSpec
+from worker.rerankers import load_reranker
+from worker.rerankers.base import Reranker
+from worker.settings import Settings, get_settings
+
+
+class WrongModelError(MessageError):
+    """Raised when a shard asks for a model other than the one this worker hosts (a routing mistake)."""
+
+
+class WorkerRuntime:
+    """Loads the reranker once, behind a lock, and hands the same instance to every task."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ledger = Ledger(settings.resolved_ledger_url)
+        self.leases = ShardLeases(self.ledger, settings.max_attempts, settings.lease_s)
+        self._reranker: Reranker | None = None
+        self._lock = threading.Lock()
+
+    def reranker(self, spec: ModelSpec) -> Reranker:
+        with self._lock:
+            if self._reranker is None:
+                self._reranker = load_reranker(spec, self.settings)
+            elif self._reranker.spec != spec:
+                raise WrongModelError(f"this worker hosts {self._reranker.spec}, not {spec}")
+            return self._reranker
+
+
+_runtime: WorkerRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> WorkerRuntime:
+    """The process-wide runtime, created on first use."""
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = WorkerRuntime(get_settings())
+        return _runtime

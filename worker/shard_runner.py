@@ -1,0 +1,157 @@
+"""Scoring one shard: take its lease, read its input, score every pair, publish the scores under the
+lease, and record the attempt's usage whatever happens."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from storage.atomic import remove_stale_temporaries, staged
+from storage.corpus import read_shard_input
+from storage.ledger_types import AttemptUsage, utcnow
+from storage.scores import scores_table, write_staged_scores
+from storage.shard_leases import Busy, Closed
+from tasks.shard_ref import ShardRef
+from worker.errors import MessageError, PermanentProviderError, ProviderError, RerankError
+from worker.lease_keeper import LeaseKeeper
+from worker.model_spec import ModelSpec
+from worker.runtime import WorkerRuntime
+from worker.shard_scoring import score_shard_pairs
+
+log = logging.getLogger(__name__)
+
+# Errors that a retry cannot fix: the shard fails at once.
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (MessageError, PermanentProviderError)
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    status: Literal["done", "closed", "superseded"]
+    attempt: int | None
+    pairs: int
+    seconds: float
+
+
+class ShardBusyError(RerankError):
+    """Raised when another attempt holds the shard's live lease (a duplicate delivery)."""
+
+    def __init__(self, retry_in_s: float) -> None:
+        super().__init__(f"another attempt holds the shard; look again in {retry_in_s:.0f}s")
+        self.retry_in_s = retry_in_s
+
+
+class ShardAttemptError(RerankError):
+    """Raised when an attempt failed; ``final`` says whether the shard is now marked failed."""
+
+    def __init__(self, message: str, final: bool, attempt: int) -> None:
+        super().__init__(message)
+        self.final = final
+        self.attempt = attempt
+
+
+def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcome:
+    """Score ``ref`` unless the ledger says it is closed. Raises ``ShardBusyError`` when another
+    attempt holds it and ``ShardAttemptError`` when this attempt failed."""
+    data_dir = runtime.settings.resolved_data_dir
+    input_file = ref.input_file(data_dir)
+    output_file = ref.output_file(data_dir)
+    reranker = runtime.reranker(ModelSpec.parse(ref.model))
+
+    grant = runtime.leases.acquire(ref.run_id, ref.shard_id, worker)
+    if isinstance(grant, Closed):
+        log.info("shard %s/%s is %s; nothing to do", ref.run_id, ref.shard_id, grant.status)
+        return ShardOutcome("closed", None, 0, 0.0)
+    if isinstance(grant, Busy):
+        raise ShardBusyError(grant.retry_in_s)
+
+    attempt = grant.attempt
+    started_at = utcnow()
+    clock = time.monotonic()
+    device = device_label(reranker.describe().get("device", "unknown"))
+    usage = AttemptUsage(worker=worker, model=ref.model, device=device)
+    with staged(output_file) as staged_scores:
+        try:
+            with LeaseKeeper(runtime.leases, ref.run_id, ref.shard_id, attempt):
+                pairs = read_shard_input(input_file)
+                scored = score_shard_pairs(reranker, pairs)
+                result = scored.result
+                metadata = {"run_id": ref.run_id, "shard_id": ref.shard_id, **reranker.describe()}
+                table = scores_table(
+                    pairs.column("query_id"),
+                    pairs.column("doc_id"),
+                    scored.scores,
+                    metadata,
+                    scored.content_hashes,
+                )
+                write_staged_scores(table, staged_scores)
+            runtime.ledger.record_requests(
+                ref.run_id, ref.shard_id, attempt, worker, ref.model, result.requests
+            )
+            usage = AttemptUsage(
+                worker=worker,
+                model=ref.model,
+                device=device,
+                pairs=scored.computed,
+                # API models keep their tokens on the request rows, so that sums count them once.
+                tokens=0 if result.requests else result.tokens,
+                device_seconds=result.device_seconds,
+                wall_seconds=time.monotonic() - clock,
+            )
+            held = runtime.leases.publish(
+                ref.run_id, ref.shard_id, attempt, usage, started_at, staged_scores.publish
+            )
+        except Exception as exc:
+            _record_failure(ref, runtime, attempt, usage, started_at, clock, exc, grant.final_try)
+            raise ShardAttemptError(
+                f"{type(exc).__name__}: {exc}", grant.final_try or isinstance(exc, PERMANENT_ERRORS), attempt
+            ) from exc
+    if held:
+        remove_stale_temporaries(output_file)
+    seconds = time.monotonic() - clock
+    status: Literal["done", "superseded"] = "done" if held else "superseded"
+    log.info("shard %s/%s %s: %d pairs in %.2fs", ref.run_id, ref.shard_id, status, pairs.num_rows, seconds)
+    return ShardOutcome(status, attempt, pairs.num_rows, seconds)
+
+
+def device_label(device: str) -> str:
+    """The device as the ledger records it; on CUDA with the GPU's name, which the price table's
+    GPU-hour entries match."""
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    return f"cuda:{torch.cuda.get_device_name()}"[:64]
+
+
+def _record_failure(
+    ref: ShardRef,
+    runtime: WorkerRuntime,
+    attempt: int,
+    usage: AttemptUsage,
+    started_at: datetime,
+    clock: float,
+    error: Exception,
+    final_try: bool,
+) -> None:
+    final = final_try or isinstance(error, PERMANENT_ERRORS)
+    failed_usage = AttemptUsage(
+        worker=usage.worker,
+        model=usage.model,
+        device=usage.device,
+        wall_seconds=time.monotonic() - clock,
+    )
+    requests = error.requests if isinstance(error, ProviderError) else ()
+    runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, usage.worker, usage.model, requests)
+    message = f"{type(error).__name__}: {error}"
+    runtime.leases.fail(ref.run_id, ref.shard_id, attempt, failed_usage, started_at, message, final)
+    log.warning(
+        "shard %s/%s attempt %d failed%s: %s",
+        ref.run_id,
+        ref.shard_id,
+        attempt,
+        " for good" if final else "",
+        message,
+    )

@@ -1,0 +1,29 @@
+"""Scores for every pair of one shard input: the model runs on the pairs that need it, scores carried
+over from an earlier run (incremental runs) fill in the rest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from storage.shard_annotations import CONTENT_HASH, merge_reused, scores_to_compute
+from worker.rerankers.base import Reranker, ScoreResult
+
+
+@dataclass(frozen=True)
+class ShardScores:
+    scores: np.ndarray  # float32, one per row of the shard input
+    computed: int  # pairs the model scored
+    result: ScoreResult
+    content_hashes: pa.ChunkedArray | None
+
+
+def score_shard_pairs(reranker: Reranker, pairs: pa.Table) -> ShardScores:
+    rows = scores_to_compute(pairs)
+    selected = pairs.take(pa.array(rows)) if len(rows) < pairs.num_rows else pairs
+    result = reranker.score(selected.column("query").to_pylist(), selected.column("text").to_pylist())
+    scores = merge_reused(pairs, rows, result.scores)
+    hashes = pairs.column(CONTENT_HASH) if CONTENT_HASH in pairs.column_names else None
+    return ShardScores(scores, len(rows), result, hashes)
