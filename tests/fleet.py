@@ -113,7 +113,7 @@ def start_workers(
             fleet.stop()
             raise RuntimeError(
                 f"{expected} workers did not come up on {queue}; live: {live}; "
-                f"{_redis_keys(broker_url)} keys in the test database\n{fleet.log()[-4000:]}"
+                f"{_redis_keys(broker_url)} keys in the test database\n{fleet.log()[-12000:]}"
             )
         time.sleep(0.2)
     return fleet

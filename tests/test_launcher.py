@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tests.fleet import local_worker_env, run_script
 from worker.errors import ConfigError, NoDeviceError
-from worker.launcher import parse_gpus, plan_fleet
+from worker.launcher import STARTUP_FAILED_EXIT, parse_gpus, plan_fleet
 from worker.model_spec import ModelSpec
 
 SPEC = ModelSpec.parse("cross-encoder:org/model")
@@ -35,3 +38,19 @@ def test_parse_gpus() -> None:
         parse_gpus("0,5", 2)
     with pytest.raises(ConfigError, match="expected 'all'"):
         parse_gpus("first", 2)
+
+
+def test_a_worker_that_cannot_load_its_model_exits_and_is_not_restarted(
+    redis_url: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    env = local_worker_env(tmp_path, redis_url, redis_prefix)
+    launched = run_script(
+        "workers.py", "--model", f"cross-encoder:{not_a_model}", "--cpu", "1", env=env, timeout=120
+    )
+    log = launched.stdout + launched.stderr
+    assert launched.returncode == STARTUP_FAILED_EXIT, log
+    assert f"worker could not start: ModelLoadError: cannot load cross-encoder '{not_a_model}'" in log
+    assert "cpu0@" in log and "could not start (its log above says why); not restarting it" in log
+    assert " ready." not in log and log.count("started cpu0@") == 1

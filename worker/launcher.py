@@ -16,6 +16,10 @@ from worker.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
+# A worker exits with this code when it cannot load its model or ledger; starting it again would fail
+# the same way, so the launcher does not.
+STARTUP_FAILED_EXIT = 3
+
 
 @dataclass(frozen=True)
 class WorkerProcess:
@@ -122,9 +126,10 @@ class Fleet:
     """Runs the planned processes until they exit or the launcher is told to stop.
 
     SIGINT/SIGTERM to the launcher are passed on as SIGTERM (Celery's warm shutdown: finish the current
-    shard, then exit). A worker that exits cleanly on its own (someone sent it SIGTERM) is retired; one
-    that dies (OOM killer, SIGKILL, a crash) is started again, at most ``MAX_RESTARTS_PER_MINUTE`` times
-    a minute; its shard comes back through the lease reaper."""
+    shard, then exit). A worker that exits cleanly on its own (someone sent it SIGTERM) is retired, and
+    so is one that could not start (its log says why); one that dies (OOM killer, SIGKILL, a crash) is
+    started again, at most ``MAX_RESTARTS_PER_MINUTE`` times a minute; its shard comes back through the
+    lease reaper."""
 
     MAX_RESTARTS_PER_MINUTE = 10
 
@@ -171,6 +176,9 @@ class Fleet:
         if code is None:
             return True
         if self._stopping or code == 0:
+            return False
+        if code == STARTUP_FAILED_EXIT:
+            log.error("%s could not start (its log above says why); not restarting it", process.name)
             return False
         now = time.monotonic()
         recent = [moment for moment in self._restarts[process.name] if now - moment < 60]

@@ -32,7 +32,10 @@ class PresenceBeat:
         self._thread = threading.Thread(target=self._run, name="presence-beat", daemon=True)
 
     def start(self) -> None:
-        self._beat()
+        try:
+            self._beat()
+        except redis.RedisError as error:
+            log.warning("presence beat for %s failed: %s; retrying", self._key, error)
         self._thread.start()
 
     def stop(self) -> None:

@@ -14,6 +14,7 @@ from celery.signals import worker_init, worker_shutdown
 
 from worker.celery_app import create_app
 from worker.errors import ConfigError
+from worker.launcher import STARTUP_FAILED_EXIT
 from worker.model_spec import ModelSpec
 from worker.presence import PresenceBeat
 from worker.progress_events import send_progress_events
@@ -35,7 +36,17 @@ _background: list[PresenceBeat | Reaper] = []
 
 
 @worker_init.connect
-def _load_model_and_announce(sender: Any = None, **_: Any) -> None:
+def _start_or_exit(sender: Any = None, **_: Any) -> None:
+    # Celery logs and swallows exceptions from signal handlers, which would leave a worker that failed
+    # to load its model looking ready; SystemExit is the one way out it lets through.
+    try:
+        _load_model_and_announce(getattr(sender, "hostname", None) or "worker")
+    except Exception as error:
+        log.critical("worker could not start: %s: %s", type(error).__name__, error, exc_info=True)
+        raise SystemExit(STARTUP_FAILED_EXIT) from error
+
+
+def _load_model_and_announce(hostname: str) -> None:
     if _settings.worker_model is None:
         raise ConfigError("RERANK_WORKER_MODEL is not set; start workers with scripts/workers.py --model")
     spec = ModelSpec.parse(_settings.worker_model)
@@ -44,7 +55,6 @@ def _load_model_and_announce(sender: Any = None, **_: Any) -> None:
     started = time.monotonic()
     runtime.reranker(spec)
     log.info("loaded %s in %.1fs", spec, time.monotonic() - started)
-    hostname = getattr(sender, "hostname", None) or "worker"
     beat = PresenceBeat(
         _settings.broker_url or "", _settings.redis_key_prefix, spec.queue, hostname, _settings.heartbeat_s
     )
