@@ -28,7 +28,6 @@ def create_ledger_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
         enable_wal(cursor, BUSY_TIMEOUT_S)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -56,7 +55,7 @@ def enable_wal(cursor: sqlite3.Cursor, timeout_s: float) -> None:
             cursor.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() + delay_s > deadline:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() + delay_s > deadline:
                 raise
         time.sleep(delay_s)
         delay_s = min(delay_s * 2, 0.25)

@@ -32,10 +32,6 @@ class PresenceBeat:
         self._thread = threading.Thread(target=self._run, name="presence-beat", daemon=True)
 
     def start(self) -> None:
-        try:
-            self._beat()
-        except redis.RedisError as error:
-            log.warning("presence beat for %s failed: %s; retrying", self._key, error)
         self._thread.start()
 
     def stop(self) -> None:
@@ -48,7 +44,7 @@ class PresenceBeat:
         self._client.set(self._key, self._payload, ex=max(1, int(self._interval_s * 3)))
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while True:
             try:
                 self._beat()
             except redis.RedisError as error:
@@ -57,6 +53,8 @@ class PresenceBeat:
             except Exception:
                 # A dead beat thread would leave a healthy worker looking gone: log and keep beating.
                 log.exception("presence beat for %s failed", self._key)
+            if self._stop.wait(self._interval_s):
+                return
 
 
 def live_workers(broker_url: str, prefix: str, queue: str) -> list[str]:
