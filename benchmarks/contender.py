@@ -67,6 +67,7 @@ class Contender:
         dtype: str,
         cpus: list[int],
         timeout_s: float,
+        compile_mode: str = "auto",
     ) -> None:
         work_dir.mkdir(parents=True, exist_ok=True)
         self.kind = kind
@@ -90,7 +91,7 @@ class Contender:
                     f"--cpus={','.join(map(str, cpus))}",
                 ],
                 cwd=REPO,
-                env=child_env(len(cpus), device),
+                env=child_env(len(cpus), device, compile_mode),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
@@ -169,17 +170,20 @@ def run_contender(
     cpus: list[int],
     timeout_s: float,
     rounds: int = 1,
+    compile_mode: str = "auto",
 ) -> tuple[ContenderRun, np.ndarray]:
     """Start one contender, score ``rounds`` times, and finish it."""
-    with Contender(kind, model_dir, corpus_file, work_dir, device, dtype, cpus, timeout_s) as contender:
+    with Contender(
+        kind, model_dir, corpus_file, work_dir, device, dtype, cpus, timeout_s, compile_mode
+    ) as contender:
         for _ in range(rounds):
             contender.score_once()
         return contender.finish()
 
 
-def child_env(threads: int, device: str) -> dict[str, str]:
-    """The environment of every benchmark child: no RERANK_* settings, offline, the same thread count,
-    and on CUDA one GPU (else FlagEmbedding spreads over all of them)."""
+def child_env(threads: int, device: str, compile_mode: str = "auto") -> dict[str, str]:
+    """The environment of every benchmark child: no RERANK_* settings but RERANK_COMPILE, offline, the
+    same thread count, and on CUDA one GPU (else FlagEmbedding spreads over all of them)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("RERANK_")}
     if device.startswith("cuda"):
         visible = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0] or "0"
@@ -190,6 +194,7 @@ def child_env(threads: int, device: str) -> dict[str, str]:
             "TRANSFORMERS_OFFLINE": "1",
             "OMP_NUM_THREADS": str(threads),
             "MKL_NUM_THREADS": str(threads),
+            "RERANK_COMPILE": compile_mode,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
         }
     )

@@ -48,7 +48,14 @@ class PipelineFleet:
     """One worker hosting the model, started in the background; ``submit`` times a corpus through it."""
 
     def __init__(
-        self, model_dir: Path, work_dir: Path, device: str, dtype: str, cpus: list[int], timeout_s: float
+        self,
+        model_dir: Path,
+        work_dir: Path,
+        device: str,
+        dtype: str,
+        cpus: list[int],
+        timeout_s: float,
+        compile_mode: str = "auto",
     ) -> None:
         """Start the worker (in the background: call ``wait_ready``). The children inherit this process's
         CPU affinity; ``cpus`` sets their thread count."""
@@ -60,7 +67,7 @@ class PipelineFleet:
         self.model = f"cross-encoder:{model_dir}"
         self.queue = ModelSpec.parse(self.model).queue
         data_dir = work_dir / "pipeline-data"
-        self.env = child_env(len(cpus), device)
+        self.env = child_env(len(cpus), device, compile_mode)
         self.env.update({"RERANK_DATA_DIR": str(data_dir), "RERANK_DTYPE": dtype, "RERANK_HEARTBEAT_S": "1"})
         broker_url = os.environ.get("RERANK_BROKER_URL")
         self.settings = Settings(data_dir=data_dir, broker_url=broker_url)

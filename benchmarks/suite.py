@@ -78,10 +78,14 @@ class Plan:
     shard_pairs: int
     # Quick runs start every process at once to finish in time; their load times then overlap.
     concurrent_start: bool
+    # RERANK_COMPILE for ours and the pipeline worker: quick runs have no time for a ~30 s compile.
+    compile_mode: str = "auto"
 
 
 PLANS = {
-    ("quick", "cpu"): Plan({"minilm-l6": ModelPlan(60, 1, False)}, 60, 2000, concurrent_start=True),
+    ("quick", "cpu"): Plan(
+        {"minilm-l6": ModelPlan(60, 1, False)}, 60, 2000, concurrent_start=True, compile_mode="off"
+    ),
     # A nightly corpus is large: the pipeline's fixed costs (submit.py's start-up, validation, sharding,
     # the final merge) are measured over a minute of scoring, in shards of the default size.
     ("full", "cpu"): Plan(
@@ -114,6 +118,7 @@ class Setup:
     auto_dtype: str
     cache_dir: Path
     work: Path
+    compile_mode: str
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"$ {' '.join(['python', *sys.argv])}")
     figures: dict[str, object] = {"mode": mode, "device": device, "cpus": cpus}
     with tempfile.TemporaryDirectory(prefix="rerank-bench-") as scratch:
-        setup = Setup(device, cpus, resolved_auto_dtype(device), args.cache_dir, Path(scratch))
+        setup = Setup(
+            device, cpus, resolved_auto_dtype(device), args.cache_dir, Path(scratch), plan.compile_mode
+        )
         print(machine_line(setup))
         peaks: dict[str, float] = {}
         for index, key in enumerate(keys):
@@ -220,7 +227,17 @@ def bench_model(
         progress(f"starting {len(variants)} contender processes{' at once' if plan.concurrent_start else ''}")
         for kind, dtype, label in variants:
             contenders[label] = stack.enter_context(
-                Contender(kind, built.path, corpus_file, work, setup.device, dtype, setup.cpus, TIMEOUT_S)
+                Contender(
+                    kind,
+                    built.path,
+                    corpus_file,
+                    work,
+                    setup.device,
+                    dtype,
+                    setup.cpus,
+                    TIMEOUT_S,
+                    setup.compile_mode,
+                )
             )
             if not plan.concurrent_start:
                 contenders[label].wait_ready()
@@ -339,10 +356,20 @@ class PipelineSection:
         self.corpus_file = self.corpus.write_parquet(setup.work / "pipeline-corpus.parquet")
         work = setup.work / "pipeline"
         work.mkdir(parents=True, exist_ok=True)
-        self.fleet = PipelineFleet(built.path, work, setup.device, setup.auto_dtype, setup.cpus, TIMEOUT_S)
+        self.fleet = PipelineFleet(
+            built.path, work, setup.device, setup.auto_dtype, setup.cpus, TIMEOUT_S, setup.compile_mode
+        )
         self.owns_in_process = in_process is None
         self.in_process = in_process or Contender(
-            "ours", built.path, self.corpus_file, work, setup.device, setup.auto_dtype, setup.cpus, TIMEOUT_S
+            "ours",
+            built.path,
+            self.corpus_file,
+            work,
+            setup.device,
+            setup.auto_dtype,
+            setup.cpus,
+            TIMEOUT_S,
+            setup.compile_mode,
         )
 
     def wait_ready(self) -> None:
@@ -506,7 +533,9 @@ def machine_line(setup: Setup) -> str:
         f"{where}; pinned to CPUs {setup.cpus}; torch {torch.__version__} "
         f"({torch.backends.cpu.get_cpu_capability()}); AMX {'yes' if cpu_has_amx() else 'no'}, "
         f"avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}; RERANK_DTYPE=auto resolves to "
-        f"{setup.auto_dtype} on {setup.device}, default token budget {budget}; "
+        f"{setup.auto_dtype} on {setup.device}, default token budget {budget}; ours and the pipeline worker "
+        f"at RERANK_COMPILE={setup.compile_mode}"
+        f"{' (auto: TorchInductor on CPU)' if setup.compile_mode == 'auto' else ''}; "
         f"{platform.python_implementation()} {platform.python_version()}"
     )
 

@@ -11,6 +11,8 @@ from tests.services import delete_prefixed, new_prefix, postgres_schema, redis_f
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Compiling costs ~10-30 s per model load; tests/test_compiled.py covers the compiled path.
+os.environ.setdefault("RERANK_COMPILE", "off")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
+Compile = Literal["auto", "on", "off"]
 
 
 def _base_url(api: str, default: str) -> Any:
@@ -67,6 +68,12 @@ class Settings(BaseSettings):
         default="auto",
         description="Compute dtype for local models. auto: bf16/fp16 on CUDA, bf16 on CPUs with AMX or "
         "AVX512-BF16, else float32.",
+    )
+    compile: Compile = Field(
+        default="auto",
+        description="Compile cross-encoders with TorchInductor when the model loads. auto: on CPU, falling "
+        "back to eager PyTorch (with a warning) where it cannot compile; on: everywhere, failing the load "
+        "if it cannot; off: never.",
     )
     token_budget: int | None = Field(
         default=None,

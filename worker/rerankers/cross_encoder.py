@@ -11,7 +11,9 @@ and the score head stay float32 (``mixed_precision``).
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Sequence
 from contextlib import closing
 from functools import partial
@@ -27,17 +29,23 @@ from worker.errors import ConfigError, ModelLoadError
 from worker.model_spec import ModelSpec
 from worker.rerankers.base import ScoreResult
 from worker.rerankers.batching import TokenBudgetBatcher, unique_pairs
+from worker.rerankers.compiled import CompiledLogits, wants_compile
 from worker.rerankers.cross_encoder_paths import Chunk, DirectPath, ForwardPath, LibraryPath, direct_model
 from worker.rerankers.first_position import score_from_first_position_only
 from worker.rerankers.mixed_precision import compute_in, score_heads, store_linear_weights_in
 from worker.rerankers.overlap import growing_chunks, one_ahead
 from worker.settings import Settings
 
+log = logging.getLogger(__name__)
+
 # Tokenizers without a declared limit report a huge sentinel (transformers' VERY_LARGE_INTEGER).
 _NO_LIMIT = 1_000_000
 # Pairs in the first chunk: a budget's worth of 64-token pairs, at least 256, so the device starts soon.
 _MIN_FIRST_CHUNK = 256
 _FIRST_CHUNK_TOKENS_PER_PAIR = 64
+# Two distinct pairs: one batch of two rows compiles the graph every later batch reuses.
+_WARM_UP_QUERIES = ("warm-up query", "another warm-up query")
+_WARM_UP_TEXTS = ("a short document to compile the model with", "and a second one")
 
 
 class CrossEncoderReranker:
@@ -90,6 +98,39 @@ class CrossEncoderReranker:
             extra=extra,
         )
 
+    def compile(self, *, required: bool) -> None:
+        """Compile the forward pass now, on a warm-up batch. When it cannot be compiled: raise
+        ``ModelLoadError`` if ``required``, else log a warning and stay uncompiled."""
+        name = self.spec.name
+        if not isinstance(self.path, DirectPath):
+            if required:
+                raise ConfigError(
+                    f"RERANK_COMPILE=on, but cross-encoder {name!r} runs through sentence-transformers' own "
+                    "pipeline, which bulk-rerank does not compile; set RERANK_COMPILE=auto or off"
+                )
+            return
+        started = time.perf_counter()
+        self.path.compiled = CompiledLogits(self.path.model)
+        try:
+            self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)
+        except Exception as error:  # whatever TorchInductor raises (no C++ compiler, an unsupported op)
+            self.path.compiled = None
+            if required:
+                raise ModelLoadError(
+                    f"cannot compile cross-encoder {name!r} (RERANK_COMPILE=on): {error}"
+                ) from error
+            log.warning(
+                "cannot compile cross-encoder %r; scoring it uncompiled (RERANK_COMPILE=off skips this): %s",
+                name,
+                error,
+            )
+            return
+        log.info("compiled cross-encoder %r with TorchInductor in %.1fs", name, time.perf_counter() - started)
+
+    @property
+    def compiled(self) -> bool:
+        return isinstance(self.path, DirectPath) and self.path.compiled is not None
+
     def describe(self) -> dict[str, str]:
         activation = self.model.activation_fn
         return {
@@ -100,6 +141,7 @@ class CrossEncoderReranker:
             "max_length": str(self._max_length),
             "activation": f"{type(activation).__module__}.{type(activation).__qualname__}",
             "token_budget": str(self.batcher.max_budget),
+            "compiled": "TorchInductor" if self.compiled else "no",
             "library": f"sentence-transformers {version('sentence-transformers')}",
         }
 
@@ -148,7 +190,10 @@ def load_cross_encoder(spec: ModelSpec, settings: Settings) -> CrossEncoderReran
             f"{spec.name!r}; lower it or leave it unset to use the model's own limit"
         )
     prepare_for_scoring(model, target.dtype)
-    return CrossEncoderReranker(spec, model, target)
+    reranker = CrossEncoderReranker(spec, model, target)
+    if wants_compile(settings.compile, target.device):
+        reranker.compile(required=settings.compile == "on")
+    return reranker
 
 
 def prepare_for_scoring(model: Any, dtype: torch.dtype) -> None:

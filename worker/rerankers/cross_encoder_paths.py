@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from worker.rerankers.compiled import CompiledLogits
 from worker.rerankers.pair_tokens import Pair, PairTokenizer, TokenizedPairs, pad_rows
 
 # The one modality a plain sequence classifier serves: text in, the model's logits out.
@@ -70,6 +71,7 @@ class DirectPath:
         self.model = model
         self.device = device
         self.tokenizer = PairTokenizer(tokenizer, max_length)
+        self.compiled: CompiledLogits | None = None  # set by ``CrossEncoderReranker.compile``
 
     def prepare(self, pairs: list[Pair]) -> TokenizedPairs:
         return self.tokenizer(pairs)
@@ -79,6 +81,8 @@ class DirectPath:
             name: torch.from_numpy(values).to(self.device)
             for name, values in pad_rows(chunk, rows, self.tokenizer.padding).items()
         }
+        if self.compiled is not None:
+            return self.compiled(features)
         return self.model(**features, return_dict=True).logits
 
 
