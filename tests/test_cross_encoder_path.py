@@ -15,6 +15,7 @@ from benchmarks.agreement import agreement
 from benchmarks.corpus import synthetic_corpus, whole_words
 from tests.model_factory import bert_tokenizer, build_tiny_cross_encoder, build_tiny_xlmr_cross_encoder
 from worker.device import ComputeTarget
+from worker.errors import ConfigError
 from worker.model_spec import ModelSpec
 from worker.rerankers import load_reranker
 from worker.rerankers.cross_encoder import CrossEncoderReranker
@@ -176,6 +177,11 @@ def test_cross_encoders_with_a_prompt_take_the_library_path(model_dirs: dict[str
     np.testing.assert_allclose(scores, model.predict(PAIRS, show_progress_bar=False), atol=1e-4, rtol=0)
     without_prompt = cross_encoder(model_dirs["bert"]).predict(PAIRS, show_progress_bar=False)
     assert np.abs(scores - without_prompt).max() > 1e-3
+    # The library's own pipeline is not compiled: auto leaves it be, on refuses.
+    reranker.compile(required=False)
+    assert not reranker.compiled
+    with pytest.raises(ConfigError, match=r"RERANK_COMPILE=on.*own pipeline"):
+        reranker.compile(required=True)
 
 
 @pytest.mark.parametrize("family", ["bert", "xlmr"])

@@ -100,7 +100,8 @@ class CrossEncoderReranker:
 
     def compile(self, *, required: bool) -> None:
         """Compile the forward pass now, on a warm-up batch. When it cannot be compiled: raise
-        ``ModelLoadError`` if ``required``, else log a warning and stay uncompiled."""
+        (``ModelLoadError``, or ``ConfigError`` for a model that only the library's own pipeline runs) if
+        ``required``, else log a warning and stay uncompiled."""
         name = self.spec.name
         if not isinstance(self.path, DirectPath):
             if required:
