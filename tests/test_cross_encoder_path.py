@@ -14,15 +14,14 @@ import torch
 from benchmarks.agreement import agreement
 from benchmarks.corpus import synthetic_corpus, whole_words
 from tests.model_factory import bert_tokenizer, build_tiny_cross_encoder, build_tiny_xlmr_cross_encoder
+from tests.model_factory import load_cross_encoder_on_cpu as load
 from worker.device import ComputeTarget
 from worker.errors import ConfigError
 from worker.model_spec import ModelSpec
-from worker.rerankers import load_reranker
 from worker.rerankers.cross_encoder import CrossEncoderReranker
 from worker.rerankers.cross_encoder_paths import DirectPath, LibraryPath, direct_model
 from worker.rerankers.first_position import FirstPositionOnly, score_from_first_position_only
 from worker.rerankers.pair_tokens import PairTokenizer, pad_rows
-from worker.settings import Settings
 
 LONG_TEXT = " ".join(f"paragraph{index} about mountains" for index in range(300))
 PAIRS = [
@@ -54,11 +53,6 @@ def cross_encoder(path: Path, **options: Any) -> Any:
     from sentence_transformers import CrossEncoder
 
     return CrossEncoder(str(path), device="cpu", **options)
-
-
-def load(path: Path, **settings: Any) -> Any:
-    values = {"device": "cpu", "dtype": "float32", "token_budget": 600} | settings
-    return load_reranker(ModelSpec.parse(f"cross-encoder:{path}"), Settings(**values))
 
 
 @pytest.mark.parametrize("family", ["bert", "xlmr"])
