@@ -21,6 +21,9 @@ def load_reranker(spec: ModelSpec, settings: Settings) -> Reranker:
         from worker.rerankers.api import load_api_reranker
 
         return load_api_reranker(spec, settings)
+    from worker.host_memory import keep_freed_host_memory
+
+    keep_freed_host_memory()  # local models: every batch's activations reuse the last one's host memory
     if spec.kind == "cross-encoder":
         from worker.rerankers.cross_encoder import load_cross_encoder
 
