@@ -250,22 +250,12 @@ def test_auto_device_is_cpu_without_cuda_with_float32_and_cpu_budget(
     assert target.token_budget == default_token_budget(torch.device("cpu"))
 
 
-@pytest.mark.parametrize(
-    ("threads", "dtype", "budget"),
-    [
-        (1, torch.float32, 4096),
-        (2, torch.float32, 4096),
-        (8, torch.float32, 16384),
-        (64, torch.float32, 32768),
-        (2, torch.bfloat16, 2048),
-        (8, torch.bfloat16, 8192),
-    ],
-)
-def test_cpu_budget_follows_the_thread_count_and_dtype_within_bounds(
-    threads: int, dtype: torch.dtype, budget: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("threads", "budget"), [(1, 1024), (2, 1024), (8, 4096), (64, 32768), (256, 32768)])
+def test_cpu_budget_follows_the_thread_count_within_bounds(
+    threads: int, budget: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    assert default_token_budget(torch.device("cpu"), dtype) == budget
+    assert default_token_budget(torch.device("cpu")) == budget
 
 
 def test_auto_dtype_on_cpu_with_native_bf16_is_bfloat16(

@@ -52,6 +52,9 @@ def test_compiled_scores_match_eager_with_one_graph_for_every_batch_shape(model_
 
     assert compiled.compiled and compiled.describe()["compiled"] == "TorchInductor"
     assert not eager.compiled and eager.describe()["compiled"] == "no"
+    # Compiled on CPU, attention runs as batched matmuls instead of SDPA's flash kernel.
+    assert compiled.describe()["attention"] == "bulk-rerank-cpu"
+    assert eager.describe()["attention"] == "sdpa"
     expected = eager.score(QUERIES, TEXTS).scores
     # A budget of 600 tokens cuts batches of several widths and lengths, down to one row for the
     # 512-token pair; one pair alone is a batch of one row too.
@@ -84,6 +87,7 @@ def load_in_child(model_dir: Path, tmp_path: Path, setting: str) -> subprocess.C
         from worker.settings import Settings
         reranker = load_reranker(ModelSpec.parse("cross-encoder:{model_dir}"), Settings())
         print("compiled:", reranker.describe()["compiled"])
+        print("attention:", reranker.describe()["attention"])
         print("scores:", len(reranker.score(["a query", "b"], ["a text", "c"]).scores))
         """
     )
@@ -103,6 +107,7 @@ def test_auto_falls_back_to_eager_with_a_warning_when_it_cannot_compile(
 
     assert child.returncode == 0, child.stderr[-3000:]
     assert "compiled: no" in child.stdout and "scores: 2" in child.stdout
+    assert "attention: sdpa" in child.stdout  # the batched-matmul attention goes with the compiled graph
     assert "cannot compile cross-encoder" in child.stderr and "RERANK_COMPILE=off" in child.stderr
 
 

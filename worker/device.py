@@ -16,13 +16,12 @@ from worker.settings import Settings
 
 # Padded tokens per batch when RERANK_TOKEN_BUDGET is unset. On CPU each thread works through its share
 # of a batch's rows, so the budget grows with the thread count (counted as at least two). Measured on 2
-# AVX-512 cores (MiniLM-L6 cross-encoder): in float32, 1-4k tokens per batch ran ~40% faster than 8k, as
-# activations stay near the cores' caches, and when other processes take CPU time 4k held up better than
-# 2k (each op is a barrier that waits for a descheduled thread); in bf16, whose matmuls are 4x faster and
-# whose activations are half the size, 1-2k tokens ran ~12% faster than 4k. A 24-layer XLM-R large was
-# flat from 512 to 4k. On a GPU 64k tokens keeps a base-size reranker busy, and the batcher halves the
-# budget on out-of-memory for bigger models.
-CPU_TOKENS_PER_THREAD = {torch.float32: 2048, torch.bfloat16: 1024}
+# AVX-512 cores (MiniLM-L6 cross-encoder, one process, budgets interleaved): compiled with TorchInductor,
+# 1024 tokens ran 3-8% faster than 2048 in bf16 and float32 and 20-40% faster than 4096, as a batch's
+# activations and attention scores stay near the cores' caches; 512 was 25% slower. Uncompiled, 1024 and
+# 2048 were equal. A 24-layer XLM-R large was flat from 512 to 4k. On a GPU 64k tokens keeps a base-size
+# reranker busy, and the batcher halves the budget on out-of-memory for bigger models.
+CPU_TOKENS_PER_THREAD = 512
 CPU_MAX_TOKEN_BUDGET = 32768
 CUDA_TOKEN_BUDGET = 65536
 
@@ -46,17 +45,15 @@ def resolve_compute(settings: Settings) -> ComputeTarget:
     return ComputeTarget(
         device=device,
         dtype=dtype,
-        token_budget=settings.token_budget or default_token_budget(device, dtype),
+        token_budget=settings.token_budget or default_token_budget(device),
     )
 
 
-def default_token_budget(device: torch.device, dtype: torch.dtype = torch.float32) -> int:
-    """Padded tokens per batch when RERANK_TOKEN_BUDGET is unset: per CPU thread and dtype on CPU, fixed
-    on CUDA."""
+def default_token_budget(device: torch.device) -> int:
+    """Padded tokens per batch when RERANK_TOKEN_BUDGET is unset: per CPU thread on CPU, fixed on CUDA."""
     if device.type == "cuda":
         return CUDA_TOKEN_BUDGET
-    per_thread = CPU_TOKENS_PER_THREAD.get(dtype, CPU_TOKENS_PER_THREAD[torch.float32])
-    return min(CPU_MAX_TOKEN_BUDGET, per_thread * max(2, torch.get_num_threads()))
+    return min(CPU_MAX_TOKEN_BUDGET, CPU_TOKENS_PER_THREAD * max(2, torch.get_num_threads()))
 
 
 def resolve_device(settings: Settings) -> torch.device:

@@ -6,7 +6,8 @@ classifiers (nearly every cross-encoder) skip the library's per-batch preprocess
 tokenized in bulk, padded with numpy and fed straight to the Hugging Face model (see
 ``cross_encoder_paths``); their last layer computes only the position their head reads
 (``first_position``). In bf16/fp16 the matrix multiplies run in low precision while the residual stream
-and the score head stay float32 (``mixed_precision``).
+and the score head stay float32 (``mixed_precision``). Compiled on CPU, attention runs as two batched
+matmuls around a fused softmax instead of SDPA's flash kernel (``cpu_attention``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from worker.model_spec import ModelSpec
 from worker.rerankers.base import ScoreResult
 from worker.rerankers.batching import TokenBudgetBatcher, unique_pairs
 from worker.rerankers.compiled import CompiledLogits, wants_compile
+from worker.rerankers.cpu_attention import attention_of, restore_attention, use_batched_matmul_attention
 from worker.rerankers.cross_encoder_paths import Chunk, DirectPath, ForwardPath, LibraryPath, direct_model
 from worker.rerankers.first_position import score_from_first_position_only
 from worker.rerankers.mixed_precision import compute_in, score_heads, store_linear_weights_in
@@ -111,11 +113,14 @@ class CrossEncoderReranker:
                 )
             return
         started = time.perf_counter()
+        if self.target.device.type == "cpu":
+            use_batched_matmul_attention(self.path.model)
         self.path.compiled = CompiledLogits(self.path.model)
         try:
             self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)
         except Exception as error:  # whatever TorchInductor raises (no C++ compiler, an unsupported op)
             self.path.compiled = None
+            restore_attention(self.path.model)
             if required:
                 raise ModelLoadError(
                     f"cannot compile cross-encoder {name!r} (RERANK_COMPILE=on): {error}"
@@ -126,7 +131,12 @@ class CrossEncoderReranker:
                 error,
             )
             return
-        log.info("compiled cross-encoder %r with TorchInductor in %.1fs", name, time.perf_counter() - started)
+        log.info(
+            "compiled cross-encoder %r with TorchInductor in %.1fs (attention: %s)",
+            name,
+            time.perf_counter() - started,
+            attention_of(self.path.model),
+        )
 
     @property
     def compiled(self) -> bool:
@@ -143,8 +153,15 @@ class CrossEncoderReranker:
             "activation": f"{type(activation).__module__}.{type(activation).__qualname__}",
             "token_budget": str(self.batcher.max_budget),
             "compiled": "TorchInductor" if self.compiled else "no",
+            "attention": self._attention(),
             "library": f"sentence-transformers {version('sentence-transformers')}",
         }
+
+    def _attention(self) -> str:
+        """The attention implementation of a directly called model; the library's own otherwise."""
+        if isinstance(self.path, DirectPath):
+            return attention_of(self.path.model) or "unknown"
+        return "sentence-transformers pipeline"
 
     def _forward(self, chunk: Chunk, rows: np.ndarray, clock: ForwardClock) -> np.ndarray:
         with torch.inference_mode():
