@@ -132,7 +132,8 @@ def test_chunks_tokenized_ahead_in_a_thread_give_identical_scores(
     assert len(overlapped_threads) == 4 and all(
         name.startswith("rerank-ahead") for name in overlapped_threads
     )
-    assert threads == [threading.current_thread().name] * 4
+    # Without overlap each chunk is tokenized where the model runs: the process's compute thread.
+    assert len(threads) == 4 and all(name.startswith("rerank-compute") for name in threads)
     one_chunk = load(model_dirs["bert"]).score(corpus.queries, corpus.texts)
     np.testing.assert_allclose(ahead.scores, one_chunk.scores, atol=1e-6, rtol=0)
 

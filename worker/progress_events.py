@@ -75,14 +75,22 @@ class ShardProgress:
 
 
 def task_event_sender(task: Task) -> SendProgress:
-    """Sends ``task-progress`` events for the request ``task`` is running in this thread."""
+    """Sends ``task-progress`` events for the request ``task`` is running in this thread. The request is
+    taken now, so the sender also works from the compute thread, where the model reports its batches."""
+    request = task.request  # thread-local in Celery: read in the task's own thread
 
     def send(done: int, total: int) -> None:
         try:
-            # No retries: a lost progress event is harmless, a shard waiting on the broker is not.
-            task.send_event(
-                PROGRESS_EVENT, retry=False, current=done, total=total, result=describe_progress(done, total)
-            )
+            with task.app.events.default_dispatcher(hostname=request.hostname) as dispatcher:
+                # No retries: a lost progress event is harmless, a shard waiting on the broker is not.
+                dispatcher.send(
+                    PROGRESS_EVENT,
+                    uuid=request.id,
+                    retry=False,
+                    current=done,
+                    total=total,
+                    result=describe_progress(done, total),
+                )
         except Exception as exc:  # progress is best effort; it must never fail the shard
             log.debug("progress event not sent: %s: %s", type(exc).__name__, exc)
 

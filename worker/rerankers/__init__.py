@@ -21,6 +21,12 @@ def load_reranker(spec: ModelSpec, settings: Settings) -> Reranker:
         from worker.rerankers.api import load_api_reranker
 
         return load_api_reranker(spec, settings)
+    from worker.compute_thread import on_compute_thread
+
+    return on_compute_thread(_load_local, spec, settings)
+
+
+def _load_local(spec: ModelSpec, settings: Settings) -> Reranker:
     from worker.host_memory import keep_freed_host_memory
 
     keep_freed_host_memory()  # local models: every batch's activations reuse the last one's host memory

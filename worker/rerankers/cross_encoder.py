@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worker.compute_thread import on_compute_thread
 from worker.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
 from worker.errors import ConfigError, ModelLoadError
 from worker.model_spec import ModelSpec
@@ -70,7 +71,11 @@ class CrossEncoderReranker:
         self._lock = threading.Lock()
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Score pair i = (queries[i], texts[i]); identical pairs are computed once."""
+        """Score pair i = (queries[i], texts[i]); identical pairs are computed
+        once. Runs on the process's compute thread."""
+        return on_compute_thread(self._score, queries, texts)
+
+    def _score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
         pairs, inverse = unique_pairs(queries, texts)
         if not pairs:
             return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)

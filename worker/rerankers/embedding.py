@@ -11,6 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from worker.compute_thread import on_compute_thread
 from worker.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
 from worker.errors import ConfigError, ModelLoadError
 from worker.model_spec import ModelSpec
@@ -36,7 +37,11 @@ class EmbeddingReranker:
         self._lock = threading.Lock()
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Cosine similarity of pair i = (queries[i], texts[i]), as float32."""
+        """Cosine similarity of pair i = (queries[i], texts[i]), as float32; runs on the process's
+        compute thread."""
+        return on_compute_thread(self._score, queries, texts)
+
+    def _score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
         if len(queries) != len(texts):
             raise ValueError(
                 f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one"
