@@ -12,6 +12,7 @@ on any thread hand their work to this one and wait; context variables (the progr
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,16 @@ def on_compute_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwarg
         return function(*args, **kwargs)
     context = contextvars.copy_context()
     return _executor.submit(context.run, function, *args, **kwargs).result()
+
+
+def runs_on_compute_thread(function: Callable[P, T]) -> Callable[P, T]:
+    """Decorate ``function`` so that every call of it runs on the compute thread."""
+
+    @functools.wraps(function)
+    def on_thread(*args: P.args, **kwargs: P.kwargs) -> T:
+        return on_compute_thread(function, *args, **kwargs)
+
+    return on_thread
 
 
 def is_compute_thread() -> bool:

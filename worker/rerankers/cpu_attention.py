@@ -78,9 +78,7 @@ def use_batched_matmul_attention(model: nn.Module) -> bool:
     try:
         register()
         model.set_attn_implementation(ATTENTION)
-    except ImportError:  # a transformers without pluggable attention
-        return False
-    except ValueError:  # transformers refuses implementations a model's code does not dispatch on
+    except (ImportError, ValueError):  # no pluggable attention, or refused for this model's code
         return False
     return attention_of(model) == ATTENTION
 

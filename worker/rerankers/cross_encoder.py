@@ -13,7 +13,6 @@ matmuls around a fused softmax instead of SDPA's flash kernel (``cpu_attention``
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from contextlib import closing
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.compute_thread import on_compute_thread
+from worker.compute_thread import runs_on_compute_thread
 from worker.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
 from worker.errors import ConfigError, ModelLoadError
 from worker.model_spec import ModelSpec
@@ -68,36 +67,32 @@ class CrossEncoderReranker:
             if hf_model is not None
             else LibraryPath(model, self._max_length, target.device)
         )
-        self._lock = threading.Lock()
 
+    @runs_on_compute_thread
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Score pair i = (queries[i], texts[i]); identical pairs are computed
-        once. Runs on the process's compute thread."""
-        return on_compute_thread(self._score, queries, texts)
-
-    def _score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
+        """Score pair i = (queries[i], texts[i]); identical pairs are computed once. Runs on the
+        process's compute thread, so calls from several threads take turns."""
         pairs, inverse = unique_pairs(queries, texts)
         if not pairs:
             return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
-        with self._lock:
-            clock = ForwardClock(self.target.device)
-            oom_before = self.batcher.oom_count
-            unique_scores = np.empty(len(pairs), dtype=np.float32)
-            tokens = 0
-            bounds = growing_chunks(len(pairs), self.first_chunk)
-            jobs = [partial(self.path.prepare, pairs[start:stop]) for start, stop in bounds]
-            chunks = one_ahead(jobs, overlap=self.overlap and self.path.overlappable)
-            with closing(chunks):  # on an error, stop the tokenizer thread before the lock is released
-                for (start, stop), chunk in zip(bounds, chunks, strict=True):
-                    lengths = chunk.lengths
-                    forward = partial(self._forward, chunk, clock=clock)
-                    unique_scores[start:stop] = self.batcher.run(lengths, forward)
-                    tokens += int(lengths.sum())
-            extra = {
-                "unique_pairs": float(len(pairs)),
-                "oom_retries": float(self.batcher.oom_count - oom_before),
-                "token_budget": float(self.batcher.budget),
-            }
+        clock = ForwardClock(self.target.device)
+        oom_before = self.batcher.oom_count
+        unique_scores = np.empty(len(pairs), dtype=np.float32)
+        tokens = 0
+        bounds = growing_chunks(len(pairs), self.first_chunk)
+        jobs = [partial(self.path.prepare, pairs[start:stop]) for start, stop in bounds]
+        chunks = one_ahead(jobs, overlap=self.overlap and self.path.overlappable)
+        with closing(chunks):  # on an error, stop the tokenizer thread before the error leaves
+            for (start, stop), chunk in zip(bounds, chunks, strict=True):
+                lengths = chunk.lengths
+                forward = partial(self._forward, chunk, clock=clock)
+                unique_scores[start:stop] = self.batcher.run(lengths, forward)
+                tokens += int(lengths.sum())
+        extra = {
+            "unique_pairs": float(len(pairs)),
+            "oom_retries": float(self.batcher.oom_count - oom_before),
+            "token_budget": float(self.batcher.budget),
+        }
         return ScoreResult(
             scores=unique_scores[inverse],
             tokens=tokens,

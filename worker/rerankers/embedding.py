@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from worker.compute_thread import on_compute_thread
+from worker.compute_thread import runs_on_compute_thread
 from worker.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
 from worker.errors import ConfigError, ModelLoadError
 from worker.model_spec import ModelSpec
@@ -34,14 +33,11 @@ class EmbeddingReranker:
         self.batcher = TokenBudgetBatcher(target.token_budget)
         self.model = model
         self._max_length: int = model.max_seq_length
-        self._lock = threading.Lock()
 
+    @runs_on_compute_thread
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Cosine similarity of pair i = (queries[i], texts[i]), as float32; runs on the process's
-        compute thread."""
-        return on_compute_thread(self._score, queries, texts)
-
-    def _score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
+        """Cosine similarity of pair i = (queries[i], texts[i]), as float32. Runs on the process's
+        compute thread, so calls from several threads take turns."""
         if len(queries) != len(texts):
             raise ValueError(
                 f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one"
@@ -50,17 +46,16 @@ class EmbeddingReranker:
             return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
         unique_queries, query_index = unique_strings(queries)
         unique_texts, text_index = unique_strings(texts)
-        with self._lock:
-            clock = ForwardClock(self.target.device)
-            oom_before = self.batcher.oom_count
-            query_vectors, query_tokens = self.embed(unique_queries, "query", clock)
-            text_vectors, text_tokens = self.embed(unique_texts, "document", clock)
-            extra = {
-                "unique_queries": float(len(unique_queries)),
-                "unique_texts": float(len(unique_texts)),
-                "oom_retries": float(self.batcher.oom_count - oom_before),
-                "token_budget": float(self.batcher.budget),
-            }
+        clock = ForwardClock(self.target.device)
+        oom_before = self.batcher.oom_count
+        query_vectors, query_tokens = self.embed(unique_queries, "query", clock)
+        text_vectors, text_tokens = self.embed(unique_texts, "document", clock)
+        extra = {
+            "unique_queries": float(len(unique_queries)),
+            "unique_texts": float(len(unique_texts)),
+            "oom_retries": float(self.batcher.oom_count - oom_before),
+            "token_budget": float(self.batcher.budget),
+        }
         scores = np.einsum("ij,ij->i", query_vectors[query_index], text_vectors[text_index])
         return ScoreResult(
             scores=scores.astype(np.float32, copy=False),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import threading
 from collections.abc import Sequence
 from importlib.metadata import version
 from typing import Any, Protocol
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from worker.compute_thread import on_compute_thread
+from worker.compute_thread import runs_on_compute_thread
 from worker.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
 from worker.errors import ConfigError, ModelLoadError
 from worker.model_spec import ModelSpec
@@ -172,30 +171,24 @@ class FlagReranker:
         self.batcher = TokenBudgetBatcher(target.token_budget)
         self.flag_model = flag_model  # kept alive: its __del__ moves the model back to the CPU
         self._format = input_format
-        self._lock = threading.Lock()
 
+    @runs_on_compute_thread
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Score pair i = (queries[i], texts[i]); identical pairs are computed
-        once. Runs on the process's compute thread."""
-        return on_compute_thread(self._score, queries, texts)
-
-    def _score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
+        """Score pair i = (queries[i], texts[i]); identical pairs are computed once. Runs on the
+        process's compute thread, so calls from several threads take turns."""
         pairs, inverse = unique_pairs(queries, texts)
         if not pairs:
             return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
-        with self._lock:
-            items = self._format.encode(self.flag_model.get_detailed_inputs(pairs))
-            lengths = np.fromiter(
-                (len(item["input_ids"]) for item in items), dtype=np.int64, count=len(items)
-            )
-            clock = ForwardClock(self.target.device)
-            oom_before = self.batcher.oom_count
-            unique_scores = self.batcher.run(lengths, lambda batch: self._forward(items, batch, clock))
-            extra = {
-                "unique_pairs": float(len(pairs)),
-                "oom_retries": float(self.batcher.oom_count - oom_before),
-                "token_budget": float(self.batcher.budget),
-            }
+        items = self._format.encode(self.flag_model.get_detailed_inputs(pairs))
+        lengths = np.fromiter((len(item["input_ids"]) for item in items), dtype=np.int64, count=len(items))
+        clock = ForwardClock(self.target.device)
+        oom_before = self.batcher.oom_count
+        unique_scores = self.batcher.run(lengths, lambda batch: self._forward(items, batch, clock))
+        extra = {
+            "unique_pairs": float(len(pairs)),
+            "oom_retries": float(self.batcher.oom_count - oom_before),
+            "token_budget": float(self.batcher.budget),
+        }
         return ScoreResult(
             scores=unique_scores[inverse].astype(np.float32, copy=False),
             tokens=int(lengths.sum()),
