@@ -13,6 +13,7 @@ from worker import device as device_module
 from worker.device import (
     CUDA_TOKEN_BUDGET,
     cpu_has_amx,
+    cpu_has_avx512,
     cpu_has_native_bf16,
     default_token_budget,
     resolve_compute,
@@ -332,3 +333,16 @@ def test_native_bf16_detection(
     finally:
         cpu_has_amx.cache_clear()
         cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("capability", "avx512"),
+    [("AVX512", True), ("AVX512_BF16", True), ("AMX", True), ("AVX2", False), ("DEFAULT", False)],
+)
+def test_avx512_detection(monkeypatch: pytest.MonkeyPatch, capability: str, avx512: bool) -> None:
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cpu_has_avx512.cache_clear()
+    try:
+        assert cpu_has_avx512() is avx512
+    finally:
+        cpu_has_avx512.cache_clear()

@@ -16,6 +16,7 @@ from torch._dynamo.utils import counters
 from tests.fleet import REPO, clean_env
 from tests.model_factory import build_tiny_cross_encoder
 from tests.model_factory import load_cross_encoder_on_cpu as load
+from worker.rerankers import compiled as compiled_module
 from worker.rerankers.compiled import wants_compile
 
 PAIRS = [
@@ -37,10 +38,20 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "expected"),
-    [("auto", "cpu", True), ("auto", "cuda", False), ("on", "cuda", True), ("off", "cpu", False)],
+    ("setting", "device", "avx512", "expected"),
+    [
+        ("auto", "cpu", True, True),
+        ("auto", "cpu", False, False),
+        ("auto", "cuda", True, False),
+        ("on", "cuda", False, True),
+        ("on", "cpu", False, True),
+        ("off", "cpu", True, False),
+    ],
 )
-def test_auto_compiles_on_cpu_only(setting: Any, device: str, expected: bool) -> None:
+def test_auto_compiles_on_avx512_cpus_only(
+    monkeypatch: pytest.MonkeyPatch, setting: Any, device: str, avx512: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(compiled_module, "cpu_has_avx512", lambda: avx512)
     assert wants_compile(setting, torch.device(device)) is expected
 
 
@@ -52,9 +63,8 @@ def test_compiled_scores_match_eager_with_one_graph_for_every_batch_shape(model_
 
     assert compiled.compiled and compiled.describe()["compiled"] == "TorchInductor"
     assert not eager.compiled and eager.describe()["compiled"] == "no"
-    # Compiled on CPU, attention runs as batched matmuls instead of SDPA's flash kernel.
-    assert compiled.describe()["attention"] == "bulk-rerank-cpu"
-    assert eager.describe()["attention"] == "sdpa"
+    # In float32 attention stays on SDPA, compiled or not (batched matmuls pay only in bf16).
+    assert compiled.describe()["attention"] == eager.describe()["attention"] == "sdpa"
     expected = eager.score(QUERIES, TEXTS).scores
     # A budget of 600 tokens cuts batches of several widths and lengths, down to one row for the
     # 512-token pair; one pair alone is a batch of one row too.
@@ -72,6 +82,8 @@ def test_compiled_bfloat16_stays_close_to_float32(model_dir: Path) -> None:
     compiled = load(model_dir, compile="on", dtype="bfloat16")
 
     assert compiled.describe()["dtype"] == "bfloat16"
+    # Compiled on CPU in bf16, attention runs as batched matmuls instead of SDPA's flash kernel.
+    assert compiled.describe()["attention"] == "bulk-rerank-cpu"
     np.testing.assert_allclose(compiled.score(QUERIES, TEXTS).scores, reference, atol=0.05, rtol=0)
 
 
@@ -81,6 +93,9 @@ def load_in_child(model_dir: Path, tmp_path: Path, setting: str) -> subprocess.C
     script = textwrap.dedent(
         f"""
         import logging
+        import torch
+        # auto compiles only on AVX-512 CPUs: stand in for one, whatever this machine is.
+        torch.backends.cpu.get_cpu_capability = lambda: "AVX512"
         logging.basicConfig(level=logging.WARNING)
         from worker.model_spec import ModelSpec
         from worker.rerankers import load_reranker
@@ -91,7 +106,8 @@ def load_in_child(model_dir: Path, tmp_path: Path, setting: str) -> subprocess.C
         print("scores:", len(reranker.score(["a query", "b"], ["a text", "c"]).scores))
         """
     )
-    env = clean_env(compile=setting, device="cpu", dtype="float32")
+    # bf16, so that the attention switched for compiling must be switched back when compiling fails.
+    env = clean_env(compile=setting, device="cpu", dtype="bfloat16")
     env.update(
         {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
     )

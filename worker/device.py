@@ -100,6 +100,13 @@ def cpu_has_amx() -> bool:
 
 
 @lru_cache(maxsize=1)
+def cpu_has_avx512() -> bool:
+    """True when torch's CPU kernels run at AVX-512 width (or AMX) rather than AVX2 or narrower."""
+    capability = torch.backends.cpu.get_cpu_capability().upper()
+    return capability.startswith("AVX512") or "AMX" in capability
+
+
+@lru_cache(maxsize=1)
 def cpu_has_native_bf16() -> bool:
     """True when the CPU multiplies bf16 matrices natively: AMX tiles, or AVX512-BF16 dot products
     (Cooper Lake, Zen 4 and later; measured on a Zen 4 EPYC: bf16 matmuls 4x float32, the MiniLM

@@ -71,9 +71,9 @@ class Settings(BaseSettings):
     )
     compile: Compile = Field(
         default="auto",
-        description="Compile cross-encoders with TorchInductor when the model loads. auto: on CPU, falling "
-        "back to eager PyTorch (with a warning) where it cannot compile; on: everywhere, failing the load "
-        "if it cannot; off: never.",
+        description="Compile cross-encoders with TorchInductor when the model loads. auto: on CPUs with "
+        "AVX-512 (on AVX2 eager float32 is as fast), falling back to eager PyTorch (with a warning) where "
+        "it cannot compile; on: everywhere, failing the load if it cannot; off: never.",
     )
     token_budget: int | None = Field(
         default=None,

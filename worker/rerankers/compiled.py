@@ -6,6 +6,10 @@ residual adds), each one a pass over memory, and sends bf16 linears to a generic
 the linears or into generated C++ loops: on 2 AVX512-BF16 cores (MiniLM-L6 shape) bf16 went from 115 to
 ~146 pairs/s and float32 from 46 to ~95.
 
+On an AVX2-only CPU (Zen 3, 2 cores) compiling gained nothing: float32 is the only fast dtype there,
+and eager float32 already runs its matrix multiplies (MKL) near the measured matmul peak (~100 GFLOP/s,
+MiniLM-L6 shape 38-42 pairs/s eager and compiled alike), so ``auto`` skips the ~40 s compile there.
+
 Sizes are dynamic, so one graph serves every batch width and length; Dynamo still specialises size 1,
 so a single-row batch is sent as two copies of its row instead of compiling a second graph (~20 s).
 """
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from worker.device import cpu_has_avx512
 from worker.settings import Compile
 
 # Rows of the smallest batch the compiled graph sees; smaller batches are padded with copies.
@@ -24,9 +29,9 @@ MIN_ROWS = 2
 
 
 def wants_compile(setting: Compile, device: torch.device) -> bool:
-    """Whether RERANK_COMPILE asks for compiling a model on ``device`` (auto: on CPU only)."""
+    """Whether RERANK_COMPILE asks for compiling a model on ``device`` (auto: on CPUs with AVX-512)."""
     if setting == "auto":
-        return device.type == "cpu"
+        return device.type == "cpu" and cpu_has_avx512()
     return setting == "on"
 
 

@@ -6,8 +6,8 @@ classifiers (nearly every cross-encoder) skip the library's per-batch preprocess
 tokenized in bulk, padded with numpy and fed straight to the Hugging Face model (see
 ``cross_encoder_paths``); their last layer computes only the position their head reads
 (``first_position``). In bf16/fp16 the matrix multiplies run in low precision while the residual stream
-and the score head stay float32 (``mixed_precision``). Compiled on CPU, attention runs as two batched
-matmuls around a fused softmax instead of SDPA's flash kernel (``cpu_attention``).
+and the score head stay float32 (``mixed_precision``). Compiled on CPU in bf16, attention runs as two
+batched matmuls around a fused softmax instead of SDPA's flash kernel (``cpu_attention``).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class CrossEncoderReranker:
                 )
             return
         started = time.perf_counter()
-        if self.target.device.type == "cpu":
+        if self.target.device.type == "cpu" and self.target.dtype != torch.float32:
             use_batched_matmul_attention(self.path.model)
         self.path.compiled = CompiledLogits(self.path.model)
         try:
