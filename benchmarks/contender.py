@@ -3,8 +3,9 @@
 The parent starts ``python -m benchmarks.contender KIND ...`` per contender, all with the same CPU pinning
 and thread count. The child loads its model with its library's defaults, warms up on the same few pairs
 as every other contender and reports ready; then each ``score`` line on its stdin makes it score all the
-pairs in one call and report the seconds taken. Keeping the processes alive lets the parent interleave
-the contenders' rounds, so a neighbour's burst of CPU use on a shared machine hits them all alike.
+pairs (``score N``: the first N) in one call and report the seconds taken. Keeping the processes alive
+lets the parent interleave the contenders' rounds, so a neighbour's burst of CPU use on a shared machine
+hits them all alike.
 Messages go to stdout as lines starting with ``BENCH:``; anything else a library prints is ignored.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("ours", "sentence-transformers", "flagembedding")
-WARMUP_PAIRS = 64  # untimed, the same pairs for every contender: first-call costs stay out of the rounds
+WARMUP_PAIRS = 16  # untimed, the same pairs for every contender: first-call costs stay out of the rounds
 MARK = "BENCH:"
 
 Pairs = list[tuple[str, str]]
@@ -102,15 +103,19 @@ class Contender:
         if self._ready is None:
             self._ready = self._receive("ready")
 
-    def score_once(self, record: bool = True) -> float:
-        """Score all pairs once; return the seconds the call took, and with ``record`` keep them as one
-        of this contender's rounds."""
+    def score_once(self, record: bool = True, pairs: int | None = None) -> float:
+        """Score all pairs (or the first ``pairs``) once; return the seconds the call took, and with
+        ``record`` keep them as one of this contender's rounds."""
         self.wait_ready()
-        self._send("score")
+        self._send("score" if pairs is None else f"score {pairs}")
         seconds = float(self._receive("scored")["seconds"])
         if record:
             self.round_seconds.append(seconds)
         return seconds
+
+    def best_seconds(self) -> float:
+        """The fastest recorded round."""
+        return min(self.round_seconds)
 
     def finish(self) -> tuple[ContenderRun, np.ndarray]:
         """End the process; return its figures and the scores of its last round."""
@@ -158,27 +163,6 @@ class Contender:
             elif line == "":  # end of output: the process has exited
                 log = self.log_file.read_text(errors="replace")[-4000:]
                 raise RuntimeError(f"contender {self.kind} stopped before {event!r}:\n{log}")
-
-
-def run_contender(
-    kind: str,
-    model_dir: Path,
-    corpus_file: Path,
-    work_dir: Path,
-    device: str,
-    dtype: str,
-    cpus: list[int],
-    timeout_s: float,
-    rounds: int = 1,
-    compile_mode: str = "auto",
-) -> tuple[ContenderRun, np.ndarray]:
-    """Start one contender, score ``rounds`` times, and finish it."""
-    with Contender(
-        kind, model_dir, corpus_file, work_dir, device, dtype, cpus, timeout_s, compile_mode
-    ) as contender:
-        for _ in range(rounds):
-            contender.score_once()
-        return contender.finish()
 
 
 def child_env(threads: int, device: str, compile_mode: str = "auto") -> dict[str, str]:
@@ -297,17 +281,21 @@ def main(argv: list[str] | None = None) -> int:
     on_cuda = args.device.startswith("cuda")
     say("ready")
 
-    scores = None
+    scores = None  # of the last call that scored every pair
     for command in sys.stdin:
-        if command.strip() != "score":
+        verb, _, count = command.strip().partition(" ")
+        if verb != "score":
             break
+        batch = pairs[: int(count)] if count else pairs
         if on_cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        scores = scorer(pairs)
+        batch_scores = scorer(batch)
         if on_cuda:
             torch.cuda.synchronize()
         say("scored", seconds=time.perf_counter() - started)
+        if len(batch) == len(pairs):
+            scores = batch_scores
 
     if scores is not None:
         np.save(args.scores, np.asarray(scores, dtype=np.float32))

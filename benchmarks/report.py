@@ -46,7 +46,8 @@ def contender_table(rows: Sequence[ContenderRow], ours_pairs_per_s: float) -> st
                 f"{row.agreement.top_k_same:>10.1%} {row.agreement.max_abs_diff:>10.2e}"
             )
         lines.append(
-            f"{row.label:<44} {run.dtype:<9} {row.pairs_per_s:>8.1f} {row.tokens_per_s:>9.0f} "
+            f"{row.label:<44} {run.dtype:<9} {row.pairs_per_s:>8.{1 if row.pairs_per_s >= 10 else 2}f} "
+            f"{row.tokens_per_s:>9.0f} "
             f"{ours_pairs_per_s / row.pairs_per_s:>7.2f}x {run.load_seconds:>7.1f} "
             f"{f'{run.baseline_rss_bytes / MIB:.0f} / {run.peak_rss_bytes / MIB:.0f}':>18} {gpu:>8}  "
             f"{agreement}"

@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from benchmarks.agreement import agreement, average_ranks, spearman
-from benchmarks.contender import run_contender
+from benchmarks.contender import Contender
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
 from benchmarks.models import HEAD_LOGIT_STD, HEAD_SEED, ModelShape, build_model
 from benchmarks.oom_demo import OomDemo, adapt_under_pressure
+from benchmarks.peak import affordable_sizes
 from benchmarks.report import ContenderRow, contender_table, oom_lines
-from benchmarks.suite import parse_cpus
+from benchmarks.suite import PLANS, parse_cpus, pipeline_size, utilization_line
 from tests.model_factory import bert_tokenizer, build_tiny_cross_encoder
 from worker.model_spec import ModelSpec
 from worker.rerankers import load_reranker
@@ -114,10 +115,14 @@ def test_a_contender_runs_in_its_own_process(tiny_dir: Path, words: list[str], t
     corpus = synthetic_corpus(words, n_queries=2, docs_per_query=10, seed=4)
     corpus_file = corpus.write_parquet(tmp_path / "corpus.parquet")
 
-    run, scores = run_contender("ours", tiny_dir, corpus_file, tmp_path, "cpu", "float32", [0], 300, rounds=2)
+    with Contender("ours", tiny_dir, corpus_file, tmp_path, "cpu", "float32", [0], 300) as contender:
+        contender.score_once()
+        contender.score_once(record=False, pairs=10)  # the pipeline's in-process side, on a head
+        contender.score_once()
+        run, scores = contender.finish()
 
     assert (run.kind, run.dtype, run.output, run.pairs, run.threads) == ("ours", "float32", "sigmoid", 20, 1)
-    assert len(run.round_seconds) == 2 and run.seconds > 0
+    assert len(run.round_seconds) == 2 and run.seconds > 0 and len(scores) == 20
     assert run.peak_rss_bytes >= run.baseline_rss_bytes > 0
     assert run.gpu_peak_bytes is None
     in_process = load_reranker(
@@ -175,6 +180,30 @@ def test_report_lines() -> None:
         "out-of-memory adaptation: skipped: no CUDA device"
     ]
     assert parse_cpus("0-2,5") == [0, 1, 2, 5]
+    reference = ContenderRun(
+        "sentence-transformers", "float32", "sigmoid", 100, (5.0,), 0.5, 2, 500 << 20, 900 << 20, None
+    )
+    rows.append(ContenderRow("sentence-transformers CrossEncoder.predict", reference, 10_000, None))
+    # 100 GFLOP in 2 s and in 5 s against a 100 GFLOP/s peak: 50% and 20%, so 5x at best.
+    line = utilization_line(rows[::2], 100e9, {"float32": 100.0}, "float32")
+    assert "ours float32 50%" in line and "CrossEncoder.predict float32 20%" in line and "5.0x" in line
+
+
+def test_pipeline_corpus_is_sized_to_the_in_process_rate() -> None:
+    full = PLANS[("full", "cpu")]
+    assert full.pipeline_seconds is not None and full.shard_pairs == 2000
+    assert pipeline_size(full, 15000, pairs_per_s=100.0) == 6000  # a minute at 100 pairs/s
+    assert pipeline_size(full, 15000, pairs_per_s=10.0) == 3990  # about two shards at least
+    assert pipeline_size(full, 15000, pairs_per_s=1000.0) == 15000  # never over the corpus
+    assert pipeline_size(full, 15000, pairs_per_s=41.0) % 30 == 0  # whole queries
+    assert pipeline_size(PLANS[("quick", "cpu")], 60, pairs_per_s=40.0) == 60
+
+
+def test_matmul_peak_leaves_out_sizes_too_slow_for_the_dtype() -> None:
+    # 2 * 2048^3 FLOP is 17 GFLOP: 0.17 s at 100 GFLOP/s, 14 s at an emulated 1.2 GFLOP/s.
+    assert affordable_sizes((2048, 3072), 100.0) == [2048, 3072]
+    assert affordable_sizes((2048, 3072), 40.0) == [2048]
+    assert affordable_sizes((2048, 3072), 1.2) == []
 
 
 def test_bench_corpus_slices_follow_query_ids() -> None:
