@@ -2,14 +2,15 @@
 
 For each model (built locally with the shape of ms-marco-MiniLM-L-6-v2 and of bge-reranker-v2-m3), every
 contender scores the same pairs in its own process with the same CPU pinning and thread count: ours
-(``load_reranker``, the workers' own code path) at RERANK_DTYPE=auto and at the other dtype,
-``CrossEncoder.predict`` and ``FlagReranker.compute_score`` with their defaults. The contenders take turns
+(``load_reranker``, the workers' own code path) at RERANK_DTYPE=auto and at the other dtype (bf16 only
+where the device multiplies it natively), ``CrossEncoder.predict`` and ``FlagReranker.compute_score`` with
+their defaults. The contenders take turns
 in interleaved rounds and each one's best round counts, so that other work on a shared machine slows
 them alike. Printed per contender: pairs/s, tokens/s, how many times faster ours is, load time, peak RSS
 (and GPU memory on CUDA) and agreement with the float32 reference (``CrossEncoder.predict``). Then the
-device's measured matmul peak and our model FLOP utilization, the same kind of corpus through submit.py
-and one worker against the in-process scorer, and on CUDA the out-of-memory adaptation of the token
-budget. Built models are cached under data/bench-models.
+device's measured matmul peak, our model FLOP utilization and every contender's share of the peak, the
+same kind of corpus through submit.py and one worker against the in-process scorer, and on CUDA the
+out-of-memory adaptation of the token budget. Built models are cached under data/bench-models.
 
 Examples:
   python scripts/bench.py --quick        # about a minute: the MiniLM shape, 60 pairs, a smoke run
