@@ -235,7 +235,7 @@ def bench_model(
     variants = [("ours", setup.auto_dtype, f"{LABELS['ours']} (auto: {setup.auto_dtype})")]
     if model_plan.other_dtype:
         other = "float32" if setup.auto_dtype != "float32" else "bfloat16"
-        if other == "bfloat16" and setup.device == "cpu" and not cpu_has_native_bf16():
+        if other == "bfloat16" and bf16_is_emulated(setup.device):
             print(
                 "   ours at RERANK_DTYPE=bfloat16 not run: this CPU has no native bf16 matmuls (AMX or "
                 "AVX512-BF16), so torch emulates them far below float32 (see the bf16 matmul peak below)"
@@ -292,6 +292,11 @@ def bench_model(
     if pipeline is not None and pipeline_figures is not None:
         pipeline.report(pipeline_figures)
     return figures, None if pipeline_figures is None else asdict(pipeline_figures)
+
+
+def bf16_is_emulated(device: str) -> bool:
+    """True on a CPU without native bf16 matmuls, where torch emulates them far below float32."""
+    return device == "cpu" and not cpu_has_native_bf16()
 
 
 def pipeline_size(plan: Plan, max_pairs: int, pairs_per_s: float) -> int:
@@ -407,16 +412,15 @@ class PipelineSection:
         self.work = setup.work / "pipeline"
         self.work.mkdir(parents=True, exist_ok=True)
         corpus_file = self.corpus.write_parquet(self.work / f"corpus-{self.max_pairs}.parquet")
-        work = self.work
         self.fleet = PipelineFleet(
-            built.path, work, setup.device, setup.auto_dtype, setup.cpus, TIMEOUT_S, setup.compile_mode
+            built.path, self.work, setup.device, setup.auto_dtype, setup.cpus, TIMEOUT_S, setup.compile_mode
         )
         self.owns_in_process = in_process is None
         self.in_process = in_process or Contender(
             "ours",
             built.path,
             corpus_file,
-            work,
+            self.work,
             setup.device,
             setup.auto_dtype,
             setup.cpus,
@@ -533,7 +537,7 @@ def print_targets(figures: dict[str, object], key: str | None) -> None:
         speedup = next(row["ours_speedup"] for row in rows if row["kind"] == kind)
         print(verdict(f">= 4x the pairs/s of {name}", f"{speedup:.2f}x", speedup >= 4.0))
     mfu = model["mfu"]["bfloat16"]
-    if figures.get("device") == "cpu" and not cpu_has_native_bf16():
+    if bf16_is_emulated(str(figures.get("device"))):
         # An emulated bf16 peak is no yardstick: judge against the peak of the dtype ours ran at.
         mfu = model["mfu"][ours["dtype"]]
         name = f">= 40% of the {ours['dtype']} matmul peak (MFU; no native bf16)"
