@@ -19,12 +19,15 @@ WORKDIR /app
 RUN pip install "${TORCH_SPEC}"
 
 COPY pyproject.toml README.md ./
-COPY worker worker
-COPY tasks tasks
+COPY core core
 COPY storage storage
-COPY config config
-# Editable, so that the code finds its config/ beside it, as in a checkout.
-RUN pip install -e .
+COPY worker worker
+COPY producer producer
+COPY tasks tasks
+COPY testkit testkit
+COPY benchmarks benchmarks
+# The price table ships inside the package (core/prices.toml), so a plain install finds it.
+RUN pip install .
 COPY scripts scripts
 
 RUN useradd --uid "${APP_UID}" --create-home rerank \

@@ -207,9 +207,9 @@ def peak_rss_bytes() -> int:
 
 
 def load_ours(model_dir: Path, device: str, dtype: str) -> tuple[Scorer, str]:
-    from worker.model_spec import ModelSpec
-    from worker.rerankers import load_reranker
-    from worker.settings import Settings
+    from core.model_spec import ModelSpec
+    from core.settings import Settings
+    from worker.backends import load_reranker
 
     reranker = load_reranker(
         ModelSpec.parse(f"cross-encoder:{model_dir}"), Settings(device=device, dtype=dtype)

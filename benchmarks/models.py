@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
-from worker.rerankers.mixed_precision import score_heads
+from worker.backends.local.mixed_precision import score_heads
 
 BUILDER_VERSION = 1  # bump when a change here changes the models built
 HEAD_LOGIT_STD = 2.5

@@ -65,9 +65,9 @@ def run_demo(model_dir: Path, n_pairs: int, seconds: float) -> OomDemo:
         return OomDemo(skipped="no CUDA device")
     from benchmarks.corpus import synthetic_corpus, whole_words
     from benchmarks.models import bert_tokenizer
-    from worker.model_spec import ModelSpec
-    from worker.rerankers import load_reranker
-    from worker.settings import Settings
+    from core.model_spec import ModelSpec
+    from core.settings import Settings
+    from worker.backends import load_reranker
 
     total = torch.cuda.get_device_properties(0).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, MEMORY_CAP_BYTES / total))

@@ -59,9 +59,9 @@ class PipelineFleet:
     ) -> None:
         """Start the worker (in the background: call ``wait_ready``). The children inherit this process's
         CPU affinity; ``cpus`` sets their thread count."""
-        from worker.broker import embedded_broker
-        from worker.model_spec import ModelSpec
-        from worker.settings import Settings
+        from core.broker import embedded_broker
+        from core.model_spec import ModelSpec
+        from core.settings import Settings
 
         self.timeout_s = timeout_s
         self.model = f"cross-encoder:{model_dir}"
@@ -94,7 +94,7 @@ class PipelineFleet:
 
     def wait_ready(self) -> None:
         """Block until the worker has loaded its model and beats in Redis."""
-        from worker.presence import live_workers
+        from core.broker.presence import live_workers
 
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while not live_workers(self.broker_url, self.prefix, self.queue):

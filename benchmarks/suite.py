@@ -43,8 +43,8 @@ from benchmarks.oom_demo import OomDemo
 from benchmarks.peak import measure_peaks
 from benchmarks.pipeline import PipelineFleet, PipelineRun
 from benchmarks.report import ContenderRow, contender_table, oom_lines, verdict
-from worker.device import cpu_has_native_bf16
-from worker.settings import Compile
+from core.settings import Compile
+from worker.backends.local.device import cpu_has_native_bf16
 
 DOCS_PER_QUERY = 30
 # Pairs the score head is fitted to: the trained MiniLM body is cheap to run; the random bge-m3-shaped
@@ -568,7 +568,7 @@ def print_targets(figures: dict[str, object], key: str | None) -> None:
 def token_lengths(built: BuiltModel, corpus: BenchCorpus) -> np.ndarray:
     from transformers import AutoTokenizer
 
-    from worker.rerankers.pair_tokens import PairTokenizer
+    from worker.backends.local.pair_tokens import PairTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(built.path))
     max_length = min(tokenizer.model_max_length, built.shape.positions)
@@ -578,8 +578,8 @@ def token_lengths(built: BuiltModel, corpus: BenchCorpus) -> np.ndarray:
 def resolved_auto_dtype(device: str) -> str:
     import torch
 
-    from worker.device import describe_dtype, resolve_dtype
-    from worker.settings import Settings
+    from core.settings import Settings
+    from worker.backends.local.device import describe_dtype, resolve_dtype
 
     return describe_dtype(resolve_dtype(Settings(dtype="auto"), torch.device(device)))
 
@@ -587,9 +587,9 @@ def resolved_auto_dtype(device: str) -> str:
 def machine_line(setup: Setup) -> str:
     import torch
 
-    from worker.device import cpu_flags, cpu_has_amx, resolve_compute
-    from worker.rerankers.compiled import wants_compile
-    from worker.settings import Settings
+    from core.settings import Settings
+    from worker.backends.local.compiled import wants_compile
+    from worker.backends.local.device import cpu_flags, cpu_has_amx, resolve_compute
 
     flags = cpu_flags()
     where = f"GPU {torch.cuda.get_device_name(0)}" if setup.device == "cuda" else f"CPU {cpu_model()}"

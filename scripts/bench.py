@@ -1,6 +1,6 @@
 """Local scoring speed: our cross-encoder scorer against sentence-transformers and FlagEmbedding.
 
-The benchmark itself lives in the ``benchmarks`` package next to this directory; ``--help`` describes it.
+The benchmark itself lives in the ``benchmarks`` package; ``--help`` describes it.
 
   python scripts/bench.py --quick        # about a minute: a smoke run
   python scripts/bench.py                # the numbers (about 15 minutes on 2 CPU cores)
@@ -9,10 +9,6 @@ The benchmark itself lives in the ``benchmarks`` package next to this directory;
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
-# benchmarks/ sits beside scripts/ and is not one of the installed packages.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.suite import main
 

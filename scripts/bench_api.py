@@ -1,6 +1,6 @@
 """Benchmark API workers against a rate-limited provider: how much of the limit the fleet uses.
 
-Starts a fake OpenAI-compatible /v1/rerank server (tests/api_servers.py) on loopback that enforces a
+Starts a fake OpenAI-compatible /v1/rerank server (testkit/api_servers.py) on loopback that enforces a
 requests and a tokens limit per window and answers 429 past them, starts `scripts/workers.py --api
 openai-rerank` with the same limits (real Celery worker processes), submits a synthetic corpus with
 `scripts/submit.py --wait`, and prints, per full window from the first request on, the requests and
@@ -25,17 +25,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the fake provider lives with the tests
+from core.broker import embedded_broker
+from core.model_spec import ModelSpec
+from core.settings import Settings
+from testkit import corpora
+from testkit.api_dialects import server_tokens
+from testkit.api_servers import FakeRerankServer, Received, running
+from testkit.fleet import clean_env, start_workers
+from testkit.services import delete_prefixed
 
-from tests import corpora  # noqa: E402
-from tests.api_dialects import server_tokens  # noqa: E402
-from tests.api_servers import FakeRerankServer, Received, running  # noqa: E402
-from tests.fleet import clean_env, start_workers  # noqa: E402
-from tests.services import delete_prefixed  # noqa: E402
-from worker.broker import embedded_broker  # noqa: E402
-from worker.model_spec import ModelSpec  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 MODEL = "openai-rerank:bench"
 KEY = f"bench-{secrets.token_hex(8)}"

@@ -25,14 +25,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the corpus and tokenizer builders live with the tests
+from benchmarks.models import SHAPES, build_model
+from benchmarks.suite import HEAD_PAIRS
+from core.broker.presence import live_workers
+from core.model_spec import ModelSpec
+from testkit import corpora
 
-from benchmarks.models import SHAPES, build_model  # noqa: E402
-from benchmarks.suite import HEAD_PAIRS  # noqa: E402
-from tests import corpora  # noqa: E402
-from worker.model_spec import ModelSpec  # noqa: E402
-from worker.presence import live_workers  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DOCS_PER_QUERY = 50
 
@@ -91,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         stderr=subprocess.DEVNULL,
     )
     try:
-        from worker.broker import embedded_broker
-        from worker.settings import Settings
+        from core.broker import embedded_broker
+        from core.settings import Settings
 
         settings = Settings(data_dir=root / "data")
         broker_url = embedded_broker(settings).ensure_running()
@@ -108,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         fleet.send_signal(signal.SIGTERM)
         fleet.wait(120)
-        from worker.broker import embedded_broker as _embedded
-        from worker.settings import Settings as _Settings
+        from core.broker import embedded_broker as _embedded
+        from core.settings import Settings as _Settings
 
         _embedded(_Settings(data_dir=root / "data")).stop()
         shutil.rmtree(root, ignore_errors=True)

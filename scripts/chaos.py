@@ -31,18 +31,17 @@ import psutil
 import pyarrow.parquet as pq
 from sqlalchemy import func, select
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # the tiny-model and corpus builders live with the tests
+from core.broker.embedded import EmbeddedRedis
+from core.broker.presence import live_workers
+from core.model_spec import ModelSpec
+from core.settings import Settings
+from storage.ledger import Ledger
+from storage.ledger.schema import Usage
+from testkit import corpora
+from testkit.model_factory import build_tiny_cross_encoder
+from worker.backends import load_reranker
 
-from storage.ledger import Ledger  # noqa: E402
-from storage.ledger_schema import Usage  # noqa: E402
-from tests import corpora  # noqa: E402
-from tests.model_factory import build_tiny_cross_encoder  # noqa: E402
-from worker.embedded_redis import EmbeddedRedis  # noqa: E402
-from worker.model_spec import ModelSpec  # noqa: E402
-from worker.presence import live_workers  # noqa: E402
-from worker.rerankers import load_reranker  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DOCS_PER_QUERY = 25
 

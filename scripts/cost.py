@@ -1,7 +1,7 @@
 """Cost accounting from the ledger: cost, tokens, search units, requests, scored pairs and GPU hours,
 grouped by run, model, provider, worker and/or day, over a date range, with cost per million pairs.
 API requests are priced when they are recorded; GPU hours are priced here from the [[gpu]] entries of
-the same price table (RERANK_PRICES_PATH, default config/prices.toml).
+the same price table (RERANK_PRICES_PATH, default core/prices.toml).
 
 Exit codes: 0 done; 2 bad flags or price table.
 
@@ -20,11 +20,11 @@ import sys
 from datetime import date
 from typing import Any
 
-from storage.cost_report import DIMENSIONS, CostRow, cost_report
+from core.errors import RerankError
+from core.pricing import load_price_table
+from core.settings import get_settings
 from storage.ledger import Ledger
-from worker.errors import RerankError
-from worker.pricing import load_price_table
-from worker.settings import get_settings
+from storage.ledger.cost_report import DIMENSIONS, CostRow, cost_report
 
 COLUMNS = (
     "requests",

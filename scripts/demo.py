@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from core.broker import embedded_broker, resolve_broker_url
+from core.broker.presence import live_workers
+from core.model_spec import ModelSpec
+from core.settings import Settings, get_settings
+from producer.report import run_summary
 from storage.corpus import CorpusColumns, iter_pairs
 from storage.ledger import Ledger
-from worker.broker import embedded_broker, resolve_broker_url
-from worker.model_spec import ModelSpec
-from worker.presence import live_workers
-from worker.report import run_summary
-from worker.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"

@@ -19,11 +19,11 @@ import os
 import sys
 from pathlib import Path
 
-from worker.broker import resolve_broker_url
-from worker.celery_app import create_app
-from worker.errors import BrokerError, ConfigError, RerankError
-from worker.redis_url import redact
-from worker.settings import Settings, get_settings
+from core.broker import resolve_broker_url
+from core.broker.celery_app import create_app
+from core.broker.url import redact
+from core.errors import BrokerError, ConfigError, RerankError
+from core.settings import Settings, get_settings
 
 EXIT_OK, EXIT_USAGE, EXIT_BROKER = 0, 2, 3
 # The task list's columns: a shard's progress line is its result while it runs.

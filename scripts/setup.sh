@@ -11,16 +11,16 @@ if [ ! -x .venv/bin/python ]; then
     "$python_bin" -m venv .venv
 fi
 
-# Debian's chromium: the headless browser tests/test_flower.py looks at Flower with (never downloaded by
+# Debian's chromium: the headless browser tests/acceptance/test_flower.py looks at Flower with (never downloaded by
 # the tests themselves). Installed when missing and this runs as root with apt-get, as on CI.
 if ! command -v chromium >/dev/null 2>&1; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "setup: installing chromium (headless browser for tests/test_flower.py) ..." >&2
+        echo "setup: installing chromium (headless browser for tests/acceptance/test_flower.py) ..." >&2
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
     else
         echo "setup: chromium is missing and cannot be installed here (needs root and apt-get);" \
-            "tests/test_flower.py will skip its browser check (on CI it fails instead)" >&2
+            "tests/acceptance/test_flower.py will skip its browser check (on CI it fails instead)" >&2
     fi
 fi
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from core.settings import get_settings
+from producer.report import run_summary
 from storage.ledger import Ledger
-from storage.ledger_types import RunStatus
-from worker.report import run_summary
-from worker.settings import get_settings
+from storage.ledger.types import RunStatus
 
 EXIT_COMPLETED, EXIT_FAILURES, EXIT_NO_RUN, EXIT_UNFINISHED = 0, 1, 2, 4
 

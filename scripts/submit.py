@@ -21,26 +21,26 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from storage.corpus import CorpusColumns, validate_corpus
-from storage.ledger import Ledger
-from storage.ledger_schema import Run
-from storage.ledger_types import RunProgress
-from storage.scores import merge_scores, read_metadata
-from worker.broker import resolve_broker_url
-from worker.celery_app import create_app
-from worker.errors import BrokerError, CorpusError, RerankError
-from worker.model_spec import ModelSpec
-from worker.presence import live_workers
-from worker.progress import wait_for_run
-from worker.report import run_summary
-from worker.settings import Settings, get_settings
-from worker.submission import (
+from core.broker import resolve_broker_url
+from core.broker.celery_app import create_app
+from core.broker.presence import live_workers
+from core.errors import BrokerError, CorpusError, RerankError
+from core.model_spec import ModelSpec
+from core.settings import Settings, get_settings
+from producer.report import run_summary
+from producer.submission import (
     create_run,
     enqueue_shards,
     failed_shards,
     previous_scores,
     unfinished_shards,
 )
+from producer.watch import wait_for_run
+from storage.corpus import CorpusColumns, validate_corpus
+from storage.ledger import Ledger
+from storage.ledger.schema import Run
+from storage.ledger.types import RunProgress
+from storage.shards.scores import merge_scores, read_metadata
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 WORKER_CHECK_EVERY_S = 15.0

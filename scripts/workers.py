@@ -14,11 +14,18 @@ import logging
 import socket
 import sys
 
-from worker.broker import resolve_broker_url
-from worker.errors import BrokerError, RerankError
-from worker.launcher import Fleet, WorkerProcess, parse_gpus, plan_api_fleet, plan_fleet, visible_gpu_count
-from worker.model_spec import API_KINDS, ModelSpec
-from worker.settings import get_settings
+from core.broker import resolve_broker_url
+from core.errors import BrokerError, RerankError
+from core.model_spec import API_KINDS, ModelSpec
+from core.settings import get_settings
+from worker.fleet.launcher import (
+    Fleet,
+    WorkerProcess,
+    parse_gpus,
+    plan_api_fleet,
+    plan_fleet,
+    visible_gpu_count,
+)
 
 EXIT_USAGE = 2
 EXIT_BROKER = 3
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = _model_spec(args)
         _check_placement(args, spec)
         if spec.is_api:
-            from worker.rerankers.api import check_api_config
+            from worker.backends.api import check_api_config
 
             check_api_config(spec, settings)
         gpus = parse_gpus(args.gpus, visible_gpu_count()) if args.gpus else None

@@ -7,10 +7,10 @@ from typing import Any
 
 from celery import Task
 
-from tasks.shard_ref import TASK_NAME, ShardRef
+from core.messages import TASK_NAME, ShardRef
+from worker.app import app
 from worker.runtime import get_runtime
 from worker.shard_runner import ShardAttemptError, ShardBusyError, run_shard
-from worker.worker_app import app
 
 MAX_BACKOFF_S = 300.0
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from tests.api_dialects import expected_judge_probability, expected_score
-from tests.api_servers import FakeRerankServer
-from worker.model_spec import ModelSpec
-from worker.rerankers import load_reranker
-from worker.rerankers.api.reranker import ApiReranker
-from worker.settings import Settings
+from core.model_spec import ModelSpec
+from core.settings import Settings
+from testkit.api_dialects import expected_judge_probability, expected_score
+from testkit.api_servers import FakeRerankServer
+from worker.backends import load_reranker
+from worker.backends.api.reranker import ApiReranker
 
 API_KEY = "sk-test-7f3a9c1e5b2d4f6a8e0c"
 PRICES = """

@@ -6,13 +6,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import delete_prefixed, new_prefix, postgres_schema, redis_for_tests
+from testkit.services import delete_prefixed, new_prefix, postgres_schema, redis_for_tests
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Compiling costs ~10-30 s per model load; tests/test_compiled.py covers the compiled path.
+# Compiling costs ~10-30 s per model load; tests/integration/test_compiled.py covers the compiled path.
 os.environ.setdefault("RERANK_COMPILE", "off")
+
+
+TIERS = ("unit", "integration", "acceptance")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries the marker of its tier, the folder it lives in (``-m unit`` and so on)."""
+    tests_dir = Path(__file__).parent
+    for item in items:
+        tier = item.path.relative_to(tests_dir).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: every test lives in one of tests/{{{','.join(TIERS)}}}")
+        item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import logging
 import threading
 from types import TracebackType
 
-from storage.shard_leases import ShardLeases
+from storage.ledger.leases import ShardLeases
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,9 @@ import threading
 
 from celery import Celery
 
+from core.messages import send_shard
 from storage.ledger import Ledger
-from storage.shard_leases import ShardLeases
-from tasks.shard_ref import TASK_NAME
-from worker.submission import shard_ref
+from storage.ledger.leases import ShardLeases
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,7 @@ def requeue_expired_shards(leases: ShardLeases, ledger: Ledger, app: Celery) -> 
         run = ledger.get_run(shard.run_id)
         if run is None or not leases.requeue_expired(shard.run_id, shard.shard_id, shard.attempts):
             continue
-        ref = shard_ref(run.run_id, run.model, shard)
-        app.send_task(TASK_NAME, args=[ref.to_message()], queue=run.queue)
+        send_shard(app, shard.ref(run.model), run.queue)
         log.warning(
             "shard %s/%s: attempt %d on %s stopped renewing its lease; sent again",
             shard.run_id,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 
+from core.errors import MessageError
+from core.model_spec import ModelSpec
+from core.settings import Settings, get_settings
 from storage.ledger import Ledger
-from storage.shard_leases import ShardLeases
-from worker.errors import MessageError
-from worker.model_spec import ModelSpec
-from worker.rerankers import load_reranker
-from worker.rerankers.base import Reranker
-from worker.settings import Settings, get_settings
+from storage.ledger.leases import ShardLeases
+from worker.backends import load_reranker
+from worker.backends.base import Reranker
 
 
 class WrongModelError(MessageError):

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from core.errors import MessageError, PermanentProviderError, ProviderError, RerankError
+from core.messages import ShardRef
+from core.model_spec import ModelSpec
 from storage.atomic import remove_stale_temporaries, staged
-from storage.corpus import read_shard_input
-from storage.ledger_types import AttemptUsage, utcnow
-from storage.scores import scores_table, write_staged_scores
-from storage.shard_leases import Busy, Closed
-from tasks.shard_ref import ShardRef
-from worker.errors import MessageError, PermanentProviderError, ProviderError, RerankError
+from storage.ledger.leases import Busy, Closed
+from storage.ledger.types import AttemptUsage, utcnow
+from storage.shards.inputs import read_shard_input
+from storage.shards.scores import scores_table, write_staged_scores
 from worker.lease_keeper import LeaseKeeper
-from worker.model_spec import ModelSpec
 from worker.runtime import WorkerRuntime
 from worker.shard_scoring import score_shard_pairs
 

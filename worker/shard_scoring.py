@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from storage.shard_annotations import CONTENT_HASH, merge_reused, scores_to_compute
-from worker.rerankers.base import Reranker, ScoreResult
+from storage.shards.annotations import CONTENT_HASH, merge_reused, scores_to_compute
+from worker.backends.base import Reranker, ScoreResult
 
 
 @dataclass(frozen=True)

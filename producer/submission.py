@@ -1,0 +1,148 @@
+"""The producer: validate a corpus, cut it into shards, record the run, enqueue one task per shard."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from celery import Celery
+
+from core.errors import RerankError
+from core.messages import send_shard
+from core.model_spec import ModelSpec
+from core.settings import Settings
+from storage.corpus import CorpusColumns, CorpusSummary
+from storage.ledger import Ledger
+from storage.ledger.schema import Run, Shard
+from storage.ledger.types import RunStatus, ShardPlanRow, ShardStatus, utcnow
+from storage.shards.annotations import annotate_shard_input
+from storage.shards.content_hash import scoring_fingerprint
+from storage.shards.inputs import write_shard_inputs
+from storage.shards.plan import plan_shards
+from storage.shards.reuse import PreviousScores
+
+INPUTS_DIRNAME = "_inputs"
+
+
+@dataclass(frozen=True)
+class CreatedRun:
+    run_id: str
+    run_dir: Path
+    shards: list[Shard]
+    n_pairs: int
+    n_queries: int
+    reused_pairs: int
+
+
+def new_run_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def run_dir(settings: Settings, run_id: str) -> Path:
+    return settings.runs_dir / run_id
+
+
+def shard_output_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}.parquet"
+
+
+def create_run(
+    corpus: Path,
+    summary: CorpusSummary,
+    spec: ModelSpec,
+    columns: CorpusColumns,
+    settings: Settings,
+    ledger: Ledger,
+    shard_pairs: int,
+    previous: PreviousScores | None = None,
+    reused_from: str | None = None,
+) -> CreatedRun:
+    """Record a new run of a validated corpus, with its shard inputs written under the run dir.
+
+    The shard inputs are written to a hidden directory that is renamed into place, and everything is
+    removed again if recording the run fails."""
+    run_id = new_run_id()
+    final_dir = run_dir(settings, run_id)
+    staging = settings.runs_dir / f".staging-{run_id}"
+    try:
+        plans = plan_shards(summary, shard_pairs)
+        inputs = write_shard_inputs(corpus, columns, summary, plans, staging / INPUTS_DIRNAME)
+        fingerprint = scoring_fingerprint(str(spec), settings.max_length)
+        reused = sum(annotate_shard_input(shard.path, fingerprint, previous) for shard in inputs)
+        staging.rename(final_dir)
+        data_dir = settings.resolved_data_dir
+        rows = [
+            ShardPlanRow(
+                shard_id=shard.shard_id,
+                pairs=shard.n_pairs,
+                queries=shard.n_queries,
+                input_path=str((final_dir / INPUTS_DIRNAME / shard.path.name).relative_to(data_dir)),
+                output_path=str((final_dir / shard_output_name(shard.shard_id)).relative_to(data_dir)),
+            )
+            for shard in inputs
+        ]
+        run = Run(
+            run_id=run_id,
+            model=str(spec),
+            queue=spec.queue,
+            corpus_path=str(corpus.resolve()),
+            status="queued",
+            n_shards=len(rows),
+            n_pairs=summary.n_pairs,
+            n_queries=summary.n_queries,
+            options={
+                "shard_pairs": shard_pairs,
+                "form": summary.form,
+                "fingerprint": fingerprint,
+                "reused_from": reused_from,
+                "reused_pairs": reused,
+            },
+            created_at=utcnow(),
+        )
+        ledger.create_run(run, rows)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        raise
+    return CreatedRun(run_id, final_dir, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused)
+
+
+def enqueue_shards(app: Celery, ledger: Ledger, run: Run, shards: list[Shard]) -> int:
+    """Record the shards as queued, then send one task per shard to the model's queue. Done shards and
+    shards a live attempt holds are skipped. Returns how many were sent. A shard recorded but not sent
+    stays "queued" and ``--resume`` sends it again."""
+    marked = set(ledger.mark_enqueued(run.run_id, [shard.shard_id for shard in shards]))
+    for shard in shards:
+        if shard.shard_id in marked:
+            send_shard(app, shard.ref(run.model), run.queue)
+    return len(marked)
+
+
+def unfinished_shards(ledger: Ledger, run_id: str) -> list[Shard]:
+    return ledger.shards(run_id, statuses=[s for s in ShardStatus if s != ShardStatus.DONE])
+
+
+def previous_scores(
+    ledger: Ledger, settings: Settings, spec: ModelSpec, which: str
+) -> tuple[str | None, PreviousScores | None]:
+    """The earlier run ``which`` and its scores. "latest" is the newest completed run of ``spec``, or
+    none at all on the first night (then every pair is scored); an explicit run id must exist."""
+    if which == "latest":
+        run_id = ledger.latest_completed_run(str(spec)) if ledger.exists() else None
+        if run_id is None:
+            return None, None
+    else:
+        run = ledger.get_run(which) if ledger.exists() else None
+        if run is None or run.status != RunStatus.COMPLETED:
+            raise RerankError(f"--reuse {which}: no completed run with that id in the ledger")
+        if run.model != str(spec):
+            raise RerankError(f"--reuse {which}: that run scored {run.model}, not {spec}")
+        run_id = run.run_id
+    return run_id, PreviousScores.from_run_dir(run_dir(settings, run_id))
+
+
+def failed_shards(ledger: Ledger, run_id: str) -> list[Shard]:
+    return ledger.shards(run_id, statuses=[ShardStatus.FAILED])

@@ -1,0 +1,116 @@
+"""Value checks that need one row at a time: nulls, blank texts, null candidates, oversized ids.
+
+Each kind of problem is counted over the whole file and reported once, with its first row
+(0-based file row index, as pyarrow and pandas count).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage.corpus.layout import CorpusLayout, is_string_type, plain_type
+from storage.corpus.reader import RawBatch
+
+_INT64_MAX = np.iinfo(np.int64).max
+_PLURALS = {"row": "rows", "entry": "entries", "candidate": "candidates"}
+
+
+@dataclass
+class _Count:
+    count: int
+    first_row: int
+
+
+@dataclass
+class RowProblems:
+    """Problem counts keyed by (column label, unit, what is wrong), in the order first seen."""
+
+    counts: dict[tuple[str, str, str], _Count] = field(default_factory=dict)
+
+    def add(self, column: str, unit: str, what: str, mask: pa.Array | np.ndarray, rows: np.ndarray) -> None:
+        """Count the true entries of mask; rows maps each entry to its file row."""
+        flags = mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array) else mask
+        hits = np.flatnonzero(flags)
+        if hits.size == 0:
+            return
+        key = (column, unit, what)
+        if key in self.counts:
+            self.counts[key].count += int(hits.size)
+        else:
+            self.counts[key] = _Count(int(hits.size), int(rows[hits[0]]))
+
+    def messages(self) -> list[str]:
+        """e.g. ``column 'text': 3 rows are null, empty or whitespace-only (first at row 17)``."""
+        lines = []
+        for (column, unit, what), found in self.counts.items():
+            verb = "are" if found.count > 1 else "is"
+            noun = _PLURALS[unit] if found.count > 1 else unit
+            lines.append(
+                f"column {column!r}: {found.count} {noun} {verb} {what} (first at row {found.first_row})"
+            )
+        return lines
+
+
+def check_rows(raw: RawBatch, layout: CorpusLayout, problems: RowProblems) -> None:
+    """Add the problems of one raw batch to problems."""
+    batch = raw.batch
+    names = layout.columns
+    rows = np.arange(raw.first_row, raw.first_row + batch.num_rows, dtype=np.int64)
+    _check_id(batch.column(names.query_id), names.query_id, "row", rows, problems)
+    _check_text(batch.column(names.query), names.query, "row", rows, problems)
+    if layout.form == "long":
+        _check_id(batch.column(names.doc_id), names.doc_id, "row", rows, problems)
+        _check_text(batch.column(names.text), names.text, "row", rows, problems)
+        return
+
+    candidates = batch.column(names.candidates)
+    problems.add(
+        names.candidates,
+        "row",
+        "null (use an empty list for a query without candidates)",
+        candidates.is_null(),
+        rows,
+    )
+    lengths = pc.fill_null(pc.list_value_length(candidates), 0).to_numpy()
+    candidate_rows = np.repeat(rows, lengths)
+    flat = pc.list_flatten(candidates)
+    problems.add(names.candidates, "entry", "null", flat.is_null(), candidate_rows)
+    present = flat.is_valid()
+    # Fields of a null entry are not checked again: the entry itself was reported above.
+    for name, check in ((names.doc_id, _check_id), (names.text, _check_text)):
+        values = flat.field(name).filter(present)
+        check(values, f"{names.candidates}.{name}", "candidate", candidate_rows[_mask(present)], problems)
+
+
+def _check_id(ids: pa.Array, label: str, unit: str, rows: np.ndarray, problems: RowProblems) -> None:
+    if is_string_type(ids.type):
+        blank = pc.fill_null(pc.equal(pc.binary_length(_decoded(ids)), 0), True)
+        problems.add(label, unit, "null or empty", blank, rows)
+        return
+    problems.add(label, unit, "null", ids.is_null(), rows)
+    if pa.types.is_uint64(plain_type(ids.type)):
+        too_big = pc.fill_null(pc.greater(_decoded(ids), pa.scalar(_INT64_MAX, pa.uint64())), False)
+        problems.add(label, unit, f"above the int64 maximum {_INT64_MAX}", too_big, rows)
+
+
+def _check_text(texts: pa.Array, label: str, unit: str, rows: np.ndarray, problems: RowProblems) -> None:
+    texts = _decoded(texts)
+    blank = pc.or_(pc.equal(pc.binary_length(texts), 0), pc.utf8_is_space(texts))
+    problems.add(label, unit, "null, empty or whitespace-only", pc.fill_null(blank, True), rows)
+
+
+def _decoded(array: pa.Array) -> pa.Array:
+    """Plain values: dictionaries decoded, string views cast (the string kernels want offsets)."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if pa.types.is_string_view(array.type):
+        array = pc.cast(array, pa.large_string())
+    return array
+
+
+def _mask(flags: pa.Array) -> np.ndarray:
+    return flags.to_numpy(zero_copy_only=False).astype(bool)

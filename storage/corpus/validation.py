@@ -1,0 +1,155 @@
+"""``validate_corpus``: one streaming pass over the corpus, a second one only to confirm hash hits.
+
+Memory stays small and independent of text sizes:
+
+- row checks (nulls, blank texts) count per batch and keep only a count and a first row;
+- duplicate (query_id, doc_id) pairs: a 64-bit hash per pair is kept (8 bytes per pair, 80 MB for
+  10M pairs) and sorted at the end; only hashes seen twice are looked up again, exactly, in a
+  second pass (see ``corpus_confirmation``);
+- one query_id with two texts: per query and batch, a hash of the text (``corpus_queries``);
+  query_ids seen with two text hashes are confirmed exactly in the same second pass.
+
+String query ids are identified by a 64-bit hash too. A second independent hash detects two ids
+sharing the first one; the scan then starts again with another seed, so the summary is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from storage.corpus.confirmation import confirm_hash_hits
+from storage.corpus.keys import id_keys, pair_keys
+from storage.corpus.layout import CorpusColumns, CorpusForm, CorpusLayout, corpus_error
+from storage.corpus.queries import FoldedQueries, QueryRecords
+from storage.corpus.reader import (
+    DEFAULT_BATCH_ROWS,
+    iter_raw_batches,
+    open_corpus,
+    pair_slots,
+    pairs_with_ids,
+    to_pairs,
+)
+from storage.corpus.row_checks import RowProblems, check_rows
+
+_SEEDS = (0, 1, 2, 3)
+
+
+@dataclass(frozen=True, eq=False)
+class CorpusSummary:
+    """What validation learnt about a valid corpus; enough to plan and write shards.
+
+    ``query_keys`` and ``query_pair_counts`` have one entry per query, in order of first
+    appearance; a key is the int64 id itself, or a seeded hash of a string id (``key_seed``).
+    Queries without any pair (a nested row with an empty candidates list) are not counted.
+    """
+
+    form: CorpusForm
+    n_pairs: int
+    n_queries: int
+    query_id_type: pa.DataType
+    doc_id_type: pa.DataType
+    query_keys: np.ndarray = field(repr=False)
+    query_pair_counts: np.ndarray = field(repr=False)
+    queries_contiguous: bool
+    key_seed: int
+
+
+def validate_corpus(
+    path: Path, columns: CorpusColumns, batch_rows: int = DEFAULT_BATCH_ROWS
+) -> CorpusSummary:
+    """Check a whole corpus file; raise ``CorpusError`` listing every problem found, one per line."""
+    for seed in _SEEDS:
+        scan = _scan(path, columns, seed, batch_rows)
+        problems = scan.row_problems.messages()
+        duplicated_hashes = scan.pair_hashes.repeated()
+        queries = scan.query_records.fold()
+        if duplicated_hashes.size or queries.conflicted_keys.size:
+            problems += confirm_hash_hits(
+                path, scan.layout, seed, batch_rows, duplicated_hashes, queries.conflicted_keys
+            )
+        if problems:
+            raise corpus_error(path, problems)
+        if scan.n_pairs == 0:
+            raise corpus_error(path, [f"no pairs: every list in column {columns.candidates!r} is empty"])
+        if not queries.key_collision:
+            return _summary(scan, queries, seed)
+    raise RuntimeError(f"query id hashes of {path} collided under every seed in {_SEEDS}")
+
+
+class _PairHashes:
+    """One hash per pair, in a single array sized from the file footer (grown only if it lied)."""
+
+    def __init__(self, capacity: int) -> None:
+        self._values = np.empty(capacity, dtype=np.uint64)
+        self._size = 0
+
+    def append(self, hashes: np.ndarray) -> None:
+        end = self._size + hashes.size
+        if end > self._values.size:
+            grown = np.empty(max(end, 2 * self._values.size), dtype=np.uint64)
+            grown[: self._size] = self._values[: self._size]
+            self._values = grown
+        self._values[self._size : end] = hashes
+        self._size = end
+
+    def repeated(self) -> np.ndarray:
+        """The distinct hashes seen more than once, sorted; sorts the stored hashes in place."""
+        values = self._values[: self._size]
+        values.sort()
+        return np.unique(values[1:][values[1:] == values[:-1]])
+
+
+@dataclass
+class _Scan:
+    layout: CorpusLayout
+    query_records: QueryRecords
+    pair_hashes: _PairHashes
+    row_problems: RowProblems = field(default_factory=RowProblems)
+    n_pairs: int = 0
+    # Number of places where the query key changes from one pair to the next: a corpus whose
+    # queries each form one contiguous block has n_queries - 1 of them.
+    query_changes: int = 0
+    last_query_key: np.uint64 | None = None
+
+
+def _scan(path: Path, columns: CorpusColumns, seed: int, batch_rows: int) -> _Scan:
+    with open_corpus(path, columns) as (parquet_file, layout):
+        scan = _Scan(layout, QueryRecords(seed), _PairHashes(pair_slots(parquet_file, layout)))
+        for raw in iter_raw_batches(parquet_file, layout, path, batch_rows):
+            check_rows(raw, layout, scan.row_problems)
+            pairs = pairs_with_ids(to_pairs(raw.batch, layout))
+            if pairs.num_rows:
+                _add_pairs(scan, pairs, seed)
+    return scan
+
+
+def _add_pairs(scan: _Scan, pairs: pa.RecordBatch, seed: int) -> None:
+    query_keys = id_keys(pairs.column("query_id"), seed)
+    scan.pair_hashes.append(pair_keys(query_keys, id_keys(pairs.column("doc_id"), seed), seed))
+    scan.query_records.add(pairs, scan.n_pairs)
+    scan.query_changes += int(np.count_nonzero(query_keys[1:] != query_keys[:-1]))
+    if scan.last_query_key is not None and query_keys[0] != scan.last_query_key:
+        scan.query_changes += 1
+    scan.last_query_key = query_keys[-1]
+    scan.n_pairs += pairs.num_rows
+
+
+def _summary(scan: _Scan, queries: FoldedQueries, seed: int) -> CorpusSummary:
+    for array in (queries.keys, queries.pair_counts):
+        array.setflags(write=False)
+    n_queries = int(queries.keys.size)
+    return CorpusSummary(
+        form=scan.layout.form,
+        n_pairs=scan.n_pairs,
+        n_queries=n_queries,
+        query_id_type=scan.layout.query_id_type,
+        doc_id_type=scan.layout.doc_id_type,
+        query_keys=queries.keys,
+        query_pair_counts=queries.pair_counts,
+        queries_contiguous=scan.query_changes == n_queries - 1,
+        key_seed=seed,
+    )

@@ -1,0 +1,136 @@
+"""Cost accounting from the ledger: usage and cost grouped by run, model, provider, worker or day."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, case, func, literal, select
+
+from core.pricing import PriceTable
+from storage.ledger import Ledger
+from storage.ledger.schema import Usage
+
+Dimension = Literal["run", "model", "provider", "worker", "day"]
+DIMENSIONS: tuple[Dimension, ...] = ("run", "model", "provider", "worker", "day")
+
+
+@dataclass
+class CostRow:
+    """Totals for one group; ``cost_usd`` is API cost plus GPU hours at the price table's rates."""
+
+    group: dict[str, str]
+    requests: int = 0
+    tokens: int = 0
+    search_units: int = 0
+    pairs: int = 0
+    gpu_hours: float = 0.0
+    api_cost_usd: float = 0.0
+    gpu_cost_usd: float = 0.0
+    unpriced: list[str] = field(default_factory=list)
+
+    @property
+    def cost_usd(self) -> float:
+        return self.api_cost_usd + self.gpu_cost_usd
+
+    @property
+    def cost_per_million_pairs(self) -> float | None:
+        return self.cost_usd / self.pairs * 1e6 if self.pairs else None
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        group = values.pop("group")
+        return {
+            **group,
+            **values,
+            "cost_usd": self.cost_usd,
+            "cost_per_million_pairs": self.cost_per_million_pairs,
+        }
+
+
+def _dimension_column(dimension: Dimension) -> ColumnElement[Any]:
+    if dimension == "run":
+        return Usage.run_id
+    if dimension == "model":
+        return Usage.model
+    if dimension == "provider":
+        return func.coalesce(Usage.provider, literal("local"))
+    if dimension == "worker":
+        return Usage.worker
+    return func.date(Usage.finished_at)
+
+
+def cost_report(
+    ledger: Ledger,
+    by: Sequence[Dimension],
+    prices: PriceTable,
+    since: date | None = None,
+    until: date | None = None,
+    run_id: str | None = None,
+) -> list[CostRow]:
+    """One row per group over usage finished in [since, until] (whole days, UTC)."""
+    groups = [_dimension_column(dimension).label(dimension) for dimension in by]
+    day = func.date(Usage.finished_at).label("usage_day")
+    attempt_row = Usage.request_index == 0
+    scored_pairs = case((and_(attempt_row, Usage.outcome == "ok"), Usage.pairs), else_=0)
+    gpu_seconds = case((and_(attempt_row, Usage.device.like("cuda%")), Usage.device_seconds), else_=0.0)
+    query = (
+        select(
+            *groups,
+            day,
+            Usage.device,
+            func.sum(Usage.requests),
+            func.sum(Usage.tokens),
+            func.sum(Usage.search_units),
+            func.sum(scored_pairs),
+            func.sum(gpu_seconds),
+            func.sum(func.coalesce(Usage.cost_usd, 0.0)),
+            func.sum(case((and_(Usage.request_index > 0, Usage.cost_usd.is_(None)), 1), else_=0)),
+        )
+        .group_by(*groups, day, Usage.device)
+        .order_by(*groups)
+    )
+    if since is not None:
+        query = query.where(Usage.finished_at >= datetime.combine(since, time.min, UTC))
+    if until is not None:
+        query = query.where(Usage.finished_at < datetime.combine(until + timedelta(days=1), time.min, UTC))
+    if run_id is not None:
+        query = query.where(Usage.run_id == run_id)
+    rows: dict[tuple[str, ...], CostRow] = {}
+    unpriced: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    with ledger.session() as session:
+        for record in session.execute(query):
+            key = tuple(str(value) for value in record[: len(by)])
+            usage_day, device, requests, tokens, units, pairs, gpu_s, api_cost, unpriced_requests = record[
+                len(by) :
+            ]
+            row = rows.setdefault(key, CostRow(group=dict(zip(by, key, strict=True))))
+            row.requests += int(requests or 0)
+            row.tokens += int(tokens or 0)
+            row.search_units += int(units or 0)
+            row.pairs += int(pairs or 0)
+            row.api_cost_usd += float(api_cost or 0.0)
+            hours = float(gpu_s or 0.0) / 3600
+            row.gpu_hours += hours
+            if hours:
+                price = prices.gpu_hour_price(device, _as_date(usage_day))
+                if price is None:
+                    unpriced[key].add(f"GPU hours on {device}")
+                else:
+                    row.gpu_cost_usd += hours * price.usd_per_hour
+            if unpriced_requests:
+                unpriced[key].add("API requests without a price entry")
+    for key, reasons in unpriced.items():
+        rows[key].unpriced = sorted(reasons)
+    return list(rows.values())
+
+
+def _as_date(value: object) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))

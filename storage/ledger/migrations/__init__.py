@@ -1,0 +1,1 @@
+"""Alembic migrations of the ledger; ``storage.ledger.upgrade.upgrade`` applies them."""

@@ -1,0 +1,105 @@
+"""The ledger's tables: one row per run, per shard, and per scoring attempt (usage)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from core.messages import ShardRef
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    """One submission of one corpus to one model."""
+
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(512))
+    queue: Mapped[str] = mapped_column(String(128))
+    corpus_path: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    n_shards: Mapped[int] = mapped_column(Integer)
+    n_pairs: Mapped[int] = mapped_column(Integer)
+    n_queries: Mapped[int] = mapped_column(Integer)
+    options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    def ref(self, model: str) -> ShardRef:
+        """The message body that names this shard of a run of ``model``."""
+        return ShardRef(
+            run_id=self.run_id,
+            shard_id=self.shard_id,
+            input_path=self.input_path,
+            output_path=self.output_path,
+            model=model,
+            pairs=self.pairs,
+        )
+
+
+class Shard(Base):
+    """One shard of whole queries.
+
+    ``attempts`` doubles as the fencing token of the current attempt: only the attempt whose number
+    equals it, while its lease (``lease_expires_at``) is renewed, may publish the shard's file.
+    ``attempts_base`` is ``attempts`` when the shard was last (re-)enqueued, so that each submission
+    gets ``max_attempts`` fresh tries."""
+
+    __tablename__ = "shards"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
+    shard_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(32))
+    pairs: Mapped[int] = mapped_column(Integer)
+    queries: Mapped[int] = mapped_column(Integer)
+    input_path: Mapped[str] = mapped_column(Text)
+    output_path: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts_base: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_shards_run_status", "run_id", "status"),)
+
+
+class Usage(Base):
+    """What one attempt at one shard consumed, recorded whether it succeeded or not.
+
+    Local models write one row per shard attempt (``request_index`` 0). API workers write one row per
+    HTTP request attempt (``request_index`` 0, 1, ...), failed ones included, since they are billed."""
+
+    __tablename__ = "usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), index=True)
+    shard_id: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    request_index: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(512))
+    device: Mapped[str] = mapped_column(String(64))
+    provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    pairs: Mapped[int] = mapped_column(Integer, default=0)
+    tokens: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    search_units: Mapped[int] = mapped_column(Integer, default=0)
+    device_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    __table_args__ = (
+        Index("uq_usage_attempt", "run_id", "shard_id", "attempt", "request_index", unique=True),
+    )

@@ -1,1 +1,0 @@
-"""Alembic migrations of the ledger; ``storage.ledger_migrations.upgrade`` applies them."""

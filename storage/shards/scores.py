@@ -1,0 +1,100 @@
+"""Score files: per-shard Parquet output with ranks, and the merge of a run's shards into one file."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from core.errors import RerankError
+from storage.atomic import StagedFile, atomic_path
+
+METADATA_KEY = b"bulk_rerank"
+
+
+class NonFiniteScoresError(RerankError):
+    """Raised when a model scored some pairs NaN or infinite; the shard is retried, then marked failed."""
+
+
+def ranks_within_queries(query_ids: pa.Array | pa.ChunkedArray, scores: np.ndarray) -> np.ndarray:
+    """Rank 1 = highest score within each query; ties keep input order. Returns int32 per row."""
+    if isinstance(query_ids, pa.ChunkedArray):
+        query_ids = query_ids.combine_chunks()
+    codes = pc.dictionary_encode(query_ids).indices.to_numpy(zero_copy_only=False)
+    positions = np.arange(len(scores))
+    order = np.lexsort((positions, -scores.astype(np.float64), codes))
+    sorted_codes = codes[order]
+    group_start = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+    starts = np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
+    ranks = np.empty(len(scores), dtype=np.int32)
+    ranks[order] = (np.arange(len(order)) - starts + 1).astype(np.int32)
+    return ranks
+
+
+def scores_table(
+    query_ids: pa.Array | pa.ChunkedArray,
+    doc_ids: pa.Array | pa.ChunkedArray,
+    scores: np.ndarray,
+    metadata: Mapping[str, object],
+    content_hashes: pa.Array | pa.ChunkedArray | None = None,
+) -> pa.Table:
+    """The output schema: ``query_id, doc_id, score (float32), rank (int32)``, ``content_hash``
+    (uint64, when given) plus run metadata.
+    Raises ``NonFiniteScoresError`` rather than let a NaN or infinite score into the output."""
+    scores32 = np.asarray(scores, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(scores32))
+    if bad.size:
+        first = int(bad[0])
+        raise NonFiniteScoresError(
+            f"the model returned {bad.size} non-finite score(s) (first: query_id={query_ids[first]}, "
+            f"doc_id={doc_ids[first]}); check the model's weights or its precision (RERANK_DTYPE)"
+        )
+    columns = {
+        "query_id": query_ids,
+        "doc_id": doc_ids,
+        "score": pa.array(scores32, type=pa.float32()),
+        "rank": pa.array(ranks_within_queries(query_ids, scores32), type=pa.int32()),
+    }
+    if content_hashes is not None:
+        columns["content_hash"] = content_hashes
+    table = pa.table(columns)
+    return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+
+
+def write_scores(table: pa.Table, target: Path) -> None:
+    """Publish ``table`` at ``target`` atomically."""
+    with atomic_path(target) as temporary:
+        pq.write_table(table, temporary, compression="zstd")
+
+
+def write_staged_scores(table: pa.Table, staged_file: StagedFile) -> None:
+    """Write ``table`` in full to the staged file's temporary name, ready to be published."""
+    pq.write_table(table, staged_file.temporary, compression="zstd")
+    staged_file.seal()
+
+
+def read_metadata(path: Path) -> dict[str, object]:
+    metadata = pq.read_schema(path).metadata or {}
+    raw = metadata.get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def merge_scores(shard_files: Sequence[Path], target: Path, metadata: Mapping[str, object]) -> int:
+    """Concatenate shard score files (in the given order) into ``target``, one file at a time, and
+    publish it atomically. Returns the number of rows written."""
+    if not shard_files:
+        raise ValueError("no shard score files to merge")
+    schema = pq.read_schema(shard_files[0]).remove_metadata()
+    schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    rows = 0
+    with atomic_path(target) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as out:
+        for path in shard_files:
+            table = pq.read_table(path).replace_schema_metadata(schema.metadata)
+            out.write_table(table.cast(schema))
+            rows += table.num_rows
+    return rows

@@ -1,0 +1,148 @@
+"""End to end with a hosted API: submit.py -> Redis -> workers.py --api (real Celery worker processes)
+-> a fake provider under a rate limit -> Parquet + ledger, and the API key nowhere but in the workers'
+environment."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from core.broker.url import connect
+from core.model_spec import ModelSpec
+from storage.ledger import Ledger
+from storage.ledger.requests import api_usage_totals
+from storage.ledger.schema import Usage
+from testkit import corpora
+from testkit.api_dialects import expected_score
+from testkit.api_servers import FakeRerankServer, Fault, running
+from testkit.fleet import clean_env, run_script, start_workers
+from testkit.services import delete_prefixed, new_prefix
+from tests.api_fixtures import API_KEY, write_prices
+
+MODEL = "openai-rerank:bge-test"
+LIMIT, WINDOW_S = 12, 1.0
+
+
+def _redis_contents(redis_url: str, prefix: str) -> list[bytes]:
+    """Every key under ``prefix`` and every value it holds, whatever its type."""
+    client = connect(redis_url)
+    found: list[bytes] = []
+    try:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            found.append(key)
+            kind = client.type(key).decode()
+            if kind == "string":
+                found.append(client.get(key) or b"")
+            elif kind == "hash":
+                found.extend(b"%s=%s" % item for item in client.hgetall(key).items())
+            elif kind == "list":
+                found.extend(client.lrange(key, 0, -1))
+            elif kind == "set":
+                found.extend(client.smembers(key))
+            elif kind == "zset":
+                found.extend(member for member, _ in client.zrange(key, 0, -1, withscores=True))
+    finally:
+        client.close()
+    return found
+
+
+def test_api_workers_score_a_corpus_under_the_fleets_limit(redis_url: str, tmp_path: Path) -> None:
+    prefix = new_prefix()
+    data = tmp_path / "data"
+    shared = {"data_dir": str(data), "broker_url": redis_url, "redis_key_prefix": prefix, "heartbeat_s": "1"}
+    server = FakeRerankServer("openai-rerank", api_key=API_KEY, limit_requests=LIMIT, window_s=WINDOW_S)
+    server.inject(Fault("status", status=500))
+    # Only the workers know the key; submit.py never sees it.
+    worker_env = clean_env(
+        **shared,
+        openai_rerank_api_key=API_KEY,
+        api_requests_per_minute=str(LIMIT),
+        api_rate_window_s=str(WINDOW_S),
+        api_max_documents="4",
+        api_backoff_max_s="0.05",
+        prices_path=str(write_prices(tmp_path)),
+    )
+    corpus = corpora.long_corpus(n_queries=12, docs_per_query=6, seed=5)  # 2 requests per query
+    corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
+    out = tmp_path / "scores.parquet"
+    args = ["--api", "openai-rerank", "--model", "bge-test", "--processes", "2", "--concurrency", "3"]
+    try:
+        with running(server):
+            worker_env["RERANK_OPENAI_RERANK_BASE_URL"] = server.url
+            fleet = start_workers(
+                args, ModelSpec.parse(MODEL), 2, worker_env, redis_url, prefix, tmp_path / "workers.log"
+            )
+            try:
+                submitted = run_script(
+                    "submit.py",
+                    str(corpus_path),
+                    "--model",
+                    MODEL,
+                    "--wait",
+                    "--out",
+                    str(out),
+                    "--shard-pairs",
+                    "18",
+                    "--timeout",
+                    "120",
+                    env=clean_env(**shared),
+                )
+            finally:
+                fleet.stop()
+        assert submitted.returncode == 0, submitted.stderr + fleet.log()[-3000:]
+        redis_contents = _redis_contents(redis_url, prefix)
+    finally:
+        delete_prefixed(redis_url, prefix)
+    run_id = submitted.stdout.strip().splitlines()[-1]
+
+    # Every pair scored exactly once, with the API's score.
+    scores = pq.read_table(out)
+    got = dict(
+        zip(
+            zip(scores["query_id"].to_pylist(), scores["doc_id"].to_pylist(), strict=True),
+            scores["score"].to_pylist(),
+            strict=True,
+        )
+    )
+    assert scores.num_rows == corpus.num_rows == len(got)
+    for row in corpus.to_pylist():
+        assert got[(row["query_id"], row["doc_id"])] == pytest.approx(
+            expected_score(row["query"], row["text"]), abs=1e-6
+        )
+
+    # The provider's limit held across both worker processes; 24 requests at 12 a second.
+    assert server.over_limit == 0 and server.busiest_window()[0] <= LIMIT
+    assert server.statuses() == Counter({200: 24, 500: 1})
+
+    # One ledger row per request attempt, agreeing with what the server received.
+    ledger = Ledger(f"sqlite:///{data / 'ledger.db'}")
+    with ledger.session() as session:
+        rows = session.query(Usage).where(Usage.run_id == run_id).all()
+    request_rows = [row for row in rows if row.request_index > 0]
+    attempt_rows = [row for row in rows if row.request_index == 0]
+    assert Counter(row.outcome for row in request_rows) == {"ok": 24, "server_error": 1}
+    assert sum(row.tokens for row in request_rows if row.outcome == "ok") == sum(
+        r.tokens for r in server.scored()
+    )
+    assert sum(row.pairs for row in request_rows if row.outcome == "ok") == corpus.num_rows
+    assert len(attempt_rows) == 4 and all(row.tokens == 0 and row.device == "api" for row in attempt_rows)
+    api = api_usage_totals(ledger, run_id)
+    assert api.cost_usd == pytest.approx(api.tokens * 10.0 / 1e6)
+    assert "requests     25 (1 failed)" in submitted.stderr and "cost         $" in submitted.stderr
+
+    # The key is nowhere: worker log (which carries the scrubbed echo), submit output, files, Redis.
+    log = Path(tmp_path / "workers.log").read_text()
+    assert "injected failure for Bearer [redacted]" in log
+    key = API_KEY.encode()
+    assert key not in log.encode() and key not in (submitted.stdout + submitted.stderr).encode()
+    files = [path for path in [*data.rglob("*"), out] if path.is_file()]
+    assert any(path.suffix == ".parquet" for path in files) and any(
+        path.name == "ledger.db" for path in files
+    )
+    assert [path for path in files if key in path.read_bytes()] == []
+    assert [value for value in redis_contents if key in value] == []
+    assert any(b"ratelimit:openai-rerank:" in value for value in redis_contents)
+    ledger.dispose()

@@ -1,0 +1,135 @@
+"""Cross-encoders compiled by TorchInductor (RERANK_COMPILE) against the same model run eagerly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from testkit.fleet import REPO, clean_env
+from testkit.model_factory import build_tiny_cross_encoder
+from testkit.model_factory import load_cross_encoder_on_cpu as load
+from worker.backends.local import compiled as compiled_module
+from worker.backends.local.compiled import wants_compile
+
+PAIRS = [
+    ("what is a cat", "A cat is a small domesticated carnivorous mammal."),
+    ("what is a cat", "The stock market fell sharply on Monday."),
+    ("how tall is mount everest", " ".join(f"paragraph{index} about mountains" for index in range(300))),
+    ("python", "a programming language"),
+    ("python", "a large snake"),
+    ("über straße", "naïve café in 東京"),
+    ("", "an empty query"),
+]
+QUERIES = [query for query, _ in PAIRS]
+TEXTS = [text for _, text in PAIRS]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("compiled") / "tiny-cross-encoder")
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "avx512", "expected"),
+    [
+        ("auto", "cpu", True, True),
+        ("auto", "cpu", False, False),
+        ("auto", "cuda", True, False),
+        ("on", "cuda", False, True),
+        ("on", "cpu", False, True),
+        ("off", "cpu", True, False),
+    ],
+)
+def test_auto_compiles_on_avx512_cpus_only(
+    monkeypatch: pytest.MonkeyPatch, setting: Any, device: str, avx512: bool, expected: bool
+) -> None:
+    monkeypatch.setattr(compiled_module, "cpu_has_avx512", lambda: avx512)
+    assert wants_compile(setting, torch.device(device)) is expected
+
+
+def test_compiled_scores_match_eager_with_one_graph_for_every_batch_shape(model_dir: Path) -> None:
+    eager = load(model_dir, compile="off")
+    graphs_before = counters["stats"]["unique_graphs"]
+
+    compiled = load(model_dir, compile="on")  # compiles while loading, on its warm-up batch
+
+    assert compiled.compiled and compiled.describe()["compiled"] == "TorchInductor"
+    assert not eager.compiled and eager.describe()["compiled"] == "no"
+    # In float32 attention stays on SDPA, compiled or not (batched matmuls pay only in bf16).
+    assert compiled.describe()["attention"] == eager.describe()["attention"] == "sdpa"
+    expected = eager.score(QUERIES, TEXTS).scores
+    # A budget of 600 tokens cuts batches of several widths and lengths, down to one row for the
+    # 512-token pair; one pair alone is a batch of one row too.
+    result = compiled.score(QUERIES, TEXTS)
+    single = compiled.score(QUERIES[:1], TEXTS[:1])
+    np.testing.assert_allclose(result.scores, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(single.scores, expected[:1], atol=1e-5, rtol=0)
+    assert result.tokens == eager.score(QUERIES, TEXTS).tokens
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
+
+
+def test_compiled_bfloat16_stays_close_to_float32(model_dir: Path) -> None:
+    reference = load(model_dir, compile="off").score(QUERIES, TEXTS).scores
+
+    compiled = load(model_dir, compile="on", dtype="bfloat16")
+
+    assert compiled.describe()["dtype"] == "bfloat16"
+    # Compiled on CPU in bf16, attention runs as batched matmuls instead of SDPA's flash kernel.
+    assert compiled.describe()["attention"] == "bulk-rerank-cpu"
+    np.testing.assert_allclose(compiled.score(QUERIES, TEXTS).scores, reference, atol=0.05, rtol=0)
+
+
+def load_in_child(model_dir: Path, tmp_path: Path, setting: str) -> subprocess.CompletedProcess[str]:
+    """Load and score in a fresh process whose C++ compiler does not exist and whose TorchInductor cache
+    is empty, so compiling really fails."""
+    script = textwrap.dedent(
+        f"""
+        import logging
+        import torch
+        # auto compiles only on AVX-512 CPUs: stand in for one, whatever this machine is.
+        torch.backends.cpu.get_cpu_capability = lambda: "AVX512"
+        logging.basicConfig(level=logging.WARNING)
+        from core.model_spec import ModelSpec
+        from worker.backends import load_reranker
+        from core.settings import Settings
+        reranker = load_reranker(ModelSpec.parse("cross-encoder:{model_dir}"), Settings())
+        print("compiled:", reranker.describe()["compiled"])
+        print("attention:", reranker.describe()["attention"])
+        print("scores:", len(reranker.score(["a query", "b"], ["a text", "c"]).scores))
+        """
+    )
+    # bf16, so that the attention switched for compiling must be switched back when compiling fails.
+    env = clean_env(compile=setting, device="cpu", dtype="bfloat16")
+    env.update(
+        {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_auto_falls_back_to_eager_with_a_warning_when_it_cannot_compile(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    child = load_in_child(model_dir, tmp_path, "auto")
+
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "compiled: no" in child.stdout and "scores: 2" in child.stdout
+    assert "attention: sdpa" in child.stdout  # the batched-matmul attention goes with the compiled graph
+    assert "cannot compile cross-encoder" in child.stderr and "RERANK_COMPILE=off" in child.stderr
+
+
+def test_on_fails_the_load_when_it_cannot_compile(model_dir: Path, tmp_path: Path) -> None:
+    child = load_in_child(model_dir, tmp_path, "on")
+
+    assert child.returncode != 0
+    assert "ModelLoadError" in child.stderr and "RERANK_COMPILE=on" in child.stderr
+    assert "scores:" not in child.stdout

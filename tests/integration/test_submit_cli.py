@@ -1,0 +1,115 @@
+"""submit.py and workers.py as a user meets them: bad input is refused with exit code 2, a clear
+message, and nothing enqueued, recorded or written."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from core.broker.url import connect
+from testkit import corpora
+from testkit.fleet import SCRIPTS, clean_env, run_script
+
+
+def _keys(redis_url: str, prefix: str) -> list[bytes]:
+    return list(connect(redis_url).scan_iter(match=f"{prefix}*"))
+
+
+def _bad_corpora(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
+    good = corpora.long_corpus(n_queries=5, docs_per_query=4, seed=9)
+    cases: dict[str, tuple[pa.Table | bytes, list[str]]] = {
+        "missing column": (good.drop_columns(["text"]), ["text", "missing"]),
+        "mistyped column": (good.set_column(1, "query", pa.array(range(good.num_rows))), ["query", "type"]),
+        "null text": (
+            good.set_column(3, "text", pa.array([None, *good.column("text").to_pylist()[1:]])),
+            ["text", "1 row"],
+        ),
+        "empty query": (good.set_column(1, "query", pa.array([""] * good.num_rows)), ["query", "20 rows"]),
+        "duplicate pair": (pa.concat_tables([good, good.slice(0, 2)]), ["duplicate", "doc_id"]),
+        "two texts for one query": (
+            good.set_column(1, "query", pa.array([f"text {i}" for i in range(good.num_rows)])),
+            ["query_id", "query"],
+        ),
+        "zero rows": (good.slice(0, 0), ["no rows"]),
+        "not parquet": (b"query_id,query\n1,hello\n", ["parquet"]),
+        "zero bytes": (b"", ["empty"]),
+    }
+    written = {}
+    for name, (content, words) in cases.items():
+        path = tmp / (name.replace(" ", "-") + ".parquet")
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            pq.write_table(content, path)
+        written[name] = (path, words)
+    return written
+
+
+def test_every_bad_corpus_exits_2_and_leaves_nothing(
+    tmp_path: Path, redis_url: str, redis_prefix: str
+) -> None:
+    data_dir = tmp_path / "data"
+    env = clean_env(data_dir=str(data_dir), broker_url=redis_url, redis_key_prefix=redis_prefix)
+    for name, (path, words) in _bad_corpora(tmp_path).items():
+        result = run_script("submit.py", str(path), "--model", "cross-encoder:some/model", "--wait", env=env)
+        assert result.returncode == 2, (name, result.stderr)
+        message = result.stderr.strip()
+        assert message.startswith("error:") and "Traceback" not in message, (name, message)
+        for word in words:
+            assert word.lower() in message.lower(), (name, word, message)
+        assert not data_dir.exists(), f"{name}: something was written"
+        assert _keys(redis_url, redis_prefix) == [], f"{name}: something was enqueued"
+
+
+def test_missing_file_and_bad_flags(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
+    env = clean_env(data_dir=str(tmp_path / "data"), broker_url=redis_url, redis_key_prefix=redis_prefix)
+    missing = run_script("submit.py", str(tmp_path / "nope.parquet"), "--model", "cross-encoder:m", env=env)
+    assert missing.returncode == 2 and "nope.parquet" in missing.stderr
+    no_model = run_script("submit.py", str(tmp_path / "nope.parquet"), env=env)
+    assert no_model.returncode == 2 and "--model" in no_model.stderr
+    out_without_wait = run_script("submit.py", "x.parquet", "--model", "m", "--out", "o.parquet", env=env)
+    assert out_without_wait.returncode == 2 and "--out needs --wait" in out_without_wait.stderr
+    unknown_run = run_script("submit.py", "--resume", "no-such-run", env=env)
+    assert unknown_run.returncode == 2 and "no-such-run" in unknown_run.stderr
+    bad_kind = run_script("submit.py", "x.parquet", "--model", "bogus:thing", env=env)
+    assert bad_kind.returncode == 2 and "unknown kind 'bogus'" in bad_kind.stderr
+    assert not (tmp_path / "data" / "runs").exists()
+
+
+def test_unreachable_broker_exits_3(tmp_path: Path) -> None:
+    corpus = corpora.write(corpora.long_corpus(3, 2), tmp_path / "c.parquet")
+    env = clean_env(data_dir=str(tmp_path / "data"), broker_url="redis://:secret@127.0.0.1:1/0")
+    result = run_script("submit.py", str(corpus), "--model", "cross-encoder:m", env=env)
+    assert result.returncode == 3
+    assert "does not answer" in result.stderr and "secret" not in result.stderr
+    assert not (tmp_path / "data" / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", ["all", "0"])
+def test_gpus_without_a_gpu_is_a_clear_error(tmp_path: Path, flag: str) -> None:
+    env = clean_env(data_dir=str(tmp_path / "data"), broker_url="redis://127.0.0.1:1/0")
+    result = run_script("workers.py", "--model", "cross-encoder:m", "--gpus", flag, env=env)
+    assert result.returncode == 2
+    assert "no CUDA GPU is visible" in result.stderr and "--cpu" in result.stderr
+
+
+def _load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), SCRIPTS / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("script", ["submit.py", "workers.py"])
+def test_help_describes_every_flag(script: str) -> None:
+    parser = _load_script(script).build_parser()
+    undocumented = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+    assert undocumented == []
+    result = run_script(script, "--help", env=clean_env())
+    assert result.returncode == 0 and "--model" in result.stdout

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.errors import ModelSpecError
+from core.model_spec import ModelSpec
+from testkit.model_factory import build_tiny_cross_encoder, build_tiny_embedding_model
+
+
+def test_explicit_kinds() -> None:
+    spec = ModelSpec.parse("flag:BAAI/bge-reranker-v2-m3")
+    assert (spec.kind, spec.name, str(spec)) == (
+        "flag",
+        "BAAI/bge-reranker-v2-m3",
+        "flag:BAAI/bge-reranker-v2-m3",
+    )
+    assert ModelSpec.parse("cross-encoder/ms-marco-MiniLM-L6-v2").kind == "cross-encoder"
+
+
+def test_packaged_minilm_is_an_offline_embedding_model() -> None:
+    spec = ModelSpec.parse("all-MiniLM-L6-v2")
+    assert spec.kind == "embedding"
+    assert (Path(spec.resolve_path()) / "config.json").is_file()
+
+
+def test_local_directories_are_detected(tmp_path: Path) -> None:
+    cross = build_tiny_cross_encoder(tmp_path / "ce")
+    bi = build_tiny_embedding_model(tmp_path / "bi")
+    assert ModelSpec.parse(str(cross)).kind == "cross-encoder"
+    assert ModelSpec.parse(str(bi)).kind == "embedding"
+
+
+def test_queues_differ_per_model_and_are_stable() -> None:
+    a = ModelSpec.parse("cross-encoder:org/a")
+    assert a.queue == ModelSpec.parse("cross-encoder:org/a").queue
+    assert a.queue != ModelSpec.parse("flag:org/a").queue
+    assert a.queue.startswith("rerank.cross-encoder.a.")
+
+
+@pytest.mark.parametrize("text", ["", "bogus:model", "flag:"])
+def test_bad_specs_are_refused(text: str) -> None:
+    with pytest.raises(ModelSpecError):
+        ModelSpec.parse(text)

@@ -1,0 +1,91 @@
+"""API-backed rerankers: Cohere, Jina, Voyage, TEI, OpenAI-compatible /v1/rerank, vLLM /score, NVIDIA
+NIM and an LLM judge, all over httpx, under rate limits the whole fleet shares through Redis."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import redis
+
+from core.broker.url import connect, redact
+from core.errors import BrokerError, ConfigError
+from core.model_spec import ModelSpec
+from core.pricing import load_price_table
+from core.settings import Settings
+from worker.backends.api.credentials import load_credentials
+from worker.backends.api.provider import ProviderLimits
+from worker.backends.api.rate_limiter import FleetRateLimiter, RateLimits
+from worker.backends.api.registry import provider_for
+from worker.backends.api.reranker import ApiReranker
+from worker.backends.api.sender import RequestSender, RetryPolicy
+
+
+def load_api_reranker(spec: ModelSpec, settings: Settings) -> ApiReranker:
+    """The reranker for API model ``spec``: its key, limits, price table, HTTP client and the fleet's
+    rate limiter. Raises ``ConfigError`` for a missing key or a bad price table, ``BrokerError`` when
+    the Redis that holds the shared budget does not answer."""
+    provider = provider_for(spec.kind)
+    credentials = load_credentials(spec.kind, settings, provider.requires_key)
+    limits = _limits(provider.defaults, settings)
+    if settings.broker_url is None:
+        raise ConfigError("API workers share their rate limits through Redis: set RERANK_BROKER_URL")
+    client = connect(settings.broker_url)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise BrokerError(f"the Redis at {redact(settings.broker_url)} does not answer: {exc}") from None
+    rate_limits = RateLimits(
+        requests_per_window=settings.api_requests_per_minute,
+        tokens_per_window=settings.api_tokens_per_minute,
+        window_s=settings.api_rate_window_s,
+    )
+    # A request whose worker died never releases its place; it frees after twice the timeout.
+    limiter = FleetRateLimiter(
+        client,
+        settings.redis_key_prefix,
+        provider.kind,
+        credentials.fingerprint,
+        rate_limits,
+        lease_s=2 * settings.api_timeout_s,
+    )
+    # httpx logs every request at INFO; keep worker logs to what matters.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    http = httpx.Client(
+        timeout=httpx.Timeout(settings.api_timeout_s),
+        limits=httpx.Limits(
+            max_connections=settings.api_concurrency, max_keepalive_connections=settings.api_concurrency
+        ),
+        headers={"User-Agent": "bulk-rerank"},
+    )
+    sender = RequestSender(
+        provider=provider,
+        model=spec.name,
+        credentials=credentials,
+        http=http,
+        limiter=limiter,
+        limits=limits,
+        policy=RetryPolicy(settings.api_max_retries, settings.api_backoff_max_s),
+        prices=load_price_table(settings.prices_path),
+    )
+    return ApiReranker(spec, sender, settings.api_concurrency)
+
+
+def check_api_config(spec: ModelSpec, settings: Settings) -> None:
+    """Fail before any worker starts when the key is missing or the price table is invalid."""
+    load_credentials(spec.kind, settings, provider_for(spec.kind).requires_key)
+    load_price_table(settings.prices_path)
+
+
+def _limits(defaults: ProviderLimits, settings: Settings) -> ProviderLimits:
+    """The provider's defaults, overridden by settings; a request never exceeds the token budget."""
+    request_caps = [cap for cap in (defaults.max_tokens_per_request, settings.api_tokens_per_minute) if cap]
+    fixed_single = defaults.max_documents == 1  # the LLM judge scores one pair per request
+    return ProviderLimits(
+        max_documents=defaults.max_documents
+        if fixed_single
+        else settings.api_max_documents or defaults.max_documents,
+        max_tokens_per_document=settings.api_max_tokens_per_document or defaults.max_tokens_per_document,
+        max_tokens_per_request=min(request_caps) if request_caps else None,
+    )

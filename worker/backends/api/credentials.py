@@ -1,0 +1,65 @@
+"""API keys: read from ``RERANK_<PROVIDER>_API_KEY`` or the file ``RERANK_<PROVIDER>_API_KEY_FILE``, held
+as a ``SecretStr``, named elsewhere only by a hash, and scrubbed from any text that leaves the worker."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pydantic import SecretStr
+
+from core.errors import ConfigError
+from core.settings import Settings
+
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The key of one provider (or None for servers without one) and the base URL it is used with."""
+
+    kind: str
+    base_url: str
+    key: SecretStr | None
+
+    @property
+    def fingerprint(self) -> str:
+        """Names the rate-limit budget in Redis: a hash of the key, or of the URL for keyless servers,
+        so two keys (or two servers) get two budgets and the key itself is never written."""
+        material = self.key.get_secret_value() if self.key is not None else f"no key at {self.base_url}"
+        return hashlib.sha256(f"{self.kind}\0{material}".encode()).hexdigest()[:20]
+
+    def headers(self) -> dict[str, str]:
+        if self.key is None:
+            return {}
+        return {"Authorization": f"Bearer {self.key.get_secret_value()}"}
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every occurrence of the key replaced by ``[redacted]``."""
+        if self.key is None:
+            return text
+        secret = self.key.get_secret_value()
+        return text.replace(secret, REDACTED) if secret else text
+
+
+def load_credentials(kind: str, settings: Settings, required: bool) -> Credentials:
+    """The key for API ``kind`` from its variable or its file. Raises ``ConfigError`` when both are
+    set, the file cannot be read or is empty, or a key is ``required`` and missing."""
+    variable = f"RERANK_{kind.upper().replace('-', '_')}_API_KEY"
+    key: SecretStr | None = settings.api_field(kind, "api_key")
+    key_file = settings.api_field(kind, "api_key_file")
+    if key is not None and key_file is not None:
+        raise ConfigError(f"both {variable} and {variable}_FILE are set; keep one")
+    if key_file is not None:
+        try:
+            content = key_file.expanduser().read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{variable}_FILE: cannot read {key_file}: {exc.strerror}") from None
+        if not content:
+            raise ConfigError(f"{variable}_FILE: {key_file} is empty")
+        key = SecretStr(content)
+    if key is not None and not key.get_secret_value().strip():
+        key = None
+    if key is None and required:
+        raise ConfigError(f"the {kind} API needs a key: set {variable} or {variable}_FILE")
+    return Credentials(kind=kind, base_url=settings.api_field(kind, "base_url"), key=key)

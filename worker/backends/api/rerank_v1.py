@@ -1,0 +1,51 @@
+"""The ``POST /v1/rerank`` shape Jina defined and many servers speak: Jina's API, and the
+OpenAI-compatible rerank endpoint of vLLM, Xinference, LocalAI, GPUStack, SiliconFlow, Novita, Infinity
+and others (base URL configurable). Request ``{model, query, documents, top_n}``; answer
+``results[{index, relevance_score}]`` with ``usage.total_tokens``.
+
+We ask for every document back (``top_n`` = all) and read each one's ``relevance_score``, never its rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from worker.backends.api.provider import Answer, Provider, ProviderLimits, optional_count, scores_by_index
+
+
+class RerankV1Provider(Provider):
+    kind = "openai-rerank"
+    path = "/v1/rerank"
+    # No documents-per-request limit is published for these servers; 100 keeps requests small.
+    defaults = ProviderLimits(max_documents=100, max_tokens_per_document=8192)
+    score_meaning = "relevance_score per document (/v1/rerank)"
+
+    def body(
+        self, model: str | None, query: str, texts: Sequence[str], limits: ProviderLimits
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"query": query, "documents": list(texts), "top_n": len(texts)}
+        if model is not None:
+            body["model"] = model
+        return body
+
+    def parse(self, payload: Any, n_texts: int) -> Answer:
+        results = payload.get("results") if isinstance(payload, dict) else None
+        scores = scores_by_index(results, n_texts, "relevance_score")
+        tokens = optional_count(payload, "usage", "total_tokens")
+        if tokens is None:
+            tokens = optional_count(payload, "usage", "prompt_tokens")
+        return Answer(scores=scores, tokens=tokens)
+
+
+class JinaProvider(RerankV1Provider):
+    """Jina's hosted reranker: the same shape, a key required, documents not echoed back."""
+
+    kind = "jina"
+    requires_key = True
+    score_meaning = "relevance_score per document (Jina /v1/rerank)"
+
+    def body(
+        self, model: str | None, query: str, texts: Sequence[str], limits: ProviderLimits
+    ) -> dict[str, Any]:
+        return {**super().body(model, query, texts, limits), "return_documents": False}

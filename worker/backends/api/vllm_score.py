@@ -1,0 +1,31 @@
+"""vLLM's score API (``POST /score``): request ``{model, text_1, text_2}`` with the query as ``text_1``
+and the documents as the list ``text_2``; answer ``data[{index, score}]`` and ``usage``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from worker.backends.api.provider import Answer, Provider, ProviderLimits, optional_count, scores_by_index
+
+
+class VllmScoreProvider(Provider):
+    kind = "vllm-score"
+    path = "/score"
+    # vLLM publishes no per-request limit; 100 keeps requests small.
+    defaults = ProviderLimits(max_documents=100, max_tokens_per_document=8192)
+    score_meaning = "score per text_2 (vLLM /score)"
+
+    def body(
+        self, model: str | None, query: str, texts: Sequence[str], limits: ProviderLimits
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"text_1": query, "text_2": list(texts)}
+        if model is not None:
+            body["model"] = model
+        return body
+
+    def parse(self, payload: Any, n_texts: int) -> Answer:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        scores = scores_by_index(data, n_texts, "score")
+        tokens = optional_count(payload, "usage", "total_tokens")
+        return Answer(scores=scores, tokens=tokens)

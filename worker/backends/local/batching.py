@@ -1,0 +1,177 @@
+"""Adaptive token-budget batching shared by every local backend.
+
+Items are sorted longest first and cut into consecutive batches whose padded size
+(``len(batch) * longest item``) stays within a budget of tokens. On CUDA out-of-memory the budget is
+halved and the same items are retried; after a run of clean batches it grows back towards the maximum.
+The learned budget lives on the batcher, so it persists for as long as the loaded model does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.errors import DeviceOutOfMemoryError
+from worker.backends.progress_sink import report_progress
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    """One change of the token budget: when (``time.monotonic()`` seconds), to what, and why."""
+
+    at: float
+    budget: int
+    reason: str  # "start", "oom" or "grow"
+
+
+class TokenBudgetBatcher:
+    """Cuts length-sorted items into batches of at most ``budget`` padded tokens and adapts the budget."""
+
+    def __init__(
+        self,
+        max_budget: int,
+        *,
+        grow_after: int = 20,
+        grow_factor: float = 1.25,
+        history_size: int = 1000,
+    ) -> None:
+        if max_budget < 1:
+            raise ValueError(f"max_budget must be at least 1 token, got {max_budget}")
+        if grow_after < 1 or grow_factor <= 1.0:
+            raise ValueError("grow_after must be >= 1 and grow_factor > 1")
+        self.max_budget = max_budget
+        self.budget = max_budget
+        self.grow_after = grow_after
+        self.grow_factor = grow_factor
+        self.oom_count = 0
+        self._clean_batches = 0
+        self._history: deque[BudgetChange] = deque(maxlen=history_size)
+        self._record("start")
+
+    @property
+    def history(self) -> tuple[BudgetChange, ...]:
+        """The most recent budget changes, oldest first (the first entry is the starting budget)."""
+        return tuple(self._history)
+
+    def run(self, lengths: np.ndarray, forward: Forward) -> np.ndarray:
+        """Call ``forward(indices)`` on budgeted batches; return its rows in input order.
+
+        ``forward`` gets the indices of one batch (into ``lengths``) and returns one row per index.
+        Every item is passed to ``forward`` exactly once in a successful call; none is dropped.
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
+        order = length_order(lengths)
+        results: np.ndarray | None = None
+        start = 0
+        while start < len(order):
+            batch = next_batch(order, lengths, start, self.budget)
+            oom_message = None
+            try:
+                batch_result = np.asarray(forward(batch))
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                oom_message = str(error)
+            if oom_message is not None:
+                # Handled outside the except block: the traceback pins the failed batch's tensors, and
+                # they must be released before the cache can be emptied.
+                self._shrink(batch, lengths, oom_message)
+                continue
+            if len(batch_result) != len(batch):
+                raise ValueError(f"forward returned {len(batch_result)} rows for a batch of {len(batch)}")
+            if results is None:
+                results = np.empty((len(lengths), *batch_result.shape[1:]), dtype=batch_result.dtype)
+            results[batch] = batch_result
+            start += len(batch)
+            report_progress(len(batch))
+            self._after_clean_batch()
+        if results is None:
+            return np.empty(0, dtype=np.float32)
+        return results
+
+    def plan(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """The batches ``run`` would make under the current budget, if no out-of-memory happens."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        order = length_order(lengths)
+        batches = []
+        start = 0
+        while start < len(order):
+            batches.append(next_batch(order, lengths, start, self.budget))
+            start += len(batches[-1])
+        return batches
+
+    def _shrink(self, failed_batch: np.ndarray, lengths: np.ndarray, oom_message: str) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.oom_count += 1
+        longest = int(lengths[failed_batch].max())
+        if len(failed_batch) == 1:
+            raise DeviceOutOfMemoryError(
+                f"a single item of {longest} tokens does not fit in device memory ({oom_message}); "
+                "lower RERANK_MAX_LENGTH or use a device with more memory"
+            )
+        # Halving never goes below one item of the failed batch's longest length, so a retry always
+        # makes progress: the next cut holds fewer items than the one that failed.
+        self.budget = max(longest, min(self.budget, len(failed_batch) * longest) // 2)
+        self._clean_batches = 0
+        self._record("oom")
+
+    def _after_clean_batch(self) -> None:
+        self._clean_batches += 1
+        if self._clean_batches >= self.grow_after and self.budget < self.max_budget:
+            self.budget = min(self.max_budget, max(self.budget + 1, int(self.budget * self.grow_factor)))
+            self._clean_batches = 0
+            self._record("grow")
+
+    def _record(self, reason: str) -> None:
+        self._history.append(BudgetChange(at=time.monotonic(), budget=self.budget, reason=reason))
+
+
+def length_order(lengths: np.ndarray) -> np.ndarray:
+    """Indices sorted longest first; equal lengths keep their input order."""
+    return np.argsort(-lengths, kind="stable")
+
+
+def next_batch(order: np.ndarray, lengths: np.ndarray, start: int, budget: int) -> np.ndarray:
+    """The longest run of ``order[start:]`` with ``count * longest <= budget``, at least one item."""
+    # Sorted longest first, so the first item is the batch's longest and sets its padded width.
+    longest = max(int(lengths[order[start]]), 1)
+    count = max(1, budget // longest)
+    return order[start : start + count]
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA out-of-memory, whether raised as its own type or as a plain ``RuntimeError``."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+
+
+def unique_pairs(queries: Sequence[str], texts: Sequence[str]) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Distinct (query, text) pairs in first-seen order, and for each input pair its index among them."""
+    if len(queries) != len(texts):
+        raise ValueError(f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one")
+    position: dict[tuple[str, str], int] = {}
+    inverse = np.fromiter(
+        (
+            position.setdefault((query, text), len(position))
+            for query, text in zip(queries, texts, strict=True)
+        ),
+        dtype=np.int64,
+        count=len(queries),
+    )
+    return list(position), inverse
+
+
+def unique_strings(strings: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct strings in first-seen order, and for each input its index among them."""
+    position: dict[str, int] = {}
+    inverse = np.fromiter(
+        (position.setdefault(string, len(position)) for string in strings), dtype=np.int64, count=len(strings)
+    )
+    return list(position), inverse

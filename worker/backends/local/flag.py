@@ -1,0 +1,297 @@
+"""FlagEmbedding rerankers (the bge-reranker family): FlagEmbedding loads them, our batcher runs them.
+
+FlagEmbedding's ``compute_score`` is deliberately not called. In 1.4.2 every call first runs its first
+batch as a probe for its own batch-size search (so scoring one of our batches would cost two forward
+passes), it catches out-of-memory itself (so our budget would never learn), and it shrinks its batch
+size on *any* RuntimeError until it loops forever at zero. Instead the inputs are built exactly as
+``compute_score_single_gpu`` builds them, with FlagEmbedding's own helpers, and the tests check the
+scores against ``compute_score``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Sequence
+from importlib.metadata import version
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from core.errors import ConfigError, ModelLoadError
+from core.model_spec import ModelSpec
+from core.settings import Settings
+from worker.backends.base import ScoreResult
+from worker.backends.local.batching import TokenBudgetBatcher, unique_pairs
+from worker.backends.local.compute_thread import runs_on_compute_thread
+from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
+
+ENCODER_ONLY = "encoder-only-base"
+DECODER_ONLY = "decoder-only-base"
+# FlagEmbedding's default max_length; it does not read the model's own limit.
+FLAG_DEFAULT_MAX_LENGTH = 512
+# The prompt BaseLLMReranker.compute_score_single_gpu uses when none is configured (not exported by it).
+FLAG_LLM_DEFAULT_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query "
+    "by providing a prediction of either 'Yes' or 'No'."
+)
+
+Features = dict[str, torch.Tensor]
+
+
+class InputFormat(Protocol):
+    """How one family of FlagEmbedding rerankers turns pairs into token ids and a batch into logits."""
+
+    max_length: int
+
+    def encode(self, pairs: list[list[str]]) -> list[dict[str, list[int]]]: ...
+
+    def collate(self, items: list[dict[str, list[int]]]) -> Features: ...
+
+    def logits(self, model: Any, features: Features) -> torch.Tensor: ...
+
+
+class EncoderOnlyFormat:
+    """BaseReranker: [CLS] query [SEP] passage [SEP], query cut first, logit of a classification head."""
+
+    def __init__(self, tokenizer: Any, max_length: int, query_max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.query_max_length = query_max_length
+
+    def encode(self, pairs: list[list[str]]) -> list[dict[str, list[int]]]:
+        from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+        query_ids, passage_ids = _tokenize_sides(
+            self.tokenizer, pairs, self.query_max_length, self.max_length
+        )
+        return [
+            dict(
+                prepare_for_model_compat(
+                    self.tokenizer,
+                    query,
+                    passage,
+                    truncation="only_second",
+                    max_length=self.max_length,
+                    padding=False,
+                )
+            )
+            for query, passage in zip(query_ids, passage_ids, strict=True)
+        ]
+
+    def collate(self, items: list[dict[str, list[int]]]) -> Features:
+        from FlagEmbedding.utils.tokenizer_compat import pad_with_compat
+
+        return dict(pad_with_compat(self.tokenizer, items, padding=True, return_tensors="pt"))
+
+    def logits(self, model: Any, features: Features) -> torch.Tensor:
+        return model(**features, return_dict=True).logits.view(-1)
+
+
+class DecoderOnlyFormat:
+    """BaseLLMReranker: "A: query\\nB: passage\\n<prompt>", scored by the next-token logit of "Yes".
+
+    Batches are left-padded with explicit position ids, so every row ends at its last real token and the
+    model computes vocabulary logits for that one position only (``logits_to_keep=1``) instead of for
+    every position as FlagEmbedding does; with a 256k vocabulary that is most of the memory.
+    """
+
+    def __init__(self, flag_model: Any, max_length: int, query_max_length: int) -> None:
+        tokenizer = flag_model.tokenizer
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.query_max_length = query_max_length
+        self.yes_id: int = flag_model.yes_loc
+        prompt = flag_model.prompt or FLAG_LLM_DEFAULT_PROMPT
+        self.prompt_ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        self.sep_ids: list[int] = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        bos = tokenizer.bos_token_id
+        self.leading_ids: list[int] = [bos] if bos is not None and bos != tokenizer.pad_token_id else []
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id: int = pad if pad is not None else 0
+        self.keeps_last_logit = "logits_to_keep" in inspect.signature(flag_model.model.forward).parameters
+
+    def encode(self, pairs: list[list[str]]) -> list[dict[str, list[int]]]:
+        from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+        query_ids, passage_ids = _tokenize_sides(
+            self.tokenizer, pairs, self.query_max_length, self.max_length
+        )
+        encode_max_length = self.max_length + len(self.sep_ids) + len(self.prompt_ids)
+        items = []
+        for query, passage in zip(query_ids, passage_ids, strict=True):
+            item = prepare_for_model_compat(
+                self.tokenizer,
+                self.leading_ids + query,
+                self.sep_ids + passage,
+                truncation="only_second",
+                max_length=encode_max_length,
+                padding=False,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+                add_special_tokens=False,
+            )
+            items.append({"input_ids": list(item["input_ids"]) + self.sep_ids + self.prompt_ids})
+        return items
+
+    def collate(self, items: list[dict[str, list[int]]]) -> Features:
+        width = max(len(item["input_ids"]) for item in items)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+        for row, item in enumerate(items):
+            ids = item["input_ids"]
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids) :] = 1
+        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+
+    def logits(self, model: Any, features: Features) -> torch.Tensor:
+        if self.keeps_last_logit:
+            output = model(**features, use_cache=False, logits_to_keep=1)
+        else:
+            output = model(**features, use_cache=False)
+        return output.logits[:, -1, self.yes_id]
+
+
+class FlagReranker:
+    """Scores pairs with a FlagEmbedding reranker's raw logit (``normalize=False``)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        flag_model: Any,
+        model_class: str,
+        input_format: InputFormat,
+        target: ComputeTarget,
+    ) -> None:
+        self.spec = spec
+        self.target = target
+        self.model_class = model_class
+        self.batcher = TokenBudgetBatcher(target.token_budget)
+        self.flag_model = flag_model  # kept alive: its __del__ moves the model back to the CPU
+        self._format = input_format
+
+    @runs_on_compute_thread
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
+        """Score pair i = (queries[i], texts[i]); identical pairs are computed once. Runs on the
+        process's compute thread, so calls from several threads take turns."""
+        pairs, inverse = unique_pairs(queries, texts)
+        if not pairs:
+            return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
+        items = self._format.encode(self.flag_model.get_detailed_inputs(pairs))
+        lengths = np.fromiter((len(item["input_ids"]) for item in items), dtype=np.int64, count=len(items))
+        clock = ForwardClock(self.target.device)
+        oom_before = self.batcher.oom_count
+        unique_scores = self.batcher.run(lengths, lambda batch: self._forward(items, batch, clock))
+        extra = {
+            "unique_pairs": float(len(pairs)),
+            "oom_retries": float(self.batcher.oom_count - oom_before),
+            "token_budget": float(self.batcher.budget),
+        }
+        return ScoreResult(
+            scores=unique_scores[inverse].astype(np.float32, copy=False),
+            tokens=int(lengths.sum()),
+            device_seconds=clock.seconds,
+            extra=extra,
+        )
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "kind": self.spec.kind,
+            "name": self.spec.name,
+            "device": str(self.target.device),
+            "dtype": describe_dtype(self.target.dtype),
+            "max_length": str(self._format.max_length),
+            "activation": "none (raw logit)",
+            "flag_model_class": self.model_class,
+            "token_budget": str(self.batcher.max_budget),
+            "library": f"FlagEmbedding {version('FlagEmbedding')}",
+        }
+
+    def _forward(
+        self, items: list[dict[str, list[int]]], batch: np.ndarray, clock: ForwardClock
+    ) -> np.ndarray:
+        features = self._format.collate([items[index] for index in batch])
+        features = {name: tensor.to(self.target.device) for name, tensor in features.items()}
+        with torch.inference_mode(), clock.measure():
+            logits = self._format.logits(self.flag_model.model, features)
+        return logits.float().cpu().numpy()
+
+
+def load_flag(spec: ModelSpec, settings: Settings) -> FlagReranker:
+    """Load ``spec`` through ``FlagAutoReranker`` on the configured device and dtype."""
+    target = resolve_compute(settings)
+    path = spec.resolve_path()
+    model_class = flag_model_class(spec)
+    if model_class not in (ENCODER_ONLY, DECODER_ONLY):
+        raise ModelLoadError(
+            f"{spec.name!r} is a FlagEmbedding {model_class!r} reranker, which bulk-rerank does not run; "
+            f"supported: {ENCODER_ONLY} (kind 'flag') and {DECODER_ONLY} (kind 'flag-llm')"
+        )
+    from FlagEmbedding import FlagAutoReranker
+
+    options: dict[str, Any] = {}
+    if model_class == DECODER_ONLY:
+        options["use_bf16"] = target.dtype == torch.bfloat16  # load straight into bf16, not fp32 first
+    try:
+        flag_model = FlagAutoReranker.from_finetuned(
+            path,
+            model_class=model_class,
+            use_fp16=False,  # precision is set below, for every model class alike
+            trust_remote_code=settings.trust_remote_code,
+            devices=[str(target.device)],  # one device: FlagEmbedding starts no process pool
+            max_length=settings.max_length or FLAG_DEFAULT_MAX_LENGTH,
+            **options,
+        )
+        flag_model.model.to(device=target.device, dtype=target.dtype)
+    except Exception as error:  # any failure inside the library is a load failure of this model
+        raise ModelLoadError(f"cannot load FlagEmbedding reranker {spec.name!r}: {error}") from error
+    flag_model.model.eval()
+    max_length: int = flag_model.max_length
+    query_max_length: int = flag_model.query_max_length or max_length * 3 // 4
+    input_format: InputFormat
+    if model_class == ENCODER_ONLY:
+        positions = getattr(flag_model.model.config, "max_position_embeddings", None)
+        if positions is not None and max_length > positions:
+            raise ConfigError(
+                f"max_length {max_length} (RERANK_MAX_LENGTH, else FlagEmbedding's default of "
+                f"{FLAG_DEFAULT_MAX_LENGTH}) exceeds the {positions} positions of {spec.name!r}; lower it"
+            )
+        input_format = EncoderOnlyFormat(flag_model.tokenizer, max_length, query_max_length)
+    else:
+        input_format = DecoderOnlyFormat(flag_model, max_length, query_max_length)
+    return FlagReranker(spec, flag_model, model_class, input_format, target)
+
+
+def flag_model_class(spec: ModelSpec) -> str:
+    """The FlagEmbedding model class for ``spec``: by FlagEmbedding's name table, else by kind."""
+    if spec.kind == "flag-llm":
+        return DECODER_ONLY
+    from FlagEmbedding.inference.reranker.model_mapping import (
+        AUTO_RERANKER_MAPPING,
+        RERANKER_CLASS_MAPPING,
+    )
+
+    # The name FlagAutoReranker looks up: the last path part, or its parent's for "checkpoint-N".
+    path = spec.resolve_path()
+    name = os.path.basename(path)
+    if name.startswith("checkpoint-"):
+        name = os.path.basename(os.path.dirname(path))
+    config = AUTO_RERANKER_MAPPING.get(name)
+    if config is None:
+        return ENCODER_ONLY
+    return next(key.value for key, cls in RERANKER_CLASS_MAPPING.items() if cls is config.model_class)
+
+
+def _tokenize_sides(
+    tokenizer: Any, pairs: list[list[str]], query_max_length: int, max_length: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Query and passage ids without special tokens, each cut to its own limit, as FlagEmbedding does."""
+    queries = tokenizer(
+        [pair[0] for pair in pairs], add_special_tokens=False, max_length=query_max_length, truncation=True
+    )["input_ids"]
+    passages = tokenizer(
+        [pair[1] for pair in pairs], add_special_tokens=False, max_length=max_length, truncation=True
+    )["input_ids"]
+    return queries, passages
