@@ -7,17 +7,9 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 from core.errors import ModelSpecError
-
-LocalKind = Literal["cross-encoder", "flag", "flag-llm", "embedding"]
-# Hosted or self-hosted rerank APIs; the name is the model the API serves ("default" where it serves one).
-ApiKind = Literal["cohere", "jina", "voyage", "tei", "openai-rerank", "vllm-score", "nim", "llm-judge"]
-ModelKind = Literal[LocalKind, ApiKind]
-LOCAL_KINDS: tuple[str, ...] = get_args(LocalKind)
-API_KINDS: tuple[str, ...] = get_args(ApiKind)
-KINDS: tuple[str, ...] = LOCAL_KINDS + API_KINDS
+from core.kinds import API_KINDS, KINDS
 
 # Names that resolve to weights shipped inside an installed Python package, so they load offline.
 _PACKAGED_MODELS = {
@@ -28,9 +20,10 @@ _PACKAGED_MODELS = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A reranker: the backend ``kind`` and the Hugging Face id or local path ``name``."""
+    """A reranker: the backend ``kind`` (a key of ``core.kinds``) and the Hugging Face id or local path
+    ``name``; for an API kind, the model the API serves ("default" where it serves one)."""
 
-    kind: ModelKind
+    kind: str
     name: str
 
     @classmethod
@@ -46,7 +39,7 @@ class ModelSpec:
             if not name.strip():
                 raise ModelSpecError(f"--model {text!r} names no model after '{kind}:'")
             name = name.strip() if kind in API_KINDS else _canonical_name(name.strip())
-            return cls(kind=kind, name=name)  # type: ignore[arg-type]
+            return cls(kind=kind, name=name)
         if sep and "/" not in kind and not Path(text).exists():
             raise ModelSpecError(
                 f"--model {text!r}: unknown kind {kind!r}; use one of {', '.join(KINDS)} (e.g. 'flag:{name}')"
@@ -90,7 +83,7 @@ def _canonical_name(name: str) -> str:
     return name
 
 
-def _detect_kind(name: str) -> ModelKind:
+def _detect_kind(name: str) -> str:
     if name.lower() in _PACKAGED_MODELS:
         return "embedding"
     path = Path(name)

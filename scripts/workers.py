@@ -16,7 +16,8 @@ import sys
 
 from core.broker import resolve_broker_url
 from core.errors import BrokerError, RerankError
-from core.model_spec import API_KINDS, ModelSpec
+from core.kinds import API_KINDS
+from core.model_spec import ModelSpec
 from core.settings import get_settings
 from worker.fleet.launcher import (
     Fleet,
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--api",
-        choices=API_KINDS,
+        choices=list(API_KINDS),
         help="score through this hosted API instead of a local model (--model names the served model)",
     )
     placement = parser.add_mutually_exclusive_group()

@@ -31,17 +31,6 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
-    def ref(self, model: str) -> ShardRef:
-        """The message body that names this shard of a run of ``model``."""
-        return ShardRef(
-            run_id=self.run_id,
-            shard_id=self.shard_id,
-            input_path=self.input_path,
-            output_path=self.output_path,
-            model=model,
-            pairs=self.pairs,
-        )
-
 
 class Shard(Base):
     """One shard of whole queries.
@@ -70,6 +59,17 @@ class Shard(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (Index("ix_shards_run_status", "run_id", "status"),)
+
+    def ref(self, model: str) -> ShardRef:
+        """The message body that names this shard of a run of ``model``."""
+        return ShardRef(
+            run_id=self.run_id,
+            shard_id=self.shard_id,
+            input_path=self.input_path,
+            output_path=self.output_path,
+            model=model,
+            pairs=self.pairs,
+        )
 
 
 class Usage(Base):

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError, PermanentProviderError
-from core.model_spec import API_KINDS, KINDS, ModelSpec
+from core.kinds import API_KINDS, KINDS
+from core.model_spec import ModelSpec
 from core.pricing import PriceTable, load_price_table
 from core.settings import Settings
 from testkit.fleet import clean_env, run_script
@@ -179,7 +180,7 @@ def test_error_bodies_yield_the_providers_message() -> None:
     assert error_message("<html>Bad Gateway</html>") == "<html>Bad Gateway</html>"
 
 
-@pytest.mark.parametrize("kind", API_KINDS)
+@pytest.mark.parametrize("kind", list(API_KINDS))
 def test_api_kinds_parse_and_keep_their_served_name(kind: str) -> None:
     spec = ModelSpec.parse(f"{kind}:org/model:v1")
     assert (spec.kind, spec.name, spec.is_api, spec.is_local) == (kind, "org/model:v1", True, False)

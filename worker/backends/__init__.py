@@ -3,6 +3,7 @@ stays free of torch, sentence-transformers and FlagEmbedding (and API workers ne
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,21 +28,15 @@ def load_reranker(spec: ModelSpec, settings: Settings) -> Reranker:
 
 
 def _load_local(spec: ModelSpec, settings: Settings) -> Reranker:
+    from core.errors import ModelSpecError
+    from core.kinds import LOCAL_KINDS
     from worker.backends.local.host_memory import keep_freed_host_memory
 
+    entry = LOCAL_KINDS.get(spec.kind)
+    if entry is None:
+        raise ModelSpecError(f"no local backend for model kind {spec.kind!r} ({spec})")
     keep_freed_host_memory()  # local models: every batch's activations reuse the last one's host memory
-    if spec.kind == "cross-encoder":
-        from worker.backends.local.cross_encoder import load_cross_encoder
-
-        return load_cross_encoder(spec, settings)
-    if spec.kind in ("flag", "flag-llm"):
-        from worker.backends.local.flag import load_flag
-
-        return load_flag(spec, settings)
-    if spec.kind == "embedding":
-        from worker.backends.local.embedding import load_embedding
-
-        return load_embedding(spec, settings)
-    from core.errors import ModelSpecError
-
-    raise ModelSpecError(f"no backend for model kind {spec.kind!r} ({spec})")
+    module_name, _, function = entry.loader.partition(":")
+    loader = getattr(importlib.import_module(module_name), function)
+    reranker: Reranker = loader(spec, settings)
+    return reranker

@@ -1,30 +1,21 @@
-"""Which ``Provider`` speaks for each API model kind."""
+"""Which ``Provider`` speaks for each API model kind: the ``provider`` column of ``core.kinds``."""
 
 from __future__ import annotations
 
-from core.errors import ModelSpecError
-from worker.backends.api.cohere import CohereProvider
-from worker.backends.api.llm_judge import LlmJudgeProvider
-from worker.backends.api.nim import NimProvider
-from worker.backends.api.provider import Provider
-from worker.backends.api.rerank_v1 import JinaProvider, RerankV1Provider
-from worker.backends.api.tei import TeiProvider
-from worker.backends.api.vllm_score import VllmScoreProvider
-from worker.backends.api.voyage import VoyageProvider
+import importlib
 
-PROVIDERS: dict[str, Provider] = {
-    provider.kind: provider
-    for provider in (
-        CohereProvider(),
-        JinaProvider(),
-        VoyageProvider(),
-        TeiProvider(),
-        RerankV1Provider(),
-        VllmScoreProvider(),
-        NimProvider(),
-        LlmJudgeProvider(),
-    )
-}
+from core.errors import ModelSpecError
+from core.kinds import API_KINDS
+from worker.backends.api.provider import Provider
+
+
+def _instantiate(reference: str) -> Provider:
+    module_name, _, class_name = reference.partition(":")
+    provider: Provider = getattr(importlib.import_module(module_name), class_name)()
+    return provider
+
+
+PROVIDERS: dict[str, Provider] = {kind: _instantiate(entry.provider) for kind, entry in API_KINDS.items()}
 
 
 def provider_for(kind: str) -> Provider:
