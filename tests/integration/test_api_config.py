@@ -227,6 +227,18 @@ def test_workers_script_takes_the_api_as_a_flag_or_in_the_model() -> None:
         assert str(script._model_spec(script.parse_args(argv))) == "llm-judge:llama3:8b"
 
 
+def test_workers_help_lists_every_api_kind_with_its_defaults_and_variables() -> None:
+    help_text = _load_script("workers.py").build_parser().format_help()
+    for entry in API_KINDS_TABLE:
+        line = next(line for line in help_text.splitlines() if line.startswith(f"  {entry.kind} "))
+        assert entry.summary in line and ("key required" in line) == entry.requires_key
+        assert f"{entry.limits.max_documents:,} document" in line
+        assert (
+            f"RERANK_{entry.kind.upper().replace('-', '_')}_BASE_URL (default {entry.base_url})" in help_text
+        )
+        assert f"RERANK_{entry.kind.upper().replace('-', '_')}_API_KEY_FILE" in help_text
+
+
 def test_workers_script_refuses_mixed_placement_flags(tmp_path: Path) -> None:
     env = clean_env(data_dir=str(tmp_path / "data"), broker_url="redis://127.0.0.1:1/0")
     api_with_cpu = run_script("workers.py", "--api", "tei", "--model", "default", "--cpu", "1", env=env)
