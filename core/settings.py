@@ -79,6 +79,8 @@ class ApiEndpoint(BaseModel):
         return api_variable(self.kind, setting)
 
 
+# At run time Settings' base holds the fields of every API kind, built from the registry; type checkers see
+# plain BaseSettings, since those fields are reached through the typed Settings.api(kind) only.
 if TYPE_CHECKING:
     _ApiKindSettings = BaseSettings
 else:
