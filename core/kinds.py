@@ -1,12 +1,15 @@
 """The registry of model kinds: every ``--model kind:name`` a worker can host, in one table.
 
 A kind names the module that implements it (imported only when a worker loads the model, so the producer
-never imports torch or an HTTP client). Adding a backend or an API provider is its module plus one line
-here; the model spec, the workers' help text and the README's tables derive from this table.
+never imports torch or an HTTP client). Adding a backend or an API provider is its module plus one entry
+here; the model spec, the settings of API kinds (base URL, key, key file), the workers' help text, the key
+check and the request limits derive from this table, and tests/acceptance/test_docs.py holds the README's
+tables to it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -21,12 +24,53 @@ class LocalKind:
 
 
 @dataclass(frozen=True)
+class ProviderLimits:
+    """How much one API request may carry: documents, tokens one document counts (the most the token
+    estimate gives it; APIs truncate longer ones) and, where the API caps it, tokens in all (counted as
+    ``Provider.estimate_request`` counts)."""
+
+    max_documents: int
+    max_tokens_per_document: int
+    max_tokens_per_request: int | None = None
+
+    def __post_init__(self) -> None:
+        caps = [self.max_documents, self.max_tokens_per_document]
+        if self.max_tokens_per_request is not None:
+            caps.append(self.max_tokens_per_request)
+        if min(caps) < 1:
+            raise ValueError(f"request limits must be at least 1, got {self}")
+
+
+# An API kind becomes part of variable names (RERANK_OPENAI_RERANK_API_KEY), so it is a plain slug.
+_API_KIND_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+@dataclass(frozen=True)
 class ApiKind:
-    """A hosted or self-hosted rerank API; ``provider`` is ``"module:class"`` of its ``Provider``."""
+    """A hosted or self-hosted rerank API, declared once. ``provider`` is ``"module:Class"`` of its
+    ``Provider`` (the request and answer shapes); the rest is what the settings (``RERANK_<KIND>_BASE_URL``,
+    ``_API_KEY``, ``_API_KEY_FILE``), ``workers.py --help``, the key check and the request planner derive:
+    the ``base_url`` the endpoint path is appended to unless the settings say otherwise, whether the API
+    ``requires_key``, and the request ``limits`` unless ``RERANK_API_MAX_*`` override them."""
 
     kind: str
     provider: str
     summary: str
+    base_url: str
+    limits: ProviderLimits
+    requires_key: bool = False
+
+    def __post_init__(self) -> None:
+        if not _API_KIND_NAME.fullmatch(self.kind):
+            raise ValueError(
+                f"API kind {self.kind!r} must be lower-case letters and digits, words joined by '-' "
+                "(it becomes RERANK_<KIND>_* variable names)"
+            )
+        module, _, attribute = self.provider.partition(":")
+        if not module or not attribute:
+            raise ValueError(f"API kind {self.kind!r}: provider {self.provider!r} must be 'module:Class'")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"API kind {self.kind!r}: base_url {self.base_url!r} must be an http(s) URL")
 
 
 LOCAL_KINDS_TABLE: tuple[LocalKind, ...] = (
@@ -43,16 +87,74 @@ LOCAL_KINDS_TABLE: tuple[LocalKind, ...] = (
 )
 
 API_KINDS_TABLE: tuple[ApiKind, ...] = (
-    ApiKind("cohere", "worker.backends.api.cohere:CohereProvider", "Cohere Rerank v2"),
-    ApiKind("jina", "worker.backends.api.rerank_v1:JinaProvider", "Jina Reranker"),
-    ApiKind("voyage", "worker.backends.api.voyage:VoyageProvider", "Voyage AI rerank"),
-    ApiKind("tei", "worker.backends.api.tei:TeiProvider", "Hugging Face text-embeddings-inference"),
     ApiKind(
-        "openai-rerank", "worker.backends.api.rerank_v1:RerankV1Provider", "OpenAI-compatible /v1/rerank"
+        "cohere",
+        "worker.backends.api.cohere:CohereProvider",
+        "Cohere Rerank v2",
+        base_url="https://api.cohere.com",
+        requires_key=True,
+        # Cohere recommends at most 1,000 documents a request; 4,096 is its own max_tokens_per_doc.
+        limits=ProviderLimits(max_documents=1000, max_tokens_per_document=4096),
     ),
-    ApiKind("vllm-score", "worker.backends.api.vllm_score:VllmScoreProvider", "vLLM /score"),
-    ApiKind("nim", "worker.backends.api.nim:NimProvider", "NVIDIA NIM ranking"),
-    ApiKind("llm-judge", "worker.backends.api.llm_judge:LlmJudgeProvider", "chat-completions LLM judge"),
+    ApiKind(
+        "jina",
+        "worker.backends.api.rerank_v1:JinaProvider",
+        "Jina Reranker",
+        base_url="https://api.jina.ai",
+        requires_key=True,
+        limits=ProviderLimits(max_documents=100, max_tokens_per_document=8192),
+    ),
+    ApiKind(
+        "voyage",
+        "worker.backends.api.voyage:VoyageProvider",
+        "Voyage AI rerank",
+        base_url="https://api.voyageai.com",
+        requires_key=True,
+        # Voyage's published limits for rerank-2.5 (see worker/backends/api/voyage.py).
+        limits=ProviderLimits(
+            max_documents=1000, max_tokens_per_document=32000, max_tokens_per_request=600_000
+        ),
+    ),
+    ApiKind(
+        "tei",
+        "worker.backends.api.tei:TeiProvider",
+        "Hugging Face text-embeddings-inference",
+        base_url="http://127.0.0.1:8080",
+        # TEI refuses more texts than its --max-client-batch-size, 32 by default.
+        limits=ProviderLimits(max_documents=32, max_tokens_per_document=512),
+    ),
+    ApiKind(
+        "openai-rerank",
+        "worker.backends.api.rerank_v1:RerankV1Provider",
+        "OpenAI-compatible /v1/rerank",
+        base_url="http://127.0.0.1:8000",
+        # These servers publish no documents-a-request limit; 100 keeps requests small.
+        limits=ProviderLimits(max_documents=100, max_tokens_per_document=8192),
+    ),
+    ApiKind(
+        "vllm-score",
+        "worker.backends.api.vllm_score:VllmScoreProvider",
+        "vLLM /score",
+        base_url="http://127.0.0.1:8000",
+        # vLLM publishes no per-request limit; 100 keeps requests small.
+        limits=ProviderLimits(max_documents=100, max_tokens_per_document=8192),
+    ),
+    ApiKind(
+        "nim",
+        "worker.backends.api.nim:NimProvider",
+        "NVIDIA NIM ranking",
+        base_url="http://127.0.0.1:8000",
+        # NIM's reference states no passages-a-request limit; 100 keeps requests small.
+        limits=ProviderLimits(max_documents=100, max_tokens_per_document=512),
+    ),
+    ApiKind(
+        "llm-judge",
+        "worker.backends.api.llm_judge:LlmJudgeProvider",
+        "chat-completions LLM judge",
+        base_url="https://api.openai.com",
+        # The judge scores one pair a request.
+        limits=ProviderLimits(max_documents=1, max_tokens_per_document=8192),
+    ),
 )
 
 LOCAL_KINDS: dict[str, LocalKind] = {entry.kind: entry for entry in LOCAL_KINDS_TABLE}

@@ -1,50 +1,69 @@
-"""The typed reference a Celery message carries for one shard: where it is, never what it holds."""
+"""The two contracts a shard task has with Celery, both JSON: the ``ShardRef`` its message carries (where
+the shard is, never what it holds) and the ``ShardResult`` it returns (what became of it).
+
+Both are frozen pydantic models checked strictly: no ``"3"`` for an int, no ``true`` for a count, no key
+the model does not name. A message carries ``schema_version``; a worker refuses a version it does not
+understand (a newer producer) with a ``MessageError`` instead of guessing. Messages from producers older
+than the field carry no version and are read as version 1, whose fields are exactly today's; so upgrade
+workers before producers when a new version appears, and old messages still in the queue keep working.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from celery import Celery
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import MessageError
 
 TASK_NAME = "bulk_rerank.score_shard"
 
+SCHEMA_VERSION: Literal[1] = 1
+"""The version of the shard message this code writes."""
+UNDERSTOOD_VERSIONS: tuple[int, ...] = (1,)
+"""The versions of the shard message this code reads."""
+UNVERSIONED_MEANS = 1
+"""The version of a message without ``schema_version`` (producers from before the field)."""
 
-@dataclass(frozen=True)
-class ShardRef:
+ShardStatus = Literal["done", "closed", "superseded"]
+
+
+class ShardRef(BaseModel):
     """One shard of one run. Paths are relative to the data directory."""
 
-    run_id: str
-    shard_id: int
-    input_path: str
-    output_path: str
-    model: str
-    pairs: int
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    run_id: str = Field(min_length=1)
+    shard_id: int = Field(ge=0)
+    input_path: str = Field(min_length=1)
+    output_path: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    pairs: int = Field(ge=0)
 
     def to_message(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON body of the Celery message, its version included."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_message(cls, payload: object) -> ShardRef:
         """Decode and type-check a message body; anything unexpected is a ``MessageError``."""
         if not isinstance(payload, dict):
             raise MessageError(f"shard reference must be a JSON object, got {type(payload).__name__}")
-        expected = {f.name: f.type for f in fields(cls)}
-        unknown = set(payload) - set(expected)
-        missing = set(expected) - set(payload)
-        if unknown or missing:
+        version = payload.get("schema_version", UNVERSIONED_MEANS)
+        if type(version) is not int or version not in UNDERSTOOD_VERSIONS:
+            understood = ", ".join(str(v) for v in UNDERSTOOD_VERSIONS)
             raise MessageError(
-                f"shard reference has unknown keys {sorted(unknown)} / missing keys {sorted(missing)}"
+                f"shard message schema_version {version!r} is not one this worker understands "
+                f"(it reads {understood}); upgrade the workers to the producer's release, or submit "
+                "with a producer of the workers' release"
             )
-        for name, type_name in expected.items():
-            value = payload[name]
-            python_type = int if type_name == "int" else str
-            if type(value) is not python_type:
-                raise MessageError(f"shard reference field {name!r} must be {type_name}, got {value!r}")
-        return cls(**payload)
+        try:
+            return cls.model_validate({**payload, "schema_version": version})
+        except ValidationError as exc:
+            raise MessageError(f"shard reference is malformed: {_problems(exc)}") from None
 
     def resolve(self, data_dir: Path, relative: str) -> Path:
         """Absolute path of ``relative`` inside ``data_dir``; refuses anything that escapes it."""
@@ -59,6 +78,37 @@ class ShardRef:
 
     def output_file(self, data_dir: Path) -> Path:
         return self.resolve(data_dir, self.output_path)
+
+
+class ShardResult(BaseModel):
+    """What a shard task returns to Celery (and Flower shows): ``status`` is ``done`` (scored and
+    published), ``closed`` (the ledger had already finished the shard) or ``superseded`` (scored, but
+    another attempt published first); ``attempt`` is None when no attempt was made."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    status: ShardStatus
+    attempt: int | None = Field(ge=1)
+    pairs: int = Field(ge=0)
+
+    def to_result(self) -> dict[str, Any]:
+        """The JSON the task returns, e.g. ``{'status': 'done', 'attempt': 1, 'pairs': 2000}``."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_result(cls, payload: object) -> ShardResult:
+        """Decode a task's result; anything unexpected is a ``MessageError``."""
+        try:
+            return cls.model_validate(payload)
+        except ValidationError as exc:
+            raise MessageError(f"shard result is malformed: {_problems(exc)}") from None
+
+
+def _problems(error: ValidationError) -> str:
+    """Pydantic's complaints, one per field, without echoing whole payloads."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'body'}: {item['msg']}" for item in error.errors()
+    )
 
 
 def send_shard(app: Celery, ref: ShardRef, queue: str) -> None:

@@ -1,37 +1,99 @@
-"""The one configuration object, read from ``RERANK_*`` environment variables."""
+"""The one configuration object, read from ``RERANK_*`` environment variables.
+
+Most settings are fields written out below. The three settings of each API kind (``RERANK_<KIND>_BASE_URL``,
+``RERANK_<KIND>_API_KEY``, ``RERANK_<KIND>_API_KEY_FILE``) are derived from the API kinds of ``core.kinds``,
+so a new provider gets them from its registry entry alone; code reads them through the typed
+``Settings.api(kind)``, never by building attribute names.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import ModelSpecError
+from core.kinds import API_KINDS, API_KINDS_TABLE, ApiKind
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Compile = Literal["auto", "on", "off"]
 
-
-def _base_url(api: str, default: str) -> Any:
-    return Field(default=default, description=f"Base URL of the {api}; the endpoint path is appended.")
-
-
-def _api_key(api: str) -> Any:
-    return Field(default=None, description=f"API key for the {api} (never logged or stored).")
+ENV_PREFIX = "RERANK_"
+ApiSetting = Literal["base_url", "api_key", "api_key_file"]
 
 
-def _api_key_file(api: str) -> Any:
-    return Field(
-        default=None, description=f"File holding the API key for the {api}, instead of the variable."
+def api_field_name(kind: str, setting: ApiSetting) -> str:
+    """The settings field of one API kind's setting, e.g. ``openai_rerank_api_key``."""
+    return f"{kind.replace('-', '_')}_{setting}"
+
+
+def api_variable(kind: str, setting: ApiSetting) -> str:
+    """The environment variable of one API kind's setting, e.g. ``RERANK_OPENAI_RERANK_API_KEY``."""
+    return ENV_PREFIX + api_field_name(kind, setting).upper()
+
+
+def api_settings_fields(kinds: Iterable[ApiKind]) -> dict[str, Any]:
+    """The three settings fields of each API kind, for ``pydantic.create_model``: the base URL (its
+    registry default), the key (a ``SecretStr``) and the file that holds the key."""
+    fields: dict[str, Any] = {}
+    for entry in kinds:
+        api = f"{entry.kind} API ({entry.summary})"
+        fields[api_field_name(entry.kind, "base_url")] = (
+            str,
+            Field(
+                default=entry.base_url, description=f"Base URL of the {api}; the endpoint path is appended."
+            ),
+        )
+        fields[api_field_name(entry.kind, "api_key")] = (
+            SecretStr | None,
+            Field(default=None, description=f"API key for the {api} (never logged or stored)."),
+        )
+        fields[api_field_name(entry.kind, "api_key_file")] = (
+            Path | None,
+            Field(
+                default=None, description=f"File holding the API key for the {api}, instead of the variable."
+            ),
+        )
+    return fields
+
+
+class ApiEndpoint(BaseModel):
+    """Where and how one API kind is reached: its base URL, its key or key file as the settings give them
+    (reading the file is the worker's job), and whether the API needs a key at all."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    base_url: str
+    api_key: SecretStr | None
+    api_key_file: Path | None
+    requires_key: bool
+
+    def variable(self, setting: ApiSetting) -> str:
+        """The environment variable that sets ``setting`` of this kind, for messages."""
+        return api_variable(self.kind, setting)
+
+
+# At run time Settings' base holds the fields of every API kind, built from the registry; type checkers see
+# plain BaseSettings, since those fields are reached through the typed Settings.api(kind) only.
+if TYPE_CHECKING:
+    _ApiKindSettings = BaseSettings
+else:
+    _ApiKindSettings = create_model(
+        "_ApiKindSettings", __base__=BaseSettings, **api_settings_fields(API_KINDS_TABLE)
     )
 
 
-class Settings(BaseSettings):
-    """Every setting of bulk-rerank. Each field is read from ``RERANK_<FIELD>`` (case-insensitive)."""
+class Settings(_ApiKindSettings):
+    """Every setting of bulk-rerank. Each field is read from ``RERANK_<FIELD>`` (case-insensitive); the
+    fields of the API kinds come from the registry (``api_settings_fields``)."""
 
-    model_config = SettingsConfigDict(env_prefix="RERANK_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     data_dir: Path = Field(
         default=Path("data"),
@@ -144,31 +206,7 @@ class Settings(BaseSettings):
         description="The price table (TOML) that turns API usage into cost. Unset: core/prices.toml "
         "of this project.",
     )
-    cohere_base_url: str = _base_url("Cohere API", "https://api.cohere.com")
-    cohere_api_key: SecretStr | None = _api_key("Cohere API")
-    cohere_api_key_file: Path | None = _api_key_file("Cohere API")
-    jina_base_url: str = _base_url("Jina API", "https://api.jina.ai")
-    jina_api_key: SecretStr | None = _api_key("Jina API")
-    jina_api_key_file: Path | None = _api_key_file("Jina API")
-    voyage_base_url: str = _base_url("Voyage API", "https://api.voyageai.com")
-    voyage_api_key: SecretStr | None = _api_key("Voyage API")
-    voyage_api_key_file: Path | None = _api_key_file("Voyage API")
-    tei_base_url: str = _base_url("text-embeddings-inference server", "http://127.0.0.1:8080")
-    tei_api_key: SecretStr | None = _api_key("text-embeddings-inference server")
-    tei_api_key_file: Path | None = _api_key_file("text-embeddings-inference server")
-    openai_rerank_base_url: str = _base_url("OpenAI-compatible /v1/rerank server", "http://127.0.0.1:8000")
-    openai_rerank_api_key: SecretStr | None = _api_key("OpenAI-compatible /v1/rerank server")
-    openai_rerank_api_key_file: Path | None = _api_key_file("OpenAI-compatible /v1/rerank server")
-    vllm_score_base_url: str = _base_url("vLLM server (/score)", "http://127.0.0.1:8000")
-    vllm_score_api_key: SecretStr | None = _api_key("vLLM server (/score)")
-    vllm_score_api_key_file: Path | None = _api_key_file("vLLM server (/score)")
-    nim_base_url: str = _base_url("NVIDIA NIM ranking server", "http://127.0.0.1:8000")
-    nim_api_key: SecretStr | None = _api_key("NVIDIA NIM ranking server")
-    nim_api_key_file: Path | None = _api_key_file("NVIDIA NIM ranking server")
-    llm_judge_base_url: str = _base_url("OpenAI-compatible chat completions API", "https://api.openai.com")
-    llm_judge_api_key: SecretStr | None = _api_key("OpenAI-compatible chat completions API")
-    llm_judge_api_key_file: Path | None = _api_key_file("OpenAI-compatible chat completions API")
-
+    # The base URL, key and key file of each API kind are fields of _ApiKindSettings, from core.kinds.
     # -- Monitoring: Flower and shard progress events ----------------------------------------------
     flower_user: str = Field(
         default="admin", description="User name of Flower's basic auth (scripts/flower.py)."
@@ -211,9 +249,19 @@ class Settings(BaseSettings):
     def runs_dir(self) -> Path:
         return self.resolved_data_dir / "runs"
 
-    def api_field(self, kind: str, field: str) -> Any:
-        """``<kind>_<field>`` for an API kind, e.g. ``api_field("openai-rerank", "base_url")``."""
-        return getattr(self, f"{kind.replace('-', '_')}_{field}")
+    def api(self, kind: str) -> ApiEndpoint:
+        """The base URL and key settings of API ``kind``. Raises ``ModelSpecError`` for a kind that is
+        not an API kind of ``core.kinds``."""
+        entry = API_KINDS.get(kind)
+        if entry is None:
+            raise ModelSpecError(f"{kind!r} is not an API kind; use one of {', '.join(API_KINDS)}")
+        return ApiEndpoint(
+            kind=kind,
+            base_url=getattr(self, api_field_name(kind, "base_url")),
+            api_key=getattr(self, api_field_name(kind, "api_key")),
+            api_key_file=getattr(self, api_field_name(kind, "api_key_file")),
+            requires_key=entry.requires_key,
+        )
 
     @property
     def resolved_ledger_url(self) -> str:

@@ -25,6 +25,7 @@ from core.broker import resolve_broker_url
 from core.broker.celery_app import create_app
 from core.broker.presence import live_workers
 from core.errors import BrokerError, CorpusError, RerankError
+from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
 from core.settings import Settings, get_settings
 from producer.report import run_summary
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("corpus", nargs="?", type=Path, help="the corpus Parquet file (long or nested form)")
     parser.add_argument(
         "--model",
-        help="reranker: kind:name, kind a local backend (cross-encoder, flag, flag-llm, embedding) or a "
-        "hosted API (cohere, jina, voyage, tei, openai-rerank, vllm-score, nim, llm-judge)",
+        help=f"reranker: kind:name, kind a local backend ({', '.join(LOCAL_KINDS)}) or a "
+        f"hosted API ({', '.join(API_KINDS)})",
     )
     parser.add_argument(
         "--resume",

@@ -16,9 +16,9 @@ import sys
 
 from core.broker import resolve_broker_url
 from core.errors import BrokerError, RerankError
-from core.kinds import API_KINDS
+from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
-from core.settings import get_settings
+from core.settings import api_variable, get_settings
 from worker.fleet.launcher import (
     Fleet,
     WorkerProcess,
@@ -35,19 +35,21 @@ DEFAULT_API_CONCURRENCY = 8
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, epilog=api_kinds_help(), formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--model",
         required=True,
-        help="reranker to host: kind:name with kind cross-encoder, flag, flag-llm or embedding "
-        "(a Hugging Face id or a local path), or an API kind (cohere:rerank-v3.5, ...); a bare name is "
-        "detected from a local model dir; with --api, the model the API serves",
+        help=f"reranker to host: kind:name with kind {', '.join(LOCAL_KINDS)} (a Hugging Face id or a local "
+        "path), or an API kind (cohere:rerank-v3.5, ...); a bare name is detected from a local model dir; "
+        "with --api, the model the API serves",
     )
     parser.add_argument(
         "--api",
         choices=list(API_KINDS),
-        help="score through this hosted API instead of a local model (--model names the served model)",
+        metavar="KIND",
+        help="score through this API instead of a local model (--model names the served model); "
+        "KIND is one of the API kinds below",
     )
     placement = parser.add_mutually_exclusive_group()
     placement.add_argument("--gpus", help="'all' or GPU indices like 0,1: one worker process per GPU")
@@ -64,6 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--hostname", default=socket.gethostname(), help="node name suffix (default: host)")
     return parser
+
+
+def api_kinds_help() -> str:
+    """The API kinds of ``core.kinds``, each with whether it needs a key, its default request size, and
+    the variables (with the default base URL) that configure it."""
+    width = max(len(kind) for kind in API_KINDS)
+    indent = " " * (width + 4)
+    lines = ["API kinds (--api KIND) and the variables that configure each:"]
+    for entry in API_KINDS.values():
+        key = "key required" if entry.requires_key else "key optional"
+        documents = entry.limits.max_documents
+        lines += [
+            f"  {entry.kind:<{width}}  {entry.summary}; {key}; "
+            f"{documents:,} document{'s' if documents > 1 else ''} a request",
+            f"{indent}{api_variable(entry.kind, 'base_url')} (default {entry.base_url})",
+            f"{indent}{api_variable(entry.kind, 'api_key')} or {api_variable(entry.kind, 'api_key_file')}",
+        ]
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

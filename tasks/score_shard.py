@@ -1,4 +1,4 @@
-"""The one task: score a shard named by its reference."""
+"""The one task: score a shard named by its reference, and return its typed result as JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Task
 
-from core.messages import TASK_NAME, ShardRef
+from core.messages import TASK_NAME, ShardRef, ShardResult
 from worker.app import app
 from worker.runtime import get_runtime
 from worker.shard_runner import ShardAttemptError, ShardBusyError, run_shard
@@ -22,6 +22,8 @@ def backoff_s(attempt: int) -> float:
 
 @app.task(name=TASK_NAME, bind=True)
 def score_shard(self: Task, message: dict[str, Any]) -> dict[str, Any]:
+    """Score the shard ``message`` names; the JSON of its ``ShardResult`` is what Flower shows. Raises
+    ``MessageError`` for a message this worker cannot read, and retries busy or failed attempts."""
     ref = ShardRef.from_message(message)
     try:
         outcome = run_shard(ref, get_runtime(), self.request.hostname or "worker")
@@ -31,4 +33,4 @@ def score_shard(self: Task, message: dict[str, Any]) -> dict[str, Any]:
         if failure.final:
             raise
         raise self.retry(countdown=backoff_s(failure.attempt), max_retries=None) from failure
-    return {"status": outcome.status, "attempt": outcome.attempt, "pairs": outcome.pairs}
+    return ShardResult(status=outcome.status, attempt=outcome.attempt, pairs=outcome.pairs).to_result()

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings
+from core.kinds import API_KINDS, LOCAL_KINDS
+from core.settings import Settings, api_field_name, api_variable
 from testkit.fleet import REPO, clean_env, run_script
 from tests.integration.test_submit_cli import _load_script
+from worker.backends.api.registry import PROVIDERS
 
 README = (REPO / "README.md").read_text()
 DEMO_COMMAND = "bash scripts/setup.sh && .venv/bin/python scripts/demo.py"
@@ -25,6 +27,85 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_second() -> None:
 def test_every_setting_is_documented() -> None:
     for name in Settings.model_fields:
         assert f"`RERANK_{name.upper()}`" in README, name
+
+
+def readme_table(header_start: str) -> list[list[str]]:
+    """The body rows, split into cells, of the one README table whose header starts with ``header_start``."""
+    lines = README.splitlines()
+    starts = [index for index, line in enumerate(lines) if line.startswith(header_start)]
+    assert len(starts) == 1, f"{len(starts)} README tables start with {header_start!r}"
+    rows = []
+    for line in lines[starts[0] + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return rows
+
+
+def leading_number(cell: str) -> str:
+    """``1,000`` of ``1,000 (a note)``; a dash for a limit the API does not have."""
+    match = re.match(r"[\d,]+|–", cell)
+    assert match is not None, cell
+    return match.group(0)
+
+
+def test_the_api_table_lists_exactly_the_registry_kinds_with_their_paths_and_limits() -> None:
+    rows = readme_table("| kind | API | request |")
+    assert [row[0] for row in rows] == [f"`{kind}`" for kind in API_KINDS]
+    for kind, _api, request, _score, documents, per_document, per_request, _usage in rows:
+        entry = API_KINDS[kind.strip("`")]
+        assert request.startswith(f"`POST {PROVIDERS[entry.kind].path}`"), (kind, request)
+        limits = entry.limits
+        assert leading_number(documents) == f"{limits.max_documents:,}", kind
+        assert leading_number(per_document) == f"{limits.max_tokens_per_document:,}", kind
+        cap = limits.max_tokens_per_request
+        assert leading_number(per_request) == (f"{cap:,}" if cap else "–"), kind
+
+
+def test_the_key_table_lists_exactly_the_registry_kinds_with_their_variables_and_defaults() -> None:
+    rows = readme_table("| kind | key | base URL (default) |")
+    assert [row[0] for row in rows] == [f"`{kind}`" for kind in API_KINDS]
+    for kind, key, base_url, key_variable, key_file_variable in rows:
+        entry = API_KINDS[kind.strip("`")]
+        assert key == ("required" if entry.requires_key else "optional"), kind
+        assert base_url.startswith(f"`{api_variable(entry.kind, 'base_url')}` (`{entry.base_url}`"), kind
+        assert key_variable == f"`{api_variable(entry.kind, 'api_key')}`"
+        assert key_file_variable == f"`{api_variable(entry.kind, 'api_key_file')}`"
+
+
+def test_the_models_table_lists_exactly_the_registry_kinds() -> None:
+    rows = readme_table("| kind | backend | score |")
+    *local_rows, api_row = rows
+    assert [row[0] for row in local_rows] == [f"`{kind}`" for kind in LOCAL_KINDS]
+    assert api_row[0] == ", ".join(f"`{kind}`" for kind in API_KINDS)
+
+
+def documented_default(value: object) -> str:
+    """How the settings table writes a default: ``unset``, ``false``, ``60`` for 60.0, else as is."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_the_settings_table_lists_every_setting_with_its_default() -> None:
+    rows = readme_table("| variable | default | meaning |")
+    *settings_rows, api_row = rows
+    per_kind = {
+        api_field_name(kind, setting)
+        for kind in API_KINDS
+        for setting in ("base_url", "api_key", "api_key_file")
+    }
+    expected = {
+        f"`RERANK_{name.upper()}`": documented_default(field.default)
+        for name, field in Settings.model_fields.items()
+        if name not in per_kind
+    }
+    assert {row[0]: row[1].strip("`") for row in settings_rows} == expected
+    assert api_row[0] == "`RERANK_<KIND>_BASE_URL`, `_API_KEY`, `_API_KEY_FILE`"
 
 
 @pytest.mark.parametrize("script", ["submit.py", "workers.py"])

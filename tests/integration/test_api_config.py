@@ -6,9 +6,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from core.errors import ConfigError, PermanentProviderError
-from core.kinds import API_KINDS, KINDS
+from core.errors import ConfigError, ModelSpecError, PermanentProviderError
+from core.kinds import API_KINDS, API_KINDS_TABLE, KINDS, ProviderLimits
 from core.model_spec import ModelSpec
 from core.pricing import PriceTable, load_price_table
 from core.settings import Settings
@@ -18,7 +19,7 @@ from tests.integration.test_submit_cli import _load_script
 from worker.backends.api.credentials import load_credentials
 from worker.backends.api.llm_judge import yes_probability
 from worker.backends.api.planning import plan_requests
-from worker.backends.api.provider import MalformedAnswerError, ProviderLimits, error_message, scores_by_index
+from worker.backends.api.provider import MalformedAnswerError, error_message, scores_by_index
 from worker.backends.api.rate_headers import retry_after_seconds
 from worker.backends.api.registry import PROVIDERS
 
@@ -110,19 +111,47 @@ def test_the_shipped_price_table_loads() -> None:
 def test_keys_come_from_the_variable_or_a_file_never_both(tmp_path: Path) -> None:
     key_file = tmp_path / "key"
     key_file.write_text(f"{API_KEY}\n")
-    from_file = load_credentials("voyage", Settings(voyage_api_key_file=key_file), required=True)
+    from_file = load_credentials(Settings(voyage_api_key_file=key_file).api("voyage"))
     assert from_file.key is not None and from_file.key.get_secret_value() == API_KEY
     assert API_KEY not in repr(from_file) and API_KEY not in from_file.fingerprint
     assert from_file.scrub(f"token {API_KEY} refused") == "token [redacted] refused"
     with pytest.raises(ConfigError, match="both RERANK_VOYAGE_API_KEY and RERANK_VOYAGE_API_KEY_FILE"):
-        load_credentials("voyage", Settings(voyage_api_key="k", voyage_api_key_file=key_file), required=True)
+        load_credentials(Settings(voyage_api_key="k", voyage_api_key_file=key_file).api("voyage"))
     with pytest.raises(ConfigError, match="needs a key: set RERANK_VOYAGE_API_KEY"):
-        load_credentials("voyage", Settings(), required=True)
+        load_credentials(Settings().api("voyage"))
     with pytest.raises(ConfigError, match="cannot read"):
-        load_credentials("voyage", Settings(voyage_api_key_file=tmp_path / "missing"), required=True)
-    keyless = load_credentials("tei", Settings(tei_base_url="http://tei:80"), required=False)
-    other = load_credentials("tei", Settings(tei_base_url="http://tei:81"), required=False)
+        load_credentials(Settings(voyage_api_key_file=tmp_path / "missing").api("voyage"))
+    keyless = load_credentials(Settings(tei_base_url="http://tei:80").api("tei"))
+    other = load_credentials(Settings(tei_base_url="http://tei:81").api("tei"))
     assert keyless.key is None and keyless.headers() == {} and keyless.fingerprint != other.fingerprint
+
+
+def test_api_settings_come_from_the_variables_of_each_registry_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RERANK_<KIND>_BASE_URL, _API_KEY and _API_KEY_FILE keep their names, the key stays a SecretStr
+    and the base URL defaults to the registry's."""
+    key_file = tmp_path / "judge-key"
+    key_file.write_text("judge-secret\n")
+    monkeypatch.setenv("RERANK_OPENAI_RERANK_BASE_URL", "http://rerank:9000")
+    monkeypatch.setenv("RERANK_OPENAI_RERANK_API_KEY", API_KEY)
+    monkeypatch.setenv("RERANK_LLM_JUDGE_API_KEY_FILE", str(key_file))
+    settings = Settings()
+    rerank = settings.api("openai-rerank")
+    assert rerank.base_url == "http://rerank:9000" and isinstance(rerank.api_key, SecretStr)
+    assert rerank.api_key.get_secret_value() == API_KEY and API_KEY not in repr(settings)
+    judge = load_credentials(settings.api("llm-judge"))
+    assert judge.key is not None and judge.key.get_secret_value() == "judge-secret"
+    for entry in API_KINDS_TABLE:
+        endpoint = settings.api(entry.kind)
+        assert endpoint.requires_key == entry.requires_key == PROVIDERS[entry.kind].requires_key
+        assert PROVIDERS[entry.kind].defaults == entry.limits
+        if entry.kind != "openai-rerank":
+            assert endpoint.base_url == entry.base_url
+    assert rerank.variable("api_key_file") == "RERANK_OPENAI_RERANK_API_KEY_FILE"
+    assert settings.api("cohere").variable("base_url") == "RERANK_COHERE_BASE_URL"
+    with pytest.raises(ModelSpecError, match="'flag' is not an API kind; use one of cohere, jina"):
+        settings.api("flag")
 
 
 def test_requests_carry_one_query_within_the_document_and_token_limits() -> None:
@@ -196,6 +225,18 @@ def test_workers_script_takes_the_api_as_a_flag_or_in_the_model() -> None:
         ["--model", "llm-judge:llama3:8b"],
     ):
         assert str(script._model_spec(script.parse_args(argv))) == "llm-judge:llama3:8b"
+
+
+def test_workers_help_lists_every_api_kind_with_its_defaults_and_variables() -> None:
+    help_text = _load_script("workers.py").build_parser().format_help()
+    for entry in API_KINDS_TABLE:
+        line = next(line for line in help_text.splitlines() if line.startswith(f"  {entry.kind} "))
+        assert entry.summary in line and ("key required" in line) == entry.requires_key
+        assert f"{entry.limits.max_documents:,} document" in line
+        assert (
+            f"RERANK_{entry.kind.upper().replace('-', '_')}_BASE_URL (default {entry.base_url})" in help_text
+        )
+        assert f"RERANK_{entry.kind.upper().replace('-', '_')}_API_KEY_FILE" in help_text
 
 
 def test_workers_script_refuses_mixed_placement_flags(tmp_path: Path) -> None:

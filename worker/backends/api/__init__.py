@@ -1,5 +1,5 @@
-"""API-backed rerankers: Cohere, Jina, Voyage, TEI, OpenAI-compatible /v1/rerank, vLLM /score, NVIDIA
-NIM and an LLM judge, all over httpx, under rate limits the whole fleet shares through Redis."""
+"""API-backed rerankers, one per API kind of ``core.kinds`` (hosted rerank APIs, self-hosted rerank servers
+and an LLM judge), all over httpx, under rate limits the whole fleet shares through Redis."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import redis
 
 from core.broker.url import connect, redact
 from core.errors import BrokerError, ConfigError
+from core.kinds import ProviderLimits
 from core.model_spec import ModelSpec
 from core.pricing import load_price_table
 from core.settings import Settings
 from worker.backends.api.credentials import load_credentials
-from worker.backends.api.provider import ProviderLimits
 from worker.backends.api.rate_limiter import FleetRateLimiter, RateLimits
 from worker.backends.api.registry import provider_for
 from worker.backends.api.reranker import ApiReranker
@@ -26,7 +26,7 @@ def load_api_reranker(spec: ModelSpec, settings: Settings) -> ApiReranker:
     rate limiter. Raises ``ConfigError`` for a missing key or a bad price table, ``BrokerError`` when
     the Redis that holds the shared budget does not answer."""
     provider = provider_for(spec.kind)
-    credentials = load_credentials(spec.kind, settings, provider.requires_key)
+    credentials = load_credentials(settings.api(spec.kind))
     limits = _limits(provider.defaults, settings)
     if settings.broker_url is None:
         raise ConfigError("API workers share their rate limits through Redis: set RERANK_BROKER_URL")
@@ -74,7 +74,7 @@ def load_api_reranker(spec: ModelSpec, settings: Settings) -> ApiReranker:
 
 def check_api_config(spec: ModelSpec, settings: Settings) -> None:
     """Fail before any worker starts when the key is missing or the price table is invalid."""
-    load_credentials(spec.kind, settings, provider_for(spec.kind).requires_key)
+    load_credentials(settings.api(spec.kind))
     load_price_table(settings.prices_path)
 
 

@@ -13,14 +13,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from worker.backends.api.provider import Answer, Provider, ProviderLimits, optional_count, scores_by_index
+from core.kinds import ProviderLimits
+from worker.backends.api.provider import Answer, Provider, optional_count, scores_by_index
 
 
 class CohereProvider(Provider):
-    kind = "cohere"
     path = "/v2/rerank"
-    defaults = ProviderLimits(max_documents=1000, max_tokens_per_document=4096)
-    requires_key = True
     score_meaning = "relevance_score per document (Cohere rerank v2)"
 
     def body(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from core.errors import ConfigError
-from core.settings import Settings
+from core.settings import ApiEndpoint
 
 REDACTED = "[redacted]"
 
@@ -42,24 +42,24 @@ class Credentials:
         return text.replace(secret, REDACTED) if secret else text
 
 
-def load_credentials(kind: str, settings: Settings, required: bool) -> Credentials:
-    """The key for API ``kind`` from its variable or its file. Raises ``ConfigError`` when both are
-    set, the file cannot be read or is empty, or a key is ``required`` and missing."""
-    variable = f"RERANK_{kind.upper().replace('-', '_')}_API_KEY"
-    key: SecretStr | None = settings.api_field(kind, "api_key")
-    key_file = settings.api_field(kind, "api_key_file")
+def load_credentials(endpoint: ApiEndpoint) -> Credentials:
+    """The key of ``endpoint`` from its variable or its file. Raises ``ConfigError`` when both are set,
+    the file cannot be read or is empty, or the API requires a key and none is set."""
+    variable, file_variable = endpoint.variable("api_key"), endpoint.variable("api_key_file")
+    key = endpoint.api_key
+    key_file = endpoint.api_key_file
     if key is not None and key_file is not None:
-        raise ConfigError(f"both {variable} and {variable}_FILE are set; keep one")
+        raise ConfigError(f"both {variable} and {file_variable} are set; keep one")
     if key_file is not None:
         try:
             content = key_file.expanduser().read_text().strip()
         except OSError as exc:
-            raise ConfigError(f"{variable}_FILE: cannot read {key_file}: {exc.strerror}") from None
+            raise ConfigError(f"{file_variable}: cannot read {key_file}: {exc.strerror}") from None
         if not content:
-            raise ConfigError(f"{variable}_FILE: {key_file} is empty")
+            raise ConfigError(f"{file_variable}: {key_file} is empty")
         key = SecretStr(content)
     if key is not None and not key.get_secret_value().strip():
         key = None
-    if key is None and required:
-        raise ConfigError(f"the {kind} API needs a key: set {variable} or {variable}_FILE")
-    return Credentials(kind=kind, base_url=settings.api_field(kind, "base_url"), key=key)
+    if key is None and endpoint.requires_key:
+        raise ConfigError(f"the {endpoint.kind} API needs a key: set {variable} or {file_variable}")
+    return Credentials(kind=endpoint.kind, base_url=endpoint.base_url, key=key)

@@ -21,14 +21,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from worker.backends.api.provider import (
-    Answer,
-    MalformedAnswerError,
-    Provider,
-    ProviderLimits,
-    as_score,
-    optional_count,
-)
+from core.kinds import ProviderLimits
+from worker.backends.api.provider import Answer, MalformedAnswerError, Provider, as_score, optional_count
 from worker.backends.api.tokens import estimate_tokens
 
 log = logging.getLogger(__name__)
@@ -60,9 +54,7 @@ def yes_probability(top_logprobs: list[dict[str, Any]]) -> float | None:
 
 
 class LlmJudgeProvider(Provider):
-    kind = "llm-judge"
     path = "/v1/chat/completions"
-    defaults = ProviderLimits(max_documents=1, max_tokens_per_document=8192)
     score_meaning = "P(yes) / (P(yes) + P(no)) of the judge's first answer token"
 
     def body(

@@ -10,14 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.backends.api.provider import Answer, Provider, ProviderLimits, optional_count, scores_by_index
+from core.kinds import ProviderLimits
+from worker.backends.api.provider import Answer, Provider, optional_count, scores_by_index
 
 
 class NimProvider(Provider):
-    kind = "nim"
     path = "/v1/ranking"
-    # NIM's reference states no passages-per-request limit; 100 keeps requests small.
-    defaults = ProviderLimits(max_documents=100, max_tokens_per_document=512)
     score_meaning = "logit per passage (NIM /v1/ranking)"
 
     def body(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from core.errors import PermanentProviderError
-from worker.backends.api.provider import ProviderLimits
+from core.kinds import ProviderLimits
 
 
 @dataclass(frozen=True)

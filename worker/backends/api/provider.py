@@ -1,5 +1,6 @@
-"""What a hosted rerank API is to the worker: an endpoint, a request body, a parser for its answer, and
-the limits one request must respect. One small module per API implements ``Provider``."""
+"""What a hosted rerank API is to the worker: an endpoint path, a request body and a parser for its answer.
+One small module per API implements ``Provider``; its kind, default base URL, key requirement and request
+limits are declared once, in its ``core.kinds`` entry, which the provider is built with."""
 
 from __future__ import annotations
 
@@ -10,16 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from core.kinds import ApiKind, ProviderLimits
 from worker.backends.api.tokens import estimate_tokens
-
-
-@dataclass(frozen=True)
-class ProviderLimits:
-    """How much one request may carry. ``max_tokens_per_request`` counts like ``estimate_request``."""
-
-    max_documents: int
-    max_tokens_per_document: int
-    max_tokens_per_request: int | None = None
 
 
 @dataclass(frozen=True)
@@ -38,13 +31,27 @@ class MalformedAnswerError(ValueError):
 
 
 class Provider(ABC):
-    """One API's request and answer shapes. Providers are stateless; one instance serves all threads."""
+    """One API's request and answer shapes. Providers are stateless; one instance serves all threads.
+    Subclasses set ``path`` and ``score_meaning``; everything else comes from the registry ``entry``."""
 
-    kind: ClassVar[str]
     path: ClassVar[str]
-    defaults: ClassVar[ProviderLimits]
-    requires_key: ClassVar[bool] = False
     score_meaning: ClassVar[str]
+
+    def __init__(self, entry: ApiKind) -> None:
+        self.entry = entry
+
+    @property
+    def kind(self) -> str:
+        return self.entry.kind
+
+    @property
+    def defaults(self) -> ProviderLimits:
+        """The request limits of the registry entry, before ``RERANK_API_MAX_*`` override them."""
+        return self.entry.limits
+
+    @property
+    def requires_key(self) -> bool:
+        return self.entry.requires_key
 
     @abstractmethod
     def body(

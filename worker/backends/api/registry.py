@@ -1,21 +1,35 @@
-"""Which ``Provider`` speaks for each API model kind: the ``provider`` column of ``core.kinds``."""
+"""Which ``Provider`` speaks for each API model kind: the ``provider`` column of ``core.kinds``, each
+built with its registry entry (kind, default base URL, key requirement, request limits)."""
 
 from __future__ import annotations
 
 import importlib
 
-from core.errors import ModelSpecError
-from core.kinds import API_KINDS
+from core.errors import ConfigError, ModelSpecError
+from core.kinds import API_KINDS, ApiKind
 from worker.backends.api.provider import Provider
 
 
-def _instantiate(reference: str) -> Provider:
-    module_name, _, class_name = reference.partition(":")
-    provider: Provider = getattr(importlib.import_module(module_name), class_name)()
-    return provider
+def build_provider(entry: ApiKind) -> Provider:
+    """The provider ``entry`` names, built with ``entry``. Raises ``ConfigError`` when the reference does
+    not name a ``Provider`` class."""
+    module_name, _, class_name = entry.provider.partition(":")
+    try:
+        provider_class = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"API kind {entry.kind!r} names provider {entry.provider!r}, which cannot be imported "
+            f"({exc}); fix its entry in core/kinds.py"
+        ) from None
+    if not (isinstance(provider_class, type) and issubclass(provider_class, Provider)):
+        raise ConfigError(
+            f"API kind {entry.kind!r}: {entry.provider!r} is not a Provider subclass; fix its entry in "
+            "core/kinds.py"
+        )
+    return provider_class(entry)
 
 
-PROVIDERS: dict[str, Provider] = {kind: _instantiate(entry.provider) for kind, entry in API_KINDS.items()}
+PROVIDERS: dict[str, Provider] = {kind: build_provider(entry) for kind, entry in API_KINDS.items()}
 
 
 def provider_for(kind: str) -> Provider:

@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.backends.api.provider import Answer, Provider, ProviderLimits, optional_count, scores_by_index
+from core.kinds import ProviderLimits
+from worker.backends.api.provider import Answer, Provider, optional_count, scores_by_index
 
 
 class RerankV1Provider(Provider):
-    kind = "openai-rerank"
     path = "/v1/rerank"
-    # No documents-per-request limit is published for these servers; 100 keeps requests small.
-    defaults = ProviderLimits(max_documents=100, max_tokens_per_document=8192)
     score_meaning = "relevance_score per document (/v1/rerank)"
 
     def body(
@@ -39,10 +37,8 @@ class RerankV1Provider(Provider):
 
 
 class JinaProvider(RerankV1Provider):
-    """Jina's hosted reranker: the same shape, a key required, documents not echoed back."""
+    """Jina's hosted reranker: the same shape, with the documents not echoed back."""
 
-    kind = "jina"
-    requires_key = True
     score_meaning = "relevance_score per document (Jina /v1/rerank)"
 
     def body(

@@ -20,6 +20,7 @@ from datetime import datetime
 import httpx
 
 from core.errors import PermanentProviderError, ProviderError
+from core.kinds import ProviderLimits
 from core.pricing import PriceTable
 from core.usage import RequestOutcome, RequestUsage
 from storage.ledger import utcnow
@@ -29,7 +30,6 @@ from worker.backends.api.provider import (
     Answer,
     MalformedAnswerError,
     Provider,
-    ProviderLimits,
     error_message,
 )
 from worker.backends.api.rate_headers import retry_after_seconds

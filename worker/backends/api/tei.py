@@ -12,13 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.backends.api.provider import Answer, Provider, ProviderLimits, scores_by_index
+from core.kinds import ProviderLimits
+from worker.backends.api.provider import Answer, Provider, scores_by_index
 
 
 class TeiProvider(Provider):
-    kind = "tei"
     path = "/rerank"
-    defaults = ProviderLimits(max_documents=32, max_tokens_per_document=512)
     score_meaning = "score per text (TEI /rerank, raw_scores false: the model's activation)"
 
     def body(

@@ -6,14 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.backends.api.provider import Answer, Provider, ProviderLimits, optional_count, scores_by_index
+from core.kinds import ProviderLimits
+from worker.backends.api.provider import Answer, Provider, optional_count, scores_by_index
 
 
 class VllmScoreProvider(Provider):
-    kind = "vllm-score"
     path = "/score"
-    # vLLM publishes no per-request limit; 100 keeps requests small.
-    defaults = ProviderLimits(max_documents=100, max_tokens_per_document=8192)
     score_meaning = "score per text_2 (vLLM /score)"
 
     def body(

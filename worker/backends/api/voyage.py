@@ -11,16 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from worker.backends.api.provider import Answer, Provider, ProviderLimits, optional_count, scores_by_index
+from core.kinds import ProviderLimits
+from worker.backends.api.provider import Answer, Provider, optional_count, scores_by_index
 
 
 class VoyageProvider(Provider):
-    kind = "voyage"
     path = "/v1/rerank"
-    defaults = ProviderLimits(
-        max_documents=1000, max_tokens_per_document=32000, max_tokens_per_request=600_000
-    )
-    requires_key = True
     score_meaning = "relevance_score per document (Voyage rerank)"
 
     def body(
