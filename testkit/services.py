@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 from sqlalchemy import create_engine, text
 
 from core.broker.embedded import EmbeddedRedis
@@ -61,6 +60,8 @@ def postgres_schema() -> Iterator[str]:
         admin.dispose()
         if os.environ.get("CI"):
             raise
+        import pytest  # only tests come here; scripts that use testkit run without the test tools
+
         pytest.skip(f"PostgreSQL not reachable at {LOCAL_POSTGRES_URL}: {exc}")
     schema = f"rerank_test_{secrets.token_hex(4)}"
     with admin.begin() as conn:

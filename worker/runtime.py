@@ -18,13 +18,14 @@ class WrongModelError(MessageError):
 
 
 class WorkerRuntime:
-    """Loads the reranker once, behind a lock, and hands the same instance to every task."""
+    """Loads the reranker once, behind a lock, and hands the same instance to every task. A reranker
+    already built (``reranker``: a test's or a benchmark's) is hosted as if it had been loaded."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, reranker: Reranker | None = None) -> None:
         self.settings = settings
         self.ledger = Ledger(settings.resolved_ledger_url)
         self.leases = ShardLeases(self.ledger, settings.max_attempts, settings.lease_s)
-        self._reranker: Reranker | None = None
+        self._reranker: Reranker | None = reranker
         self._lock = threading.Lock()
 
     def reranker(self, spec: ModelSpec) -> Reranker:

@@ -17,7 +17,8 @@ from storage.ledger.leases import Busy, Closed
 from storage.ledger.types import AttemptUsage, utcnow
 from storage.shards.inputs import read_shard_input
 from storage.shards.scores import scores_table, write_staged_scores
-from worker.lease_keeper import LeaseKeeper
+from worker.backends.progress_sink import listening
+from worker.lease_keeper import LeaseGuard, LeaseKeeper
 from worker.runtime import WorkerRuntime
 from worker.shard_scoring import score_shard_pairs
 
@@ -73,10 +74,13 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     device = device_label(reranker.describe().get("device", "unknown"))
     usage = AttemptUsage(worker=worker, model=ref.model, device=device)
     with staged(output_file) as staged_scores:
+        guard: LeaseGuard | None = None
         try:
-            with LeaseKeeper(runtime.leases, ref.run_id, ref.shard_id, attempt):
+            with LeaseKeeper(runtime.leases, ref.run_id, ref.shard_id, attempt) as keeper:
                 pairs = read_shard_input(input_file)
-                scored = score_shard_pairs(reranker, pairs)
+                guard = LeaseGuard(keeper)
+                with listening(guard):  # stops the scoring at the next batch once the lease is lost
+                    scored = score_shard_pairs(reranker, pairs)
                 result = scored.result
                 metadata = {"run_id": ref.run_id, "shard_id": ref.shard_id, **reranker.describe()}
                 table = scores_table(
@@ -104,6 +108,8 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
                 ref.run_id, ref.shard_id, attempt, usage, started_at, staged_scores.publish
             )
         except Exception as exc:
+            if guard is not None and guard.stopped:
+                return _record_lost_lease(ref, runtime, attempt, usage, started_at, clock, guard, exc)
             _record_failure(ref, runtime, attempt, usage, started_at, clock, exc, grant.final_try)
             raise ShardAttemptError(
                 f"{type(exc).__name__}: {exc}", grant.final_try or isinstance(exc, PERMANENT_ERRORS), attempt
@@ -124,6 +130,43 @@ def device_label(device: str) -> str:
     import torch
 
     return f"cuda:{torch.cuda.get_device_name()}"[:64]
+
+
+def _record_lost_lease(
+    ref: ShardRef,
+    runtime: WorkerRuntime,
+    attempt: int,
+    usage: AttemptUsage,
+    started_at: datetime,
+    clock: float,
+    guard: LeaseGuard,
+    error: Exception,
+) -> ShardOutcome:
+    """The attempt stopped scoring because a newer attempt took over its lease: record what it
+    consumed until then, once, and publish nothing (its staged file is discarded). An API model's
+    request rows come with the error its reranker raised, and carry its tokens; a local model reports
+    pairs only, so its attempt row has the pairs it scored and the seconds its model was busy on them."""
+    requests = error.requests if isinstance(error, ProviderError) else ()
+    runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, usage.worker, usage.model, requests)
+    seconds = time.monotonic() - clock
+    lost_usage = AttemptUsage(
+        worker=usage.worker,
+        model=usage.model,
+        device=usage.device,
+        pairs=min(guard.pairs, ref.pairs),
+        device_seconds=0.0 if requests else guard.seconds,
+        wall_seconds=seconds,
+    )
+    runtime.leases.superseded(ref.run_id, ref.shard_id, attempt, lost_usage, started_at)
+    log.warning(
+        "shard %s/%s attempt %d lost its lease after %d pairs in %.2fs; stopped without publishing",
+        ref.run_id,
+        ref.shard_id,
+        attempt,
+        lost_usage.pairs,
+        seconds,
+    )
+    return ShardOutcome("superseded", attempt, lost_usage.pairs, seconds)
 
 
 def _record_failure(

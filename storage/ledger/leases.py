@@ -46,6 +46,9 @@ class Closed:
 
 Grant = Granted | Busy | Closed
 
+# The outcome of an attempt row whose attempt stopped scoring once a newer attempt took its lease.
+LEASE_LOST = "lease_lost"
+
 
 def _aware(moment: datetime | None) -> datetime | None:
     # SQLite returns naive datetimes for timezone-aware columns; they are stored in UTC.
@@ -151,6 +154,14 @@ class ShardLeases:
                 )
             )
             close_run_if_finished(session, run_id)
+
+    def superseded(
+        self, run_id: str, shard_id: int, attempt: int, usage: AttemptUsage, started_at: datetime
+    ) -> None:
+        """Record the usage of an attempt that stopped scoring because a newer attempt took over its
+        lease (outcome ``lease_lost``). The shard belongs to the newer attempt, so it is left alone."""
+        with self.ledger.session() as session, session.begin():
+            record_attempt_usage(session, run_id, shard_id, attempt, usage, LEASE_LOST, started_at)
 
     def expired(self, limit: int = 100) -> list[Shard]:
         """Shards whose attempt stopped renewing its lease: its worker died."""

@@ -5,6 +5,12 @@ local model (its distinct pairs; the distinct queries and texts of an embedding 
 answered request of an API model. Nothing listens unless the worker installed a sink for the task
 running in this thread (``listen``/``listening``), so benchmarks and tests that call a reranker directly
 pay one context-variable lookup per batch.
+
+Several sinks can listen at once: the task's progress events (``listen``, for the whole task) and,
+inside it, the shard attempt's lease check (``listening``, for the scoring). They hear each report in
+the order they were installed. A sink may raise to stop the scoring: the exception leaves
+``report_progress`` and so the reranker's ``score``, between two batches or requests, which is how an
+attempt that lost its shard's lease stops (``worker/lease_keeper.py``).
 """
 
 from __future__ import annotations
@@ -17,30 +23,31 @@ from typing import Protocol
 
 class ProgressSink(Protocol):
     def advance(self, pairs: int) -> None:
-        """``pairs`` more pairs are scored."""
+        """``pairs`` more pairs are scored. Raising here stops the scoring with that exception."""
         ...
 
 
-_sink: ContextVar[ProgressSink | None] = ContextVar("progress_sink", default=None)
+_sinks: ContextVar[tuple[ProgressSink, ...]] = ContextVar("progress_sinks", default=())
 
 
 def report_progress(pairs: int) -> None:
-    """Tell the listening sink, if any, that ``pairs`` more pairs are scored."""
-    sink = _sink.get()
-    if sink is not None:
+    """Tell every listening sink, in the order they were installed, that ``pairs`` more pairs are
+    scored. An exception a sink raises propagates to the reranker's caller."""
+    for sink in _sinks.get():
         sink.advance(pairs)
 
 
 def listen(sink: ProgressSink | None) -> None:
-    """Make ``sink`` (None: nobody) receive this thread's progress from now on."""
-    _sink.set(sink)
+    """Make ``sink`` alone (None: nobody) receive this thread's progress from now on."""
+    _sinks.set(() if sink is None else (sink,))
 
 
 @contextmanager
 def listening(sink: ProgressSink) -> Iterator[None]:
-    """``sink`` receives the progress reported inside the block."""
-    token = _sink.set(sink)
+    """``sink`` also receives the progress reported inside the block, after the sinks already
+    listening."""
+    token = _sinks.set((*_sinks.get(), sink))
     try:
         yield
     finally:
-        _sink.reset(token)
+        _sinks.reset(token)

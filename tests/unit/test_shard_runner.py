@@ -1,0 +1,205 @@
+"""``run_shard`` in-process, end to end: a shard input written by the producer, a tiny reranker, a SQLite
+ledger file; and an attempt whose lease a second attempt takes over, which stops at its next batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from sqlalchemy import select, update
+
+from core.messages import ShardRef
+from core.model_spec import ModelSpec
+from core.settings import Settings
+from producer.submission import create_run
+from storage.corpus import CorpusColumns, validate_corpus
+from storage.ledger import Ledger
+from storage.ledger.leases import LEASE_LOST
+from storage.ledger.schema import Run, Shard, Usage
+from storage.ledger.types import utcnow
+from storage.shards.scores import read_metadata
+from testkit import corpora
+from worker.backends.base import ScoreResult
+from worker.backends.progress_sink import listening, report_progress
+from worker.runtime import WorkerRuntime
+from worker.shard_runner import ShardBusyError, ShardOutcome, run_shard
+
+SPEC = ModelSpec.parse("cross-encoder:word-overlap")
+
+
+def word_overlap(query: str, text: str) -> float:
+    words = set(query.split())
+    return len(words & set(text.split())) / len(words)
+
+
+class WordOverlapReranker:
+    """A ``Reranker`` as small as one can be: a pair's score is the share of the query's words that the
+    text contains. It scores ``batch_size`` pairs at a time and reports each batch, as local models do;
+    ``seconds_per_batch`` makes each batch take that long."""
+
+    def __init__(self, instance: str, batch_size: int, seconds_per_batch: float = 0.0) -> None:
+        self.spec = SPEC
+        self.instance = instance
+        self.batch_size = batch_size
+        self.seconds_per_batch = seconds_per_batch
+        self.scored = 0
+
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
+        scores: list[float] = []
+        tokens = 0
+        busy = 0.0
+        for start in range(0, len(queries), self.batch_size):
+            began = time.perf_counter()
+            stop = start + self.batch_size
+            batch = list(zip(queries[start:stop], texts[start:stop], strict=True))
+            time.sleep(self.seconds_per_batch)
+            scores.extend(word_overlap(query, text) for query, text in batch)
+            tokens += sum(len(query.split()) + len(text.split()) for query, text in batch)
+            busy += time.perf_counter() - began
+            self.scored += len(batch)
+            report_progress(len(batch))
+        return ScoreResult(np.array(scores, dtype=np.float32), tokens=tokens, device_seconds=busy)
+
+    def describe(self) -> dict[str, str]:
+        return {"kind": SPEC.kind, "name": SPEC.name, "device": "cpu", "instance": self.instance}
+
+
+def submit(tmp_path: Path, n_queries: int, docs_per_query: int) -> tuple[Settings, Ledger, ShardRef]:
+    """A one-shard run recorded in a SQLite ledger, its input written by the producer's own code."""
+    settings = Settings(data_dir=tmp_path / "data", ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger = Ledger(settings.resolved_ledger_url)
+    ledger.create_schema()
+    corpus = corpora.write(corpora.long_corpus(n_queries, docs_per_query), tmp_path / "corpus.parquet")
+    columns = CorpusColumns()
+    created = create_run(
+        corpus, validate_corpus(corpus, columns), SPEC, columns, settings, ledger, shard_pairs=100_000
+    )
+    [shard] = created.shards
+    return settings, ledger, shard.ref(str(SPEC))
+
+
+def attempt_rows(ledger: Ledger, run_id: str) -> list[Usage]:
+    with ledger.session() as session:
+        return list(session.scalars(select(Usage).where(Usage.run_id == run_id).order_by(Usage.attempt)))
+
+
+def leftovers(output_file: Path) -> list[str]:
+    """Temporary files an attempt left beside the shard's output."""
+    return [path.name for path in output_file.parent.glob(f".{output_file.name}.*.tmp")]
+
+
+def test_a_shard_is_scored_published_and_recorded(tmp_path: Path) -> None:
+    settings, ledger, ref = submit(tmp_path, n_queries=5, docs_per_query=12)
+    reranker = WordOverlapReranker("only", batch_size=16)
+
+    outcome = run_shard(ref, WorkerRuntime(settings, reranker), "worker-1")
+
+    assert outcome == ShardOutcome("done", 1, ref.pairs, outcome.seconds)
+    output = ref.output_file(settings.resolved_data_dir)
+    scores = pq.read_table(output).to_pylist()
+    corpus = pq.read_table(tmp_path / "corpus.parquet").to_pylist()
+    expected = {(row["query_id"], row["doc_id"]): word_overlap(row["query"], row["text"]) for row in corpus}
+    assert len(scores) == len(expected) == ref.pairs
+    for row in scores:
+        assert row["score"] == pytest.approx(expected[(row["query_id"], row["doc_id"])])
+    for query_id in {row["query_id"] for row in scores}:
+        ranked = sorted((row for row in scores if row["query_id"] == query_id), key=lambda row: row["rank"])
+        assert [row["rank"] for row in ranked] == list(range(1, len(ranked) + 1))
+        assert [row["score"] for row in ranked] == sorted((row["score"] for row in ranked), reverse=True)
+    assert read_metadata(output) == {
+        "run_id": ref.run_id,
+        "shard_id": ref.shard_id,
+        **reranker.describe(),
+    }
+    assert leftovers(output) == []
+
+    [shard] = ledger.shards(ref.run_id)
+    assert (shard.status, shard.attempts, shard.worker) == ("done", 1, "worker-1")
+    assert shard.lease_expires_at is None
+    run = ledger.get_run(ref.run_id)
+    assert run is not None and run.status == "completed" and run.finished_at is not None
+    [row] = attempt_rows(ledger, ref.run_id)
+    assert (row.attempt, row.request_index, row.outcome) == (1, 0, "ok")
+    assert (row.worker, row.device) == ("worker-1", "cpu")
+    assert row.pairs == ref.pairs
+    assert row.tokens == sum(len(r["query"].split()) + len(r["text"].split()) for r in corpus)
+    assert 0 < row.device_seconds <= row.wall_seconds
+
+
+class TakeOverAtFirstReport:
+    """Listens to the first attempt's progress as the task's progress events do. At the first report
+    the first worker stalls past its lease, and meanwhile a second worker takes the shard over and
+    finishes it."""
+
+    def __init__(self, take_over: Callable[[], ShardOutcome]) -> None:
+        self._take_over = take_over
+        self.second: ShardOutcome | None = None
+
+    def advance(self, pairs: int) -> None:
+        if self.second is None:
+            with ThreadPoolExecutor(max_workers=1) as other_worker:  # a thread of its own, no sinks
+                self.second = other_worker.submit(self._take_over).result()
+
+
+def test_an_attempt_whose_lease_was_taken_over_stops_at_its_next_batch_and_publishes_nothing(
+    tmp_path: Path,
+) -> None:
+    settings, ledger, ref = submit(tmp_path, n_queries=10, docs_per_query=40)
+    # The first worker's lease lasts 1 s and is renewed every third of it; a batch takes 50 ms, so
+    # scoring the whole shard would take 5 s.
+    first = WordOverlapReranker("first", batch_size=4, seconds_per_batch=0.05)
+    first_runtime = WorkerRuntime(settings.model_copy(update={"lease_s": 1.0}), first)
+    second = WordOverlapReranker("second", batch_size=64)
+    second_runtime = WorkerRuntime(settings, second)
+
+    def take_over() -> ShardOutcome:
+        for _ in range(100):
+            # The lease runs out, as it does when the first worker's process stalls.
+            with ledger.session() as session, session.begin():
+                session.execute(
+                    update(Shard)
+                    .where(Shard.run_id == ref.run_id, Shard.shard_id == ref.shard_id)
+                    .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+                )
+            try:
+                return run_shard(ref, second_runtime, "worker-2")
+            except ShardBusyError:
+                continue  # the first attempt renewed in between: let the lease run out again
+        raise AssertionError("the second worker never got the shard")
+
+    stall = TakeOverAtFirstReport(take_over)
+    with listening(stall):
+        outcome = run_shard(ref, first_runtime, "worker-1")
+
+    assert stall.second == ShardOutcome("done", 2, ref.pairs, stall.second.seconds)
+    # The first attempt stopped at the first batch after its keeper found the lease gone, long before
+    # the end of the shard, and reports the pairs it had scored.
+    assert outcome == ShardOutcome("superseded", 1, first.scored, outcome.seconds)
+    assert 0 < first.scored < ref.pairs
+    assert outcome.seconds < 4.0
+
+    # What is published is the second attempt's, and the first left nothing behind.
+    output = ref.output_file(settings.resolved_data_dir)
+    assert read_metadata(output)["instance"] == "second"
+    assert leftovers(output) == []
+    [shard] = ledger.shards(ref.run_id)
+    assert (shard.status, shard.attempts, shard.worker) == ("done", 2, "worker-2")
+    with ledger.session() as session:
+        assert session.scalar(select(Run.status).where(Run.run_id == ref.run_id)) == "completed"
+
+    # One usage row per attempt: the first's holds what it consumed before it stopped.
+    lost, done = attempt_rows(ledger, ref.run_id)
+    assert (lost.attempt, lost.request_index, lost.outcome, lost.worker) == (1, 0, LEASE_LOST, "worker-1")
+    assert lost.pairs == first.scored
+    assert lost.tokens == 0  # a local model's progress reports carry pairs, not tokens
+    assert 0 < lost.device_seconds <= lost.wall_seconds
+    assert (done.attempt, done.request_index, done.outcome, done.worker) == (2, 0, "ok", "worker-2")
+    assert done.pairs == ref.pairs
+    totals = ledger.usage_totals(ref.run_id)
+    assert (totals.attempts, totals.failed_attempts, totals.pairs) == (2, 1, first.scored + ref.pairs)
