@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from storage.ledger import Ledger
-from storage.ledger.requests import api_usage_totals
-from storage.ledger.types import ShardStatus
+from storage.ledger import Ledger, ShardStatus
 
 
 def run_summary(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> str:
@@ -27,7 +25,7 @@ def run_summary(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> str
         f"  tokens       {usage.tokens:,}",
         f"  device time  {usage.device_seconds:,.1f}s",
     ]
-    api = api_usage_totals(ledger, run_id)
+    api = ledger.api_usage_totals(run_id)
     if api.requests:
         cost = "unknown (no price in the price table)" if api.cost_usd is None else f"${api.cost_usd:,.4f}"
         lines.append(f"  requests     {api.requests:,} ({api.failed_requests:,} failed)")

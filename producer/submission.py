@@ -15,9 +15,7 @@ from core.messages import send_shard
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from storage.corpus import CorpusColumns, CorpusSummary
-from storage.ledger import Ledger
-from storage.ledger.schema import Run, Shard
-from storage.ledger.types import RunStatus, ShardPlanRow, ShardStatus, utcnow
+from storage.ledger import Ledger, Run, RunStatus, Shard, ShardPlanRow, ShardStatus, utcnow
 from storage.shards.annotations import annotate_shard_input
 from storage.shards.content_hash import scoring_fingerprint
 from storage.shards.inputs import write_shard_inputs
@@ -89,7 +87,6 @@ def create_run(
             model=str(spec),
             queue=spec.queue,
             corpus_path=str(corpus.resolve()),
-            status="queued",
             n_shards=len(rows),
             n_pairs=summary.n_pairs,
             n_queries=summary.n_queries,

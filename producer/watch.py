@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-from storage.ledger import Ledger
-from storage.ledger.types import RunProgress
+from storage.ledger import Ledger, RunProgress
 
 BAR_WIDTH = 24
 
