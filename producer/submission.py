@@ -28,7 +28,6 @@ INPUTS_DIRNAME = "_inputs"
 @dataclass(frozen=True)
 class CreatedRun:
     run_id: str
-    run_dir: Path
     shards: list[Shard]
     n_pairs: int
     n_queries: int
@@ -104,7 +103,7 @@ def create_run(
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final_dir, ignore_errors=True)
         raise
-    return CreatedRun(run_id, final_dir, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused)
+    return CreatedRun(run_id, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused)
 
 
 def enqueue_shards(app: Celery, ledger: Ledger, run: Run, shards: list[Shard]) -> int:

@@ -49,10 +49,6 @@ class ShardInput:
     n_pairs: int
     n_queries: int
 
-    def moved_to(self, directory: Path) -> ShardInput:
-        """The same shard input once its directory has been renamed to directory."""
-        return ShardInput(self.shard_id, directory / self.path.name, self.n_pairs, self.n_queries)
-
 
 def shard_file_name(shard_id: int) -> str:
     return f"shard-{shard_id:05d}.parquet"
