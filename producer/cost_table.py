@@ -10,7 +10,7 @@ from rich import box
 from rich.table import Table
 
 from producer.terminal import show
-from storage.ledger.cost_report import CostRow
+from storage.ledger import CostRow
 
 COLUMNS = (
     "requests",

@@ -11,9 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from producer.terminal import show
-from storage.ledger import Ledger
-from storage.ledger.requests import api_usage_totals
-from storage.ledger.types import RunStatus, ShardStatus
+from storage.ledger import Ledger, RunStatus, ShardStatus
 
 _STATUS_STYLES: dict[str, str] = {
     RunStatus.COMPLETED: "bold green",
@@ -62,7 +60,7 @@ def summarize_run(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> R
         ("tokens", f"{usage.tokens:,}"),
         ("device time", f"{usage.device_seconds:,.1f}s"),
     ]
-    api = api_usage_totals(ledger, run_id)
+    api = ledger.api_usage_totals(run_id)
     if api.requests:
         cost = "unknown (no price in the price table)" if api.cost_usd is None else f"${api.cost_usd:,.4f}"
         fields.append(("requests", f"{api.requests:,} ({api.failed_requests:,} failed)"))

@@ -15,10 +15,8 @@ from core.messages import send_shard
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from storage.corpus import CorpusColumns, CorpusSummary
-from storage.ledger import Ledger
-from storage.ledger.schema import Run, Shard
-from storage.ledger.types import RunStatus, ShardPlanRow, ShardStatus, utcnow
-from storage.shards.annotations import annotate_shard_input
+from storage.ledger import Ledger, Run, RunStatus, Shard, ShardPlanRow, ShardStatus, utcnow
+from storage.shards.annotations import PairAnnotations
 from storage.shards.content_hash import scoring_fingerprint
 from storage.shards.inputs import write_shard_inputs
 from storage.shards.plan import plan_shards
@@ -30,7 +28,6 @@ INPUTS_DIRNAME = "_inputs"
 @dataclass(frozen=True)
 class CreatedRun:
     run_id: str
-    run_dir: Path
     shards: list[Shard]
     n_pairs: int
     n_queries: int
@@ -62,16 +59,18 @@ def create_run(
 ) -> CreatedRun:
     """Record a new run of a validated corpus, with its shard inputs written under the run dir.
 
-    The shard inputs are written to a hidden directory that is renamed into place, and everything is
-    removed again if recording the run fails."""
+    Each shard input is written once, with every pair's content hash and, given ``previous``, the score
+    it carries over. The inputs are written to a hidden directory that is renamed into place, and
+    everything is removed again if writing them or recording the run fails."""
     run_id = new_run_id()
     final_dir = run_dir(settings, run_id)
     staging = settings.runs_dir / f".staging-{run_id}"
     try:
         plans = plan_shards(summary, shard_pairs)
-        inputs = write_shard_inputs(corpus, columns, summary, plans, staging / INPUTS_DIRNAME)
         fingerprint = scoring_fingerprint(str(spec), settings.max_length)
-        reused = sum(annotate_shard_input(shard.path, fingerprint, previous) for shard in inputs)
+        annotations = PairAnnotations(fingerprint, previous)
+        inputs = write_shard_inputs(corpus, columns, summary, plans, staging / INPUTS_DIRNAME, annotations)
+        reused = sum(shard.reused_pairs for shard in inputs)
         staging.rename(final_dir)
         data_dir = settings.resolved_data_dir
         rows = [
@@ -89,7 +88,6 @@ def create_run(
             model=str(spec),
             queue=spec.queue,
             corpus_path=str(corpus.resolve()),
-            status="queued",
             n_shards=len(rows),
             n_pairs=summary.n_pairs,
             n_queries=summary.n_queries,
@@ -107,7 +105,7 @@ def create_run(
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(final_dir, ignore_errors=True)
         raise
-    return CreatedRun(run_id, final_dir, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused)
+    return CreatedRun(run_id, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused)
 
 
 def enqueue_shards(app: Celery, ledger: Ledger, run: Run, shards: list[Shard]) -> int:

@@ -13,8 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from producer.terminal import terminal_console
-from storage.ledger import Ledger
-from storage.ledger.types import RunProgress
+from storage.ledger import Ledger, RunProgress
 
 BAR_WIDTH = 24
 PLAIN_LINE_EVERY_S = 5.0

@@ -23,8 +23,7 @@ from core.errors import RerankError
 from core.pricing import load_price_table
 from core.settings import get_settings
 from producer.cost_table import COLUMNS, show_cost_table
-from storage.ledger import Ledger
-from storage.ledger.cost_report import DIMENSIONS, cost_report
+from storage.ledger import DIMENSIONS, Ledger
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     ledger = Ledger(settings.resolved_ledger_url)
-    rows = cost_report(ledger, by, prices, args.since, args.until, args.run) if ledger.exists() else []
+    rows = ledger.cost_report(by, prices, args.since, args.until, args.run) if ledger.exists() else []
     records = [row.as_dict() for row in rows]
     if args.format == "json":
         print(json.dumps(records, indent=2))

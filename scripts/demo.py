@@ -27,7 +27,6 @@ from producer.cost_table import show_cost_table
 from producer.report import show_run_summary
 from storage.corpus import CorpusColumns, iter_pairs
 from storage.ledger import Ledger
-from storage.ledger.cost_report import cost_report
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -115,7 +114,7 @@ def print_run_cost(ledger: Ledger, settings: Settings, run_id: str) -> None:
     prices = load_price_table(settings.prices_path)
     path = settings.prices_path or DEFAULT_PRICES_PATH
     print(f"cost, priced by {path} ({len(prices.api)} API prices, {len(prices.gpu)} GPU-hour prices):")
-    rows = cost_report(ledger, ["model"], prices, run_id=run_id)
+    rows = ledger.cost_report(["model"], prices, run_id=run_id)
     show_cost_table(["model"], rows, sys.stdout)
     total = sum(row.cost_usd for row in rows)
     print(f"CPU time is not priced (the table has API and GPU-hour prices only): ${total:,.4f} in all")

@@ -14,8 +14,7 @@ import sys
 
 from core.settings import get_settings
 from producer.report import show_run_summary
-from storage.ledger import Ledger
-from storage.ledger.types import RunStatus
+from storage.ledger import Ledger, RunStatus
 
 EXIT_COMPLETED, EXIT_FAILURES, EXIT_NO_RUN, EXIT_UNFINISHED = 0, 1, 2, 4
 

@@ -8,7 +8,6 @@ from core.errors import MessageError
 from core.model_spec import ModelSpec
 from core.settings import Settings, get_settings
 from storage.ledger import Ledger
-from storage.ledger.leases import ShardLeases
 from worker.backends import load_reranker
 from worker.backends.base import Reranker
 
@@ -24,7 +23,7 @@ class WorkerRuntime:
     def __init__(self, settings: Settings, reranker: Reranker | None = None) -> None:
         self.settings = settings
         self.ledger = Ledger(settings.resolved_ledger_url)
-        self.leases = ShardLeases(self.ledger, settings.max_attempts, settings.lease_s)
+        self.leases = self.ledger.leases(settings.max_attempts, settings.lease_s)
         self._reranker: Reranker | None = reranker
         self._lock = threading.Lock()
 

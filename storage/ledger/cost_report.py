@@ -1,4 +1,7 @@
-"""Cost accounting from the ledger: usage and cost grouped by run, model, provider, worker or day."""
+"""Cost accounting from the ledger: usage and cost grouped by run, model, provider, worker or day.
+
+API requests carry the cost priced when they were recorded; GPU hours (the attempts' device time on
+CUDA devices) are priced here from the price table's GPU-hour entries."""
 
 from __future__ import annotations
 
@@ -9,10 +12,12 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, case, func, literal, select
+from sqlalchemy.orm import Session
 
 from core.pricing import PriceTable
-from storage.ledger import Ledger
 from storage.ledger.schema import Usage
+from storage.ledger.statuses import UsageOutcome
+from storage.ledger.usage_rows import SUMMARY_ROW
 
 Dimension = Literal["run", "model", "provider", "worker", "day"]
 DIMENSIONS: tuple[Dimension, ...] = ("run", "model", "provider", "worker", "day")
@@ -53,18 +58,18 @@ class CostRow:
 
 def _dimension_column(dimension: Dimension) -> ColumnElement[Any]:
     if dimension == "run":
-        return Usage.run_id
+        return Usage.run_id.expression
     if dimension == "model":
-        return Usage.model
+        return Usage.model.expression
     if dimension == "provider":
         return func.coalesce(Usage.provider, literal("local"))
     if dimension == "worker":
-        return Usage.worker
+        return Usage.worker.expression
     return func.date(Usage.finished_at)
 
 
 def cost_report(
-    ledger: Ledger,
+    session: Session,
     by: Sequence[Dimension],
     prices: PriceTable,
     since: date | None = None,
@@ -74,8 +79,8 @@ def cost_report(
     """One row per group over usage finished in [since, until] (whole days, UTC)."""
     groups = [_dimension_column(dimension).label(dimension) for dimension in by]
     day = func.date(Usage.finished_at).label("usage_day")
-    attempt_row = Usage.request_index == 0
-    scored_pairs = case((and_(attempt_row, Usage.outcome == "ok"), Usage.pairs), else_=0)
+    attempt_row = Usage.request_index == SUMMARY_ROW
+    scored_pairs = case((and_(attempt_row, Usage.outcome == UsageOutcome.OK), Usage.pairs), else_=0)
     gpu_seconds = case((and_(attempt_row, Usage.device.like("cuda%")), Usage.device_seconds), else_=0.0)
     query = (
         select(
@@ -88,7 +93,7 @@ def cost_report(
             func.sum(scored_pairs),
             func.sum(gpu_seconds),
             func.sum(func.coalesce(Usage.cost_usd, 0.0)),
-            func.sum(case((and_(Usage.request_index > 0, Usage.cost_usd.is_(None)), 1), else_=0)),
+            func.sum(case((and_(Usage.request_index > SUMMARY_ROW, Usage.cost_usd.is_(None)), 1), else_=0)),
         )
         .group_by(*groups, day, Usage.device)
         .order_by(*groups)
@@ -101,28 +106,26 @@ def cost_report(
         query = query.where(Usage.run_id == run_id)
     rows: dict[tuple[str, ...], CostRow] = {}
     unpriced: dict[tuple[str, ...], set[str]] = defaultdict(set)
-    with ledger.session() as session:
-        for record in session.execute(query):
-            key = tuple(str(value) for value in record[: len(by)])
-            usage_day, device, requests, tokens, units, pairs, gpu_s, api_cost, unpriced_requests = record[
-                len(by) :
-            ]
-            row = rows.setdefault(key, CostRow(group=dict(zip(by, key, strict=True))))
-            row.requests += int(requests or 0)
-            row.tokens += int(tokens or 0)
-            row.search_units += int(units or 0)
-            row.pairs += int(pairs or 0)
-            row.api_cost_usd += float(api_cost or 0.0)
-            hours = float(gpu_s or 0.0) / 3600
-            row.gpu_hours += hours
-            if hours:
-                price = prices.gpu_hour_price(device, _as_date(usage_day))
-                if price is None:
-                    unpriced[key].add(f"GPU hours on {device}")
-                else:
-                    row.gpu_cost_usd += hours * price.usd_per_hour
-            if unpriced_requests:
-                unpriced[key].add("API requests without a price entry")
+    for record in session.execute(query):
+        key = tuple(str(value) for value in record[: len(by)])
+        values = record[len(by) :]
+        usage_day, device, requests, tokens, units, pairs, gpu_s, api_cost, unpriced_requests = values
+        row = rows.setdefault(key, CostRow(group=dict(zip(by, key, strict=True))))
+        row.requests += int(requests or 0)
+        row.tokens += int(tokens or 0)
+        row.search_units += int(units or 0)
+        row.pairs += int(pairs or 0)
+        row.api_cost_usd += float(api_cost or 0.0)
+        hours = float(gpu_s or 0.0) / 3600
+        row.gpu_hours += hours
+        if hours:
+            price = prices.gpu_hour_price(device, _as_date(usage_day))
+            if price is None:
+                unpriced[key].add(f"GPU hours on {device}")
+            else:
+                row.gpu_cost_usd += hours * price.usd_per_hour
+        if unpriced_requests:
+            unpriced[key].add("API requests without a price entry")
     for key, reasons in unpriced.items():
         rows[key].unpriced = sorted(reasons)
     return list(rows.values())

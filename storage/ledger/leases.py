@@ -5,7 +5,7 @@ visibility timeout, comes back while the first copy may still run. Every attempt
 lease in the ledger. Its number is the fencing token: only the holder of the newest attempt, with its
 lease unexpired, may publish the shard's file and mark it done, and it does both inside one locked
 transaction, so a duplicate delivery neither doubles rows nor lets a stale attempt overwrite a newer
-one. Usage is recorded for every attempt, once (unique on run, shard, attempt, request index).
+one. Every attempt's summary usage row is written here, once, through ``usage_rows``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from storage.ledger import Ledger
-from storage.ledger.schema import Run, Shard, Usage
-from storage.ledger.types import FINAL_SHARD_STATUSES, AttemptUsage, RunStatus, ShardStatus, utcnow
+from storage.ledger.completion import close_run_if_finished
+from storage.ledger.schema import Run, Shard
+from storage.ledger.statuses import FINAL_SHARD_STATUSES, RunStatus, ShardStatus, UsageOutcome
+from storage.ledger.types import AttemptUsage, utcnow
+from storage.ledger.usage_rows import record_attempt_row
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,6 @@ class Closed:
 
 Grant = Granted | Busy | Closed
 
-# The outcome of an attempt row whose attempt stopped scoring once a newer attempt took its lease.
-LEASE_LOST = "lease_lost"
-
 
 def _aware(moment: datetime | None) -> datetime | None:
     # SQLite returns naive datetimes for timezone-aware columns; they are stored in UTC.
@@ -58,8 +57,11 @@ def _aware(moment: datetime | None) -> datetime | None:
 
 
 class ShardLeases:
-    def __init__(self, ledger: Ledger, max_attempts: int, lease_s: float) -> None:
-        self.ledger = ledger
+    """The attempts at shards: each takes a lease, renews it while it scores, and publishes or fails
+    under it. Made by ``Ledger.leases``; every method is one short transaction."""
+
+    def __init__(self, sessions: sessionmaker[Session], max_attempts: int, lease_s: float) -> None:
+        self._sessions = sessions
         self.max_attempts = max_attempts
         self.lease = timedelta(seconds=lease_s)
 
@@ -67,7 +69,7 @@ class ShardLeases:
         """Start a new attempt unless the shard is closed or another attempt's lease is alive. A shard
         whose tries are used up (its workers kept dying) is marked failed here."""
         now = utcnow()
-        with self.ledger.session() as session, session.begin():
+        with self._sessions() as session, session.begin():
             shard = session.get(Shard, (run_id, shard_id), with_for_update=True)
             if shard is None:
                 return Closed("unknown")
@@ -98,13 +100,14 @@ class ShardLeases:
 
     def renew(self, run_id: str, shard_id: int, attempt: int) -> bool:
         """Extend the lease of ``attempt``; False when it no longer holds the shard."""
-        with self.ledger.session() as session, session.begin():
-            result = session.execute(
+        with self._sessions() as session, session.begin():
+            renewed = session.scalar(
                 update(Shard)
                 .where(*_held_by(run_id, shard_id, attempt))
                 .values(lease_expires_at=utcnow() + self.lease)
+                .returning(Shard.shard_id)
             )
-            return result.rowcount == 1
+            return renewed is not None
 
     def publish(
         self,
@@ -117,8 +120,8 @@ class ShardLeases:
     ) -> bool:
         """If ``attempt`` still holds the shard, call ``publish_file`` (an atomic rename) and mark the
         shard done, under the shard's row lock. Usage is recorded either way. Returns whether it held."""
-        with self.ledger.session() as session, session.begin():
-            record_attempt_usage(session, run_id, shard_id, attempt, usage, "ok", started_at)
+        with self._sessions() as session, session.begin():
+            record_attempt_row(session, run_id, shard_id, attempt, usage, UsageOutcome.OK, started_at)
             shard = session.get(Shard, (run_id, shard_id), with_for_update=True)
             holds = shard is not None and shard.attempts == attempt and shard.status == ShardStatus.RUNNING
             if holds and shard is not None:
@@ -141,8 +144,8 @@ class ShardLeases:
         final: bool,
     ) -> None:
         """Record a failed attempt: with ``final`` the shard is marked failed, else queued for a retry."""
-        with self.ledger.session() as session, session.begin():
-            record_attempt_usage(session, run_id, shard_id, attempt, usage, "error", started_at)
+        with self._sessions() as session, session.begin():
+            record_attempt_row(session, run_id, shard_id, attempt, usage, UsageOutcome.ERROR, started_at)
             session.execute(
                 update(Shard)
                 .where(*_held_by(run_id, shard_id, attempt))
@@ -160,12 +163,12 @@ class ShardLeases:
     ) -> None:
         """Record the usage of an attempt that stopped scoring because a newer attempt took over its
         lease (outcome ``lease_lost``). The shard belongs to the newer attempt, so it is left alone."""
-        with self.ledger.session() as session, session.begin():
-            record_attempt_usage(session, run_id, shard_id, attempt, usage, LEASE_LOST, started_at)
+        with self._sessions() as session, session.begin():
+            record_attempt_row(session, run_id, shard_id, attempt, usage, UsageOutcome.LEASE_LOST, started_at)
 
     def expired(self, limit: int = 100) -> list[Shard]:
         """Shards whose attempt stopped renewing its lease: its worker died."""
-        with self.ledger.session() as session:
+        with self._sessions() as session:
             query = (
                 select(Shard)
                 .where(Shard.status == ShardStatus.RUNNING, Shard.lease_expires_at < utcnow())
@@ -175,81 +178,20 @@ class ShardLeases:
 
     def requeue_expired(self, run_id: str, shard_id: int, attempt: int) -> bool:
         """Move an expired attempt's shard back to queued (once, whoever asks first)."""
-        with self.ledger.session() as session, session.begin():
-            result = session.execute(
+        with self._sessions() as session, session.begin():
+            requeued = session.scalar(
                 update(Shard)
-                .where(
-                    Shard.run_id == run_id,
-                    Shard.shard_id == shard_id,
-                    Shard.attempts == attempt,
-                    Shard.status == ShardStatus.RUNNING,
-                    Shard.lease_expires_at < utcnow(),
-                )
+                .where(*_held_by(run_id, shard_id, attempt), Shard.lease_expires_at < utcnow())
                 .values(status=ShardStatus.QUEUED, lease_expires_at=None, enqueued_at=utcnow())
+                .returning(Shard.shard_id)
             )
-            return result.rowcount == 1
+            return requeued is not None
 
 
-def _held_by(run_id: str, shard_id: int, attempt: int) -> tuple[object, ...]:
+def _held_by(run_id: str, shard_id: int, attempt: int) -> tuple[ColumnElement[bool], ...]:
     return (
         Shard.run_id == run_id,
         Shard.shard_id == shard_id,
         Shard.attempts == attempt,
         Shard.status == ShardStatus.RUNNING,
     )
-
-
-def record_attempt_usage(
-    session: Session,
-    run_id: str,
-    shard_id: int,
-    attempt: int,
-    usage: AttemptUsage,
-    outcome: str,
-    started_at: datetime,
-) -> None:
-    """Insert the attempt's summary row unless it is already there (a repeated report)."""
-    exists = session.scalar(
-        select(func.count())
-        .select_from(Usage)
-        .where(
-            Usage.run_id == run_id,
-            Usage.shard_id == shard_id,
-            Usage.attempt == attempt,
-            Usage.request_index == 0,
-        )
-    )
-    if exists:
-        return
-    session.add(
-        Usage(
-            run_id=run_id,
-            shard_id=shard_id,
-            attempt=attempt,
-            request_index=0,
-            worker=usage.worker,
-            model=usage.model,
-            device=usage.device,
-            outcome=outcome,
-            pairs=usage.pairs,
-            tokens=usage.tokens,
-            requests=usage.requests,
-            search_units=usage.search_units,
-            device_seconds=usage.device_seconds,
-            wall_seconds=usage.wall_seconds,
-            started_at=started_at,
-            finished_at=utcnow(),
-        )
-    )
-
-
-def close_run_if_finished(session: Session, run_id: str) -> None:
-    counts = dict(
-        session.execute(
-            select(Shard.status, func.count()).where(Shard.run_id == run_id).group_by(Shard.status)
-        ).all()
-    )
-    if any(status not in FINAL_SHARD_STATUSES for status in counts):
-        return
-    status = RunStatus.COMPLETED_WITH_FAILURES if counts.get(ShardStatus.FAILED) else RunStatus.COMPLETED
-    session.execute(update(Run).where(Run.run_id == run_id).values(status=status, finished_at=utcnow()))

@@ -1,13 +1,32 @@
-"""The ledger's tables: one row per run, per shard, and per scoring attempt (usage)."""
+"""The ledger's tables: one row per run, per shard, and per scoring attempt or API request (usage).
+
+The tables themselves are made by the Alembic migrations (``migrations/``); the mapping here must match
+them. Status columns map to their enums (``statuses``) but are stored as plain strings, as they always
+were, so no migration is needed for them and older ledgers read back unchanged."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core.messages import ShardRef
+from storage.ledger.statuses import RunStatus, ShardStatus, UsageOutcome
+
+
+def stored_as_string(enum: type[StrEnum], length: int) -> Enum:
+    """A column type that reads and writes ``enum`` members as their values in a ``VARCHAR(length)``:
+    no database enum type and no CHECK constraint, so the schema is the one the migrations made."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        validate_strings=True,
+        values_callable=lambda members: [member.value for member in members],
+    )
 
 
 class Base(DeclarativeBase):
@@ -23,7 +42,7 @@ class Run(Base):
     model: Mapped[str] = mapped_column(String(512))
     queue: Mapped[str] = mapped_column(String(128))
     corpus_path: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[RunStatus] = mapped_column(stored_as_string(RunStatus, 32), index=True)
     n_shards: Mapped[int] = mapped_column(Integer)
     n_pairs: Mapped[int] = mapped_column(Integer)
     n_queries: Mapped[int] = mapped_column(Integer)
@@ -44,7 +63,7 @@ class Shard(Base):
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True)
     shard_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    status: Mapped[str] = mapped_column(String(32))
+    status: Mapped[ShardStatus] = mapped_column(stored_as_string(ShardStatus, 32))
     pairs: Mapped[int] = mapped_column(Integer)
     queries: Mapped[int] = mapped_column(Integer)
     input_path: Mapped[str] = mapped_column(Text)
@@ -75,8 +94,9 @@ class Shard(Base):
 class Usage(Base):
     """What one attempt at one shard consumed, recorded whether it succeeded or not.
 
-    Local models write one row per shard attempt (``request_index`` 0). API workers write one row per
-    HTTP request attempt (``request_index`` 0, 1, ...), failed ones included, since they are billed."""
+    Every attempt writes one summary row (``request_index`` 0); API workers add one row per HTTP request
+    attempt (``request_index`` 1, 2, ...), failed ones included, since they are billed. ``usage_rows``
+    writes them all."""
 
     __tablename__ = "usage"
 
@@ -89,7 +109,7 @@ class Usage(Base):
     model: Mapped[str] = mapped_column(String(512))
     device: Mapped[str] = mapped_column(String(64))
     provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    outcome: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[UsageOutcome] = mapped_column(stored_as_string(UsageOutcome, 16))
     pairs: Mapped[int] = mapped_column(Integer, default=0)
     tokens: Mapped[int] = mapped_column(Integer, default=0)
     requests: Mapped[int] = mapped_column(Integer, default=0)

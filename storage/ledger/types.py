@@ -1,27 +1,11 @@
-"""Values the ledger takes and returns: statuses, plan rows, usage and progress."""
+"""Values the ledger takes and returns: plan rows, an attempt's usage, progress and usage totals."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 
-
-class RunStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    COMPLETED_WITH_FAILURES = "completed_with_failures"
-
-
-class ShardStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-
-
-FINAL_SHARD_STATUSES = (ShardStatus.DONE, ShardStatus.FAILED)
+from storage.ledger.statuses import RunStatus
 
 
 @dataclass(frozen=True)
@@ -37,7 +21,10 @@ class ShardPlanRow:
 
 @dataclass(frozen=True)
 class AttemptUsage:
-    """What one shard attempt consumed (the attempt's summary row, ``request_index`` 0)."""
+    """What one shard attempt consumed: its summary row in ``usage`` (``request_index`` 0).
+
+    Every field is a ``usage`` column of the same name, and the writer (``usage_rows``) copies them all,
+    so a new per-attempt column is a field here, a column in ``schema`` and a migration."""
 
     worker: str
     model: str
@@ -53,7 +40,7 @@ class AttemptUsage:
 @dataclass(frozen=True)
 class RunProgress:
     run_id: str
-    status: str
+    status: RunStatus
     shards_total: int
     shards_done: int
     shards_failed: int
@@ -68,6 +55,9 @@ class RunProgress:
 
 @dataclass(frozen=True)
 class UsageTotals:
+    """A run's attempts, from their summary rows; ``tokens`` from every row (API models keep theirs on
+    the request rows)."""
+
     attempts: int
     failed_attempts: int
     pairs: int
@@ -75,6 +65,17 @@ class UsageTotals:
     device_seconds: float
     wall_seconds: float
     workers: int
+
+
+@dataclass(frozen=True)
+class ApiUsageTotals:
+    """What a run's API requests consumed; ``cost_usd`` is None when no request had a known price."""
+
+    requests: int
+    failed_requests: int
+    tokens: int
+    search_units: int
+    cost_usd: float | None
 
 
 def utcnow() -> datetime:

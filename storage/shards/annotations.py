@@ -1,35 +1,47 @@
-"""Per-pair annotations the producer adds to each shard input: the pair's content hash and, for an
-incremental run, the score carried over from an earlier run (null where the pair must be scored)."""
+"""Per-pair annotations of a shard input: the pair's content hash and, for an incremental run, the score
+carried over from an earlier run (null where the pair must be scored).
+
+The producer adds them as it writes each shard input (``inputs.write_shard_inputs``), so every file is
+written once; the worker scores only the rows without a carried-over score and merges the two."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from storage.shards.content_hash import pair_hashes
-from storage.shards.inputs import read_shard_input
 from storage.shards.reuse import PreviousScores
 
 CONTENT_HASH = "content_hash"
 REUSED_SCORE = "reused_score"
 
 
-def annotate_shard_input(path: Path, fingerprint: str, previous: PreviousScores | None) -> int:
-    """Rewrite the shard input at ``path`` with its annotations; returns how many pairs were reused."""
-    pairs = read_shard_input(path)
-    hashes = pair_hashes(fingerprint, pairs.column("query").to_pylist(), pairs.column("text").to_pylist())
-    if previous is None:
-        found, scores = np.zeros(len(hashes), dtype=bool), np.zeros(len(hashes), dtype=np.float32)
-    else:
-        found, scores = previous.lookup(hashes)
-    annotated = pairs.append_column(CONTENT_HASH, pa.array(hashes, pa.uint64())).append_column(
-        REUSED_SCORE, pa.array(scores, pa.float32(), mask=~found)
-    )
-    pq.write_table(annotated, path)
-    return int(found.sum())
+@dataclass(frozen=True)
+class PairAnnotations:
+    """How to annotate the pairs of one run: its scoring fingerprint (``content_hash.scoring_fingerprint``)
+    and, for an incremental run, the earlier run's scores."""
+
+    fingerprint: str
+    previous: PreviousScores | None = None
+
+    @staticmethod
+    def schema(pairs: pa.Schema) -> pa.Schema:
+        """The schema of annotated pairs: the canonical pair columns, then the annotations."""
+        return pairs.append(pa.field(CONTENT_HASH, pa.uint64())).append(pa.field(REUSED_SCORE, pa.float32()))
+
+    def annotate(self, pairs: pa.Table) -> tuple[pa.Table, int]:
+        """``pairs`` with their annotation columns, and how many of them carry a reused score."""
+        hashes = pair_hashes(self.fingerprint, pairs.column("query"), pairs.column("text"))
+        if self.previous is None:
+            found, scores = np.zeros(hashes.size, dtype=bool), np.zeros(hashes.size, dtype=np.float32)
+        else:
+            found, scores = self.previous.lookup(hashes)
+        annotated = pairs.append_column(CONTENT_HASH, pa.array(hashes, pa.uint64())).append_column(
+            REUSED_SCORE, pa.array(scores, pa.float32(), mask=~found)
+        )
+        return annotated, int(found.sum())
 
 
 def scores_to_compute(pairs: pa.Table) -> np.ndarray:

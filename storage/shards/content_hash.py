@@ -2,15 +2,21 @@
 
 A pair's hash covers the model spec with the scoring settings that change scores, the query text and
 the document text; ids are left out on purpose, so a document that moved or got a new id keeps its
-score while any change of wording is scored again. 64-bit BLAKE2b, stored as uint64 in every output row.
+score while any change of wording is scored again. It is the 64-bit BLAKE2b of the UTF-8 bytes of
+``fingerprint + SEPARATOR + query + SEPARATOR + text``, read as a little-endian uint64, and stored in
+every output row: earlier runs' outputs are matched on it, so the definition never changes.
+
+The hashes of a whole column are computed at once: Arrow joins the three strings of every pair into one
+binary column (its UTF-8 bytes, as they are in the corpus), and ``blake2b`` hashes all of them in numpy.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage.shards.blake2b import blake2b_64
 
 SEPARATOR = "\x1f"  # unit separator: cannot be confused with text content boundaries
 
@@ -20,12 +26,21 @@ def scoring_fingerprint(model: str, max_length: int | None) -> str:
     return f"{model}{SEPARATOR}max_length={max_length or 'model'}"
 
 
-def pair_hashes(fingerprint: str, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
-    """One uint64 per pair (query i, text i)."""
-    prefix = hashlib.blake2b(fingerprint.encode(), digest_size=8)
-    hashes = np.empty(len(queries), dtype=np.uint64)
-    for index, (query, text) in enumerate(zip(queries, texts, strict=True)):
-        digest = prefix.copy()
-        digest.update(f"{SEPARATOR}{query}{SEPARATOR}{text}".encode(errors="surrogatepass"))
-        hashes[index] = int.from_bytes(digest.digest(), "little")
-    return hashes
+def pair_hashes(
+    fingerprint: str, queries: pa.Array | pa.ChunkedArray, texts: pa.Array | pa.ChunkedArray
+) -> np.ndarray:
+    """One uint64 per pair (query i, text i) of two string columns without nulls."""
+    if queries.null_count or texts.null_count:
+        raise ValueError("content hashes need every query and text; some are null")
+    text = pa.large_string()
+    messages = pc.binary_join_element_wise(
+        pa.scalar(fingerprint, text), queries.cast(text), texts.cast(text), pa.scalar(SEPARATOR, text)
+    ).cast(pa.large_binary())
+    if isinstance(messages, pa.ChunkedArray):
+        messages = messages.combine_chunks()
+    if len(messages) == 0:
+        return np.empty(0, dtype=np.uint64)
+    _, offsets_buffer, data_buffer = messages.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int64, count=len(messages) + 1, offset=messages.offset * 8)
+    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
+    return blake2b_64(data, offsets)

@@ -1,4 +1,4 @@
-"""Writing each shard's pairs to its own Parquet file, and reading one back on a worker.
+"""Writing each shard's pairs to its own Parquet file, once, and reading one back on a worker.
 
 How rows reach their shard file without loading the corpus:
 
@@ -15,7 +15,9 @@ How rows reach their shard file without loading the corpus:
   the corpus. The spill costs disk space about the size of the uncompressed pairs, and is deleted
   before returning.
 
-Either way a shard's pairs keep their corpus order, and a writer buffers at most one row group.
+Either way a shard's pairs keep their corpus order, and a writer buffers at most one row group. Each
+row group gets its annotations (``annotations.PairAnnotations``: content hashes, reused scores) as it is
+written, so a shard file is written once and never read back by the producer.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from storage.corpus.keys import id_keys
 from storage.corpus.layout import CANONICAL_COLUMNS, CorpusColumns, pair_schema
 from storage.corpus.reader import DEFAULT_BATCH_ROWS, UNREADABLE_ERRORS, iter_pairs
 from storage.corpus.validation import CorpusSummary
+from storage.shards.annotations import PairAnnotations
 from storage.shards.plan import ShardPlan
 
 _ROW_GROUP_ROWS = 65536
@@ -42,16 +45,14 @@ _SPILL_RUN_BYTES = 32 << 20
 
 @dataclass(frozen=True)
 class ShardInput:
-    """One written shard; ``path`` is the Parquet file that ``read_shard_input`` reads."""
+    """One written shard; ``path`` is the Parquet file that ``read_shard_input`` reads, and
+    ``reused_pairs`` how many of its pairs carry a score from an earlier run."""
 
     shard_id: int
     path: Path
     n_pairs: int
     n_queries: int
-
-    def moved_to(self, directory: Path) -> ShardInput:
-        """The same shard input once its directory has been renamed to directory."""
-        return ShardInput(self.shard_id, directory / self.path.name, self.n_pairs, self.n_queries)
+    reused_pairs: int = 0
 
 
 def shard_file_name(shard_id: int) -> str:
@@ -64,15 +65,17 @@ def write_shard_inputs(
     summary: CorpusSummary,
     plans: list[ShardPlan],
     inputs_dir: Path,
+    annotations: PairAnnotations | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> list[ShardInput]:
-    """Write ``inputs_dir/shard-00000.parquet``, ... (canonical pairs, corpus order) for plans."""
+    """Write ``inputs_dir/shard-00000.parquet``, ... (canonical pairs, corpus order) for plans, each
+    pair with its ``annotations`` when given (else the worker scores every pair)."""
     _check_plans(summary, plans)
     router = _ShardRouter(summary, plans)
     inputs_dir.mkdir(parents=True, exist_ok=True)
     schema = pair_schema(summary.query_id_type, summary.doc_id_type)
     batches = iter_pairs(path, columns, batch_rows)
-    with _ShardFiles(inputs_dir, schema, plans) as shard_files:
+    with _ShardFiles(inputs_dir, schema, plans, annotations) as shard_files:
         if summary.queries_contiguous:
             for batch in batches:
                 shards = router.shards_of(batch)
@@ -84,8 +87,8 @@ def write_shard_inputs(
 
 
 def read_shard_input(path: Path) -> pa.Table:
-    """One shard's pairs: columns ``query_id, query, doc_id, text`` (then, once the producer has
-    annotated it, ``content_hash`` and ``reused_score``), in corpus order."""
+    """One shard's pairs: columns ``query_id, query, doc_id, text`` (then, as the producer writes them,
+    ``content_hash`` and ``reused_score``), in corpus order."""
     try:
         table = pq.read_table(path)
     except UNREADABLE_ERRORS as exc:
@@ -198,11 +201,20 @@ def _sorted_run(
 
 
 class _ShardFiles:
-    """Writes shard files one at a time, in increasing shard order, checking counts against plans."""
+    """Writes shard files one at a time, in increasing shard order, checking counts against plans, and
+    annotates each row group as it is written."""
 
-    def __init__(self, inputs_dir: Path, schema: pa.Schema, plans: list[ShardPlan]) -> None:
+    def __init__(
+        self,
+        inputs_dir: Path,
+        schema: pa.Schema,
+        plans: list[ShardPlan],
+        annotations: PairAnnotations | None,
+    ) -> None:
         self._inputs_dir = inputs_dir
         self._schema = schema
+        self._file_schema = schema if annotations is None else annotations.schema(schema)
+        self._annotations = annotations
         self._plans = plans
         self._written: list[ShardInput] = []
         self._shard = -1
@@ -210,6 +222,7 @@ class _ShardFiles:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._shard_rows = 0
+        self._shard_reused = 0
 
     def __enter__(self) -> _ShardFiles:
         return self
@@ -243,12 +256,16 @@ class _ShardFiles:
             raise _changed_since_validation()
         self._shard = shard
         self._shard_rows = 0
-        self._writer = pq.ParquetWriter(self._inputs_dir / shard_file_name(shard), self._schema)
+        self._shard_reused = 0
+        self._writer = pq.ParquetWriter(self._inputs_dir / shard_file_name(shard), self._file_schema)
 
     def _flush(self) -> None:
         if self._pending and self._writer is not None:
             # Many small slices (interleaved corpora) write far faster as one contiguous chunk.
             table = pa.Table.from_batches(self._pending, self._schema).combine_chunks()
+            if self._annotations is not None:
+                table, reused = self._annotations.annotate(table)
+                self._shard_reused += reused
             self._writer.write_table(table, row_group_size=max(1, table.num_rows))
         self._pending = []
         self._pending_rows = 0
@@ -264,7 +281,8 @@ class _ShardFiles:
         if self._shard_rows != plan.n_pairs:
             raise _changed_since_validation()
         path = self._inputs_dir / shard_file_name(self._shard)
-        self._written.append(ShardInput(self._shard, path, self._shard_rows, plan.n_queries))
+        written = ShardInput(self._shard, path, self._shard_rows, plan.n_queries, self._shard_reused)
+        self._written.append(written)
 
 
 def _changed_since_validation() -> CorpusError:

@@ -12,9 +12,7 @@ import pytest
 
 from core.broker.url import connect
 from core.model_spec import ModelSpec
-from storage.ledger import Ledger
-from storage.ledger.requests import api_usage_totals
-from storage.ledger.schema import Usage
+from storage.ledger import Ledger, Usage
 from testkit import corpora
 from testkit.api_dialects import expected_score
 from testkit.api_servers import FakeRerankServer, Fault, running
@@ -129,7 +127,7 @@ def test_api_workers_score_a_corpus_under_the_fleets_limit(redis_url: str, tmp_p
     )
     assert sum(row.pairs for row in request_rows if row.outcome == "ok") == corpus.num_rows
     assert len(attempt_rows) == 4 and all(row.tokens == 0 and row.device == "api" for row in attempt_rows)
-    api = api_usage_totals(ledger, run_id)
+    api = ledger.api_usage_totals(run_id)
     assert api.cost_usd == pytest.approx(api.tokens * 10.0 / 1e6)
     assert "requests     25 (1 failed)" in submitted.stderr and "cost         $" in submitted.stderr
 

@@ -15,9 +15,7 @@ from sqlalchemy import select, update
 from core.model_spec import ModelSpec
 from producer.submission import create_run
 from storage.corpus import CorpusColumns, validate_corpus
-from storage.ledger import Ledger
-from storage.ledger.leases import LEASE_LOST
-from storage.ledger.requests import api_usage_totals
+from storage.ledger import Ledger, UsageOutcome
 from storage.ledger.schema import Shard, Usage
 from storage.ledger.types import utcnow
 from storage.shards.scores import read_metadata
@@ -95,12 +93,17 @@ def test_an_api_attempt_whose_lease_was_taken_over_stops_at_its_next_request(
     summary = [row for row in rows if row.request_index == 0]
     requests = [row for row in rows if row.request_index > 0]
     [lost] = summary
-    assert (lost.outcome, lost.worker, lost.tokens, lost.device_seconds) == (LEASE_LOST, "worker-1", 0, 0.0)
+    assert (lost.outcome, lost.worker, lost.tokens, lost.device_seconds) == (
+        UsageOutcome.LEASE_LOST,
+        "worker-1",
+        0,
+        0.0,
+    )
     assert lost.pairs == outcome.pairs > 0
     # Every request the first attempt sent has its row, once, with the tokens it used.
     assert sorted(row.request_index for row in requests) == list(range(1, first_requests + 1))
     assert all(row.tokens > 0 and row.outcome == "ok" for row in requests)
     assert sum(row.pairs for row in requests) >= lost.pairs
-    totals = api_usage_totals(ledger, ref.run_id)
+    totals = ledger.api_usage_totals(ref.run_id)
     assert totals.requests == first_requests + len(second_server.received)
     assert ledger.usage_totals(ref.run_id).attempts == 2

@@ -7,10 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from storage.ledger import Ledger
-from storage.ledger.leases import Busy, Closed, Granted, ShardLeases
-from storage.ledger.schema import Run
-from storage.ledger.types import AttemptUsage, ShardPlanRow, utcnow
+from storage.ledger import AttemptUsage, Busy, Closed, Granted, Ledger, Run, ShardLeases, ShardPlanRow, utcnow
 
 
 def _new_run(ledger: Ledger, shards: int = 3, pairs_per_shard: int = 10) -> str:
@@ -52,7 +49,7 @@ def ledger(ledger_url: str) -> Iterator[Ledger]:
 
 @pytest.fixture
 def leases(ledger: Ledger) -> ShardLeases:
-    return ShardLeases(ledger, max_attempts=3, lease_s=60)
+    return ledger.leases(max_attempts=3, lease_s=60)
 
 
 def _noop() -> None:
@@ -92,7 +89,7 @@ def test_duplicate_delivery_waits_for_the_live_lease(ledger: Ledger, leases: Sha
 
 
 def test_stale_attempt_cannot_publish_and_its_usage_counts_once(ledger: Ledger) -> None:
-    short = ShardLeases(ledger, max_attempts=3, lease_s=1)
+    short = ledger.leases(max_attempts=3, lease_s=1)
     run_id = _new_run(ledger, shards=1)
     first = _granted(short.acquire(run_id, 0, "w1"))
     time.sleep(1.2)  # w1 stops renewing: its lease expires
@@ -151,7 +148,7 @@ def test_retries_are_bounded(ledger: Ledger, leases: ShardLeases) -> None:
 
 
 def test_expired_leases_are_requeued_once_and_exhausted_shards_fail(ledger: Ledger) -> None:
-    short = ShardLeases(ledger, max_attempts=2, lease_s=1)
+    short = ledger.leases(max_attempts=2, lease_s=1)
     run_id = _new_run(ledger, shards=1)
     for attempt in (1, 2):
         assert _granted(short.acquire(run_id, 0, f"w{attempt}")) == attempt
@@ -167,7 +164,7 @@ def test_expired_leases_are_requeued_once_and_exhausted_shards_fail(ledger: Ledg
 
 def _hammer(url: str, run_id: str, shard_ids: list[int]) -> None:
     ledger = Ledger(url)
-    leases = ShardLeases(ledger, max_attempts=3, lease_s=60)
+    leases = ledger.leases(max_attempts=3, lease_s=60)
     for shard_id in shard_ids:
         attempt = _granted(leases.acquire(run_id, shard_id, f"proc-{shard_ids[0]}"))
         leases.publish(run_id, shard_id, attempt, _usage(), utcnow(), _noop)

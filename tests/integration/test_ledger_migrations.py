@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from storage.ledger import Ledger
+from storage.ledger import Ledger, RunStatus, ShardStatus, UsageOutcome
+from storage.ledger.schema import Base, Usage
 from storage.ledger.upgrade import current_revision, upgrade
 
 
@@ -49,6 +52,11 @@ def test_first_release_ledger_upgrades_in_place(fresh_ledger_url: str) -> None:
     assert {"request_index", "provider", "cost_usd"} <= columns
     [shard] = ledger.shards(run_id)
     assert (shard.status, shard.attempts, shard.attempts_base, shard.lease_expires_at) == ("done", 1, 0, None)
+    # Statuses written as plain strings by the first release read back as their enums.
+    assert shard.status is ShardStatus.DONE
+    assert ledger.progress(run_id).status is RunStatus.COMPLETED
+    with ledger.session() as session:
+        assert session.query(Usage.outcome).filter(Usage.run_id == run_id).scalar() is UsageOutcome.OK
     totals = ledger.usage_totals(run_id)
     assert (totals.attempts, totals.pairs, totals.tokens) == (1, 5, 70)
     ledger.create_schema()  # idempotent
@@ -73,3 +81,14 @@ def test_unversioned_ledger_at_the_latest_schema_is_only_stamped(tmp_path) -> No
         conn.execute(text("drop table alembic_version"))
     ledger.create_schema()
     assert current_revision(ledger.engine) == "0002"
+
+
+def test_the_migrations_make_the_schema_the_tables_map(fresh_ledger_url: str) -> None:
+    """Alembic finds nothing to change between the migrated ledger and ``schema``: the enum-typed status
+    columns are the plain strings the migrations made."""
+    ledger = Ledger(fresh_ledger_url)
+    ledger.create_schema()
+    with ledger.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+    ledger.dispose()

@@ -8,10 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from core.usage import RequestOutcome, RequestUsage
-from storage.ledger import Ledger
-from storage.ledger.requests import api_usage_totals
-from storage.ledger.schema import Run, Usage
-from storage.ledger.types import ShardPlanRow, utcnow
+from storage.ledger import Ledger, Run, ShardPlanRow, Usage, utcnow
 
 
 @pytest.fixture
@@ -91,7 +88,7 @@ def test_request_rows_are_recorded_once_and_summed_without_double_counting(ledge
     totals = ledger.usage_totals(run_id)
     assert (totals.attempts, totals.failed_attempts, totals.pairs, totals.tokens) == (1, 0, 10, 200)
     assert totals.wall_seconds == pytest.approx(2.0)
-    api = api_usage_totals(ledger, run_id)
+    api = ledger.api_usage_totals(run_id)
     assert (api.requests, api.failed_requests, api.tokens, api.search_units) == (3, 1, 200, 2)
     assert api.cost_usd == pytest.approx(0.004)
     with ledger.session() as session:
@@ -107,4 +104,4 @@ def test_unknown_cost_stays_unknown(ledger: Ledger) -> None:
     run_id = _run(ledger)
     assert ledger.record_requests(run_id, 0, 1, "w", "m", []) == 0
     ledger.record_requests(run_id, 0, 1, "w", "m", [_request(1, RequestOutcome.OK, 10, 0, None)])
-    assert api_usage_totals(ledger, run_id).cost_usd is None
+    assert ledger.api_usage_totals(run_id).cost_usd is None

@@ -315,16 +315,6 @@ def test_read_shard_input_errors_are_corpus_errors(tmp_path: Path) -> None:
         read_shard_input(other)
 
 
-def test_shard_input_moves_with_its_directory(tmp_path: Path) -> None:
-    path = write(long_table([("q1", "x", "a", "t")]), tmp_path / "c.parquet")
-    _, _, inputs = shard_all(path, tmp_path / "staging" / "inputs", shard_pairs=10)
-    (tmp_path / "staging").rename(tmp_path / "run")
-
-    moved = inputs[0].moved_to(tmp_path / "run" / "inputs")
-
-    assert read_shard_input(moved.path).num_rows == 1
-
-
 # --- bad inputs: files ------------------------------------------------------------------------
 
 

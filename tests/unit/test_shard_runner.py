@@ -19,8 +19,7 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from producer.submission import create_run
 from storage.corpus import CorpusColumns, validate_corpus
-from storage.ledger import Ledger
-from storage.ledger.leases import LEASE_LOST
+from storage.ledger import Ledger, UsageOutcome
 from storage.ledger.schema import Run, Shard, Usage
 from storage.ledger.types import utcnow
 from storage.shards.scores import read_metadata
@@ -195,7 +194,12 @@ def test_an_attempt_whose_lease_was_taken_over_stops_at_its_next_batch_and_publi
 
     # One usage row per attempt: the first's holds what it consumed before it stopped.
     lost, done = attempt_rows(ledger, ref.run_id)
-    assert (lost.attempt, lost.request_index, lost.outcome, lost.worker) == (1, 0, LEASE_LOST, "worker-1")
+    assert (lost.attempt, lost.request_index, lost.outcome, lost.worker) == (
+        1,
+        0,
+        UsageOutcome.LEASE_LOST,
+        "worker-1",
+    )
     assert lost.pairs == first.scored
     assert lost.tokens == 0  # a local model's progress reports carry pairs, not tokens
     assert 0 < lost.device_seconds <= lost.wall_seconds

@@ -1,0 +1,92 @@
+"""A run's progress and usage totals, as ``status``, ``--wait`` and the run summary show them. Each function
+reads inside the caller's session."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from storage.ledger.schema import Run, Shard, Usage
+from storage.ledger.statuses import ShardStatus, UsageOutcome
+from storage.ledger.types import ApiUsageTotals, RunProgress, UsageTotals
+from storage.ledger.usage_rows import SUMMARY_ROW
+
+
+def run_progress(session: Session, run_id: str) -> RunProgress:
+    """Shards and pairs done and failed so far; raises ``KeyError`` for an unknown run."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise KeyError(run_id)
+    rows = session.execute(
+        select(Shard.status, func.count(), func.coalesce(func.sum(Shard.pairs), 0))
+        .where(Shard.run_id == run_id)
+        .group_by(Shard.status)
+    ).tuples()
+    by_status = {status: (int(n), int(pairs)) for status, n, pairs in rows}
+    done, pairs_done = by_status.get(ShardStatus.DONE, (0, 0))
+    failed, _ = by_status.get(ShardStatus.FAILED, (0, 0))
+    return RunProgress(
+        run_id=run_id,
+        status=run.status,
+        shards_total=run.n_shards,
+        shards_done=done,
+        shards_failed=failed,
+        pairs_total=run.n_pairs,
+        pairs_done=pairs_done,
+        created_at=run.created_at,
+    )
+
+
+def usage_totals(session: Session, run_id: str) -> UsageTotals:
+    """Attempts, pairs and times from the attempts' summary rows; tokens from every row, since API
+    models keep theirs on the request rows only."""
+    summary_row = Usage.request_index == SUMMARY_ROW
+    attempts, pairs, device_s, wall_s, workers = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(Usage.pairs), 0),
+            func.coalesce(func.sum(Usage.device_seconds), 0.0),
+            func.coalesce(func.sum(Usage.wall_seconds), 0.0),
+            func.count(func.distinct(Usage.worker)),
+        ).where(Usage.run_id == run_id, summary_row)
+    ).one()
+    tokens = session.scalar(select(func.coalesce(func.sum(Usage.tokens), 0)).where(Usage.run_id == run_id))
+    failed = session.scalar(
+        select(func.count())
+        .select_from(Usage)
+        .where(Usage.run_id == run_id, summary_row, Usage.outcome != UsageOutcome.OK)
+    )
+    return UsageTotals(
+        attempts=int(attempts),
+        failed_attempts=int(failed or 0),
+        pairs=int(pairs),
+        tokens=int(tokens or 0),
+        device_seconds=float(device_s),
+        wall_seconds=float(wall_s),
+        workers=int(workers),
+    )
+
+
+def api_usage_totals(session: Session, run_id: str) -> ApiUsageTotals:
+    """Requests, tokens, search units and cost from the run's API request rows."""
+    request_row = Usage.request_index > SUMMARY_ROW
+    requests, tokens, search_units, cost = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(Usage.tokens), 0),
+            func.coalesce(func.sum(Usage.search_units), 0),
+            func.sum(Usage.cost_usd),
+        ).where(Usage.run_id == run_id, request_row)
+    ).one()
+    failed = session.scalar(
+        select(func.count())
+        .select_from(Usage)
+        .where(Usage.run_id == run_id, request_row, Usage.outcome != UsageOutcome.OK)
+    )
+    return ApiUsageTotals(
+        requests=int(requests),
+        failed_requests=int(failed or 0),
+        tokens=int(tokens),
+        search_units=int(search_units),
+        cost_usd=None if cost is None else float(cost),
+    )

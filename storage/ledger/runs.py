@@ -1,0 +1,93 @@
+"""Runs and their shards as the producer records them: creating a run with all its shards, (re-)enqueueing
+shards, and reading runs and shards back. Each function works inside the caller's session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from storage.ledger.schema import Run, Shard
+from storage.ledger.statuses import RunStatus, ShardStatus
+from storage.ledger.types import ShardPlanRow, utcnow
+
+
+def add_run(session: Session, run: Run, shards: Iterable[ShardPlanRow]) -> None:
+    """Add a queued run and all its shards, queued with no attempts yet."""
+    run.status = RunStatus.QUEUED
+    session.add(run)
+    session.flush()
+    session.add_all(
+        Shard(
+            run_id=run.run_id,
+            shard_id=row.shard_id,
+            status=ShardStatus.QUEUED,
+            pairs=row.pairs,
+            queries=row.queries,
+            input_path=row.input_path,
+            output_path=row.output_path,
+            attempts=0,
+        )
+        for row in shards
+    )
+
+
+def mark_enqueued(session: Session, run_id: str, shard_ids: list[int]) -> list[int]:
+    """Mark these shards as (re-)sent to the broker, each with fresh tries, and return the ids marked.
+    Done shards, and shards whose running attempt still renews its lease, are left alone: sending them
+    again would only make a duplicate. A finished run that gets shards back is queued again."""
+    if not shard_ids:
+        return []
+    now = utcnow()
+    marked = session.scalars(
+        update(Shard)
+        .where(
+            Shard.run_id == run_id,
+            Shard.shard_id.in_(shard_ids),
+            Shard.status != ShardStatus.DONE,
+            or_(
+                Shard.status != ShardStatus.RUNNING,
+                Shard.lease_expires_at.is_(None),
+                Shard.lease_expires_at < now,
+            ),
+        )
+        .values(
+            status=ShardStatus.QUEUED,
+            enqueued_at=now,
+            error=None,
+            finished_at=None,
+            lease_expires_at=None,
+            attempts_base=Shard.attempts,
+        )
+        .returning(Shard.shard_id)
+    ).all()
+    if marked:
+        session.execute(
+            update(Run)
+            .where(Run.run_id == run_id, Run.status != RunStatus.RUNNING)
+            .values(status=RunStatus.QUEUED, finished_at=None)
+        )
+    return sorted(marked)
+
+
+def latest_run_id(session: Session) -> str | None:
+    return session.scalar(select(Run.run_id).order_by(Run.created_at.desc()).limit(1))
+
+
+def latest_completed_run_id(session: Session, model: str) -> str | None:
+    """The newest run of ``model`` that completed without failures."""
+    return session.scalar(
+        select(Run.run_id)
+        .where(Run.model == model, Run.status == RunStatus.COMPLETED)
+        .order_by(Run.created_at.desc())
+        .limit(1)
+    )
+
+
+def run_shards(session: Session, run_id: str, statuses: Iterable[ShardStatus] | None = None) -> list[Shard]:
+    """The run's shards in shard order, only those in ``statuses`` when given."""
+    query = select(Shard).where(Shard.run_id == run_id).order_by(Shard.shard_id)
+    if statuses is not None:
+        query = query.where(Shard.status.in_(list(statuses)))
+    return list(session.scalars(query))

@@ -1,0 +1,91 @@
+"""Content hashes computed over whole columns equal, value for value, the per-pair definition every earlier
+run's output was written with (``--reuse`` matches on them), and the numpy BLAKE2b equals hashlib's."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage.shards.blake2b import BATCH_MESSAGES, BLOCK_BYTES, blake2b_64
+from storage.shards.content_hash import SEPARATOR, pair_hashes, scoring_fingerprint
+
+
+def per_pair_hashes(fingerprint: str, queries: Sequence[str], texts: Sequence[str]) -> np.ndarray:
+    """The definition as it was first written: one hashlib BLAKE2b per pair, in a Python loop."""
+    prefix = hashlib.blake2b(fingerprint.encode(), digest_size=8)
+    hashes = np.empty(len(queries), dtype=np.uint64)
+    for index, (query, text) in enumerate(zip(queries, texts, strict=True)):
+        digest = prefix.copy()
+        digest.update(f"{SEPARATOR}{query}{SEPARATOR}{text}".encode(errors="surrogatepass"))
+        hashes[index] = int.from_bytes(digest.digest(), "little")
+    return hashes
+
+
+def column(values: Sequence[str]) -> pa.Array:
+    return pa.array(values, pa.large_string())
+
+
+# Arrow strings are UTF-8, so lone surrogates (category Cs) never reach the hash; every other code point
+# does, from ASCII to astral planes. Long texts cross several 128-byte blocks.
+unicode_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
+pairs = st.lists(st.tuples(unicode_text, unicode_text), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fingerprint=unicode_text, pairs=pairs)
+def test_column_hashes_equal_the_per_pair_definition(fingerprint: str, pairs: list[tuple[str, str]]) -> None:
+    queries = [query for query, _ in pairs]
+    texts = [text for _, text in pairs]
+    expected = per_pair_hashes(fingerprint, queries, texts)
+    assert pair_hashes(fingerprint, column(queries), column(texts)).tolist() == expected.tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=st.lists(st.binary(max_size=700), max_size=30))
+def test_numpy_blake2b_equals_hashlib(messages: list[bytes]) -> None:
+    offsets = np.cumsum([0, *map(len, messages)])
+    data = np.frombuffer(b"".join(messages), dtype=np.uint8)
+    expected = [int.from_bytes(hashlib.blake2b(m, digest_size=8).digest(), "little") for m in messages]
+    assert blake2b_64(data, offsets).tolist() == expected
+
+
+def test_every_length_around_block_boundaries() -> None:
+    lengths = [n for edge in (0, 1, 2, 3) for n in range(edge * BLOCK_BYTES - 9, edge * BLOCK_BYTES + 10)]
+    messages = [bytes((i * 7 + n) % 256 for i in range(n)) for n in lengths if n >= 0]
+    offsets = np.cumsum([0, *map(len, messages)])
+    data = np.frombuffer(b"".join(messages), dtype=np.uint8)
+    expected = [int.from_bytes(hashlib.blake2b(m, digest_size=8).digest(), "little") for m in messages]
+    assert blake2b_64(data, offsets).tolist() == expected
+
+
+def test_more_pairs_than_one_batch_in_chunked_slices() -> None:
+    n = 2 * BATCH_MESSAGES + 123
+    rng = np.random.default_rng(7)
+    words = ["passport", "über", "日本語", "sky", "🙂", "blue", ""]
+    queries = [" ".join(rng.choice(words, 3)) for _ in range(n)]
+    texts = [" ".join(rng.choice(words, int(rng.integers(0, 90)))) for _ in range(n)]
+    fingerprint = scoring_fingerprint("cross-encoder:cross-encoder/ms-marco-MiniLM-L-6-v2", None)
+    full_queries, full_texts = column(["x", *queries]), column(["y", *texts])
+    chunked_queries = pa.chunked_array([full_queries.slice(1, 1000), full_queries.slice(1001)])
+    chunked_texts = pa.chunked_array([full_texts.slice(1, 500), full_texts.slice(501)])
+    expected = per_pair_hashes(fingerprint, queries, texts)
+    assert pair_hashes(fingerprint, chunked_queries, chunked_texts).tolist() == expected.tolist()
+
+
+def test_plain_strings_hash_like_large_strings() -> None:
+    fingerprint = scoring_fingerprint("m", 512)
+    large = pair_hashes(fingerprint, column(["q"]), column(["t"]))
+    plain = pair_hashes(fingerprint, pa.array(["q"]), pa.array(["t"]))
+    assert large.tolist() == plain.tolist() == per_pair_hashes(fingerprint, ["q"], ["t"]).tolist()
+
+
+def test_no_pairs_and_null_texts() -> None:
+    assert pair_hashes("m", column([]), column([])).size == 0
+    with pytest.raises(ValueError, match="null"):
+        pair_hashes("m", column(["q"]), column([None]))
