@@ -7,16 +7,19 @@ score while any change of wording is scored again. It is the 64-bit BLAKE2b of t
 every output row: earlier runs' outputs are matched on it, so the definition never changes.
 
 The hashes of a whole column are computed at once: Arrow joins the three strings of every pair into one
-binary column (its UTF-8 bytes, as they are in the corpus), and ``blake2b`` hashes all of them in numpy.
+binary column (its UTF-8 bytes, as they are in the corpus), and hashlib's BLAKE2b digests each message
+as a slice of that one buffer, so no Python string is built or encoded per pair. (A BLAKE2b written in
+numpy over the whole column gave the same values but ran ~3x slower than these C digests on 2 cores.)
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from storage.shards.blake2b import blake2b_64
 
 SEPARATOR = "\x1f"  # unit separator: cannot be confused with text content boundaries
 
@@ -42,5 +45,9 @@ def pair_hashes(
         return np.empty(0, dtype=np.uint64)
     _, offsets_buffer, data_buffer = messages.buffers()
     offsets = np.frombuffer(offsets_buffer, np.int64, count=len(messages) + 1, offset=messages.offset * 8)
-    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
-    return blake2b_64(data, offsets)
+    data = memoryview(data_buffer if data_buffer is not None else b"")
+    bounds = offsets.tolist()
+    digests = (
+        hashlib.blake2b(data[start:end], digest_size=8).digest() for start, end in itertools.pairwise(bounds)
+    )
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
