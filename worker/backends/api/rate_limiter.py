@@ -151,7 +151,7 @@ class FleetRateLimiter:
         if self.limits.tokens_per_window is not None:
             tokens = min(tokens, self.limits.tokens_per_window)
         lease = secrets.token_hex(8)
-        args = [
+        args: list[str | int] = [
             lease,
             tokens,
             self.limits.requests_per_window or 0,
