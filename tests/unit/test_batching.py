@@ -59,11 +59,13 @@ class RecordingForward:
         return batch.astype(np.float32) * 10 + 0.5
 
 
-def test_plan_sorts_longest_first_and_keeps_every_batch_within_budget() -> None:
+def test_batches_go_longest_first_and_each_stays_within_budget() -> None:
     lengths = random_lengths(500)
-    batcher = TokenBudgetBatcher(2048)
+    forward = RecordingForward(lengths)
 
-    batches = batcher.plan(lengths)
+    TokenBudgetBatcher(2048).run(lengths, forward)
+
+    batches = forward.batches
 
     assert np.array_equal(np.concatenate(batches), np.argsort(-lengths, kind="stable"))
     for batch in batches:

@@ -96,17 +96,6 @@ class TokenBudgetBatcher:
             return np.empty(0, dtype=np.float32)
         return results
 
-    def plan(self, lengths: np.ndarray) -> list[np.ndarray]:
-        """The batches ``run`` would make under the current budget, if no out-of-memory happens."""
-        lengths = np.asarray(lengths, dtype=np.int64)
-        order = length_order(lengths)
-        batches = []
-        start = 0
-        while start < len(order):
-            batches.append(next_batch(order, lengths, start, self.budget))
-            start += len(batches[-1])
-        return batches
-
     def _shrink(self, failed_batch: np.ndarray, lengths: np.ndarray, oom_message: str) -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
