@@ -82,7 +82,6 @@ class CrossEncoderReranker:
         if not pairs:
             return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
         clock = ForwardClock(self.target.device)
-        oom_before = self.batcher.oom_count
         unique_scores = np.empty(len(pairs), dtype=np.float32)
         tokens = 0
         bounds = growing_chunks(len(pairs), self.first_chunk)
@@ -94,16 +93,10 @@ class CrossEncoderReranker:
                 forward = partial(self._forward, chunk, clock=clock)
                 unique_scores[start:stop] = self.batcher.run(lengths, forward)
                 tokens += int(lengths.sum())
-        extra = {
-            "unique_pairs": float(len(pairs)),
-            "oom_retries": float(self.batcher.oom_count - oom_before),
-            "token_budget": float(self.batcher.budget),
-        }
         return ScoreResult(
             scores=unique_scores[inverse],
             tokens=tokens,
             device_seconds=clock.seconds,
-            extra=extra,
         )
 
     def compile(self, *, required: bool) -> None:

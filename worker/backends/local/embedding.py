@@ -47,21 +47,13 @@ class EmbeddingReranker:
         unique_queries, query_index = unique_strings(queries)
         unique_texts, text_index = unique_strings(texts)
         clock = ForwardClock(self.target.device)
-        oom_before = self.batcher.oom_count
         query_vectors, query_tokens = self.embed(unique_queries, "query", clock)
         text_vectors, text_tokens = self.embed(unique_texts, "document", clock)
-        extra = {
-            "unique_queries": float(len(unique_queries)),
-            "unique_texts": float(len(unique_texts)),
-            "oom_retries": float(self.batcher.oom_count - oom_before),
-            "token_budget": float(self.batcher.budget),
-        }
         scores = np.einsum("ij,ij->i", query_vectors[query_index], text_vectors[text_index])
         return ScoreResult(
             scores=scores.astype(np.float32, copy=False),
             tokens=query_tokens + text_tokens,
             device_seconds=clock.seconds,
-            extra=extra,
         )
 
     def embed(self, strings: list[str], task: Task, clock: ForwardClock) -> tuple[np.ndarray, int]:

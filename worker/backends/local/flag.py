@@ -182,18 +182,11 @@ class FlagReranker:
         items = self._format.encode(self.flag_model.get_detailed_inputs(pairs))
         lengths = np.fromiter((len(item["input_ids"]) for item in items), dtype=np.int64, count=len(items))
         clock = ForwardClock(self.target.device)
-        oom_before = self.batcher.oom_count
         unique_scores = self.batcher.run(lengths, lambda batch: self._forward(items, batch, clock))
-        extra = {
-            "unique_pairs": float(len(pairs)),
-            "oom_retries": float(self.batcher.oom_count - oom_before),
-            "token_budget": float(self.batcher.budget),
-        }
         return ScoreResult(
             scores=unique_scores[inverse].astype(np.float32, copy=False),
             tokens=int(lengths.sum()),
             device_seconds=clock.seconds,
-            extra=extra,
         )
 
     def describe(self) -> dict[str, str]:
