@@ -28,7 +28,7 @@ from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.base import ScoreResult
-from worker.backends.local.batching import TokenBudgetBatcher, unique_pairs
+from worker.backends.local.batching import TokenBudgetBatcher
 from worker.backends.local.compiled import CompiledLogits, wants_compile
 from worker.backends.local.compute_thread import runs_on_compute_thread
 from worker.backends.local.cpu_attention import attention_of, restore_attention, use_batched_matmul_attention
@@ -40,6 +40,7 @@ from worker.backends.local.cross_encoder_paths import (
     direct_model,
 )
 from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
+from worker.backends.local.distinct import unique_pairs
 from worker.backends.local.first_position import score_from_first_position_only
 from worker.backends.local.mixed_precision import compute_in, score_heads, store_linear_weights_in
 from worker.backends.local.overlap import growing_chunks, one_ahead

@@ -14,9 +14,10 @@ from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.base import ScoreResult
-from worker.backends.local.batching import TokenBudgetBatcher, unique_strings
+from worker.backends.local.batching import TokenBudgetBatcher
 from worker.backends.local.compute_thread import runs_on_compute_thread
 from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
+from worker.backends.local.distinct import unique_strings
 
 Task = Literal["query", "document"]
 

@@ -23,9 +23,10 @@ from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.base import ScoreResult
-from worker.backends.local.batching import TokenBudgetBatcher, unique_pairs
+from worker.backends.local.batching import TokenBudgetBatcher
 from worker.backends.local.compute_thread import runs_on_compute_thread
 from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
+from worker.backends.local.distinct import unique_pairs
 
 ENCODER_ONLY = "encoder-only-base"
 DECODER_ONLY = "decoder-only-base"
