@@ -208,7 +208,7 @@ def test_describe_names_the_model_and_settings(
 
 def test_cross_encoder_counts_the_tokens_it_feeds_after_truncation(rerankers: dict[str, Reranker]) -> None:
     reranker: Any = rerankers["cross-encoder"]
-    features = reranker.model.preprocess(list(dict.fromkeys(PAIRS)))
+    features = reranker.model.cross_encoder.preprocess(list(dict.fromkeys(PAIRS)))
 
     result = reranker.score(QUERIES, TEXTS)
 
