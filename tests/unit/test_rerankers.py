@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,37 @@ def test_order_is_preserved_and_duplicates_share_one_score(kind: str, rerankers:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_chunks_are_tokenized_ahead_in_a_thread_with_identical_scores(
+    kind: str, model_dirs: dict[str, Path], rerankers: dict[str, Reranker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = ModelSpec.parse(f"{kind}:{model_dirs[kind]}")
+    overlapped: Any = load_reranker(spec, cpu_settings())
+    serial: Any = load_reranker(spec, cpu_settings())
+    serial.overlap = False
+    threads: dict[bool, list[str]] = {True: [], False: []}
+    for reranker in (overlapped, serial):
+        reranker.first_chunk = 2  # chunks of 2, 4, then the rest of each part
+        tokenize = reranker.model.tokenize
+
+        def recording(items: list[Any], tokenize: Any = tokenize, overlap: bool = reranker.overlap) -> Any:
+            threads[overlap].append(threading.current_thread().name)
+            return tokenize(items)
+
+        monkeypatch.setattr(reranker.model, "tokenize", recording)
+
+    ahead = overlapped.score(QUERIES, TEXTS)
+    inline = serial.score(QUERIES, TEXTS)
+
+    assert np.array_equal(ahead.scores, inline.scores)
+    assert ahead.tokens == inline.tokens == rerankers[kind].score(QUERIES, TEXTS).tokens
+    # Other chunks make other batches, whose padding changes the rounding only.
+    np.testing.assert_allclose(ahead.scores, rerankers[kind].score(QUERIES, TEXTS).scores, atol=1e-5, rtol=0)
+    assert len(threads[True]) >= 2 and all(name.startswith("rerank-ahead") for name in threads[True])
+    assert len(threads[False]) == len(threads[True])
+    assert all(name.startswith("rerank-compute") for name in threads[False])
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_empty_and_mismatched_input(kind: str, rerankers: dict[str, Reranker]) -> None:
     empty = rerankers[kind].score([], [])
     assert empty.scores.shape == (0,)
@@ -292,7 +324,7 @@ def test_out_of_memory_in_the_model_shrinks_batches_without_losing_pairs(
     reranker: Any = load_reranker(
         ModelSpec.parse(f"{kind}:{cross_encoder_dir}"), cpu_settings(token_budget=8192)
     )
-    module = reranker.path.model if kind == "cross-encoder" else reranker.flag_model.model
+    module = reranker.path.model if kind == "cross-encoder" else reranker.model.flag_model.model
     seen = fail_on_batches_wider_than(module, 2, monkeypatch)
 
     result = reranker.score(QUERIES, TEXTS)
