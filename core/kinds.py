@@ -16,7 +16,8 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class LocalKind:
     """A model whose weights the worker loads. ``loader`` is ``"module:function"``, called as
-    ``function(spec, settings)`` on the compute thread."""
+    ``function(spec, settings)`` on the compute thread; ``worker/backends/local/pipeline.py`` says how to
+    write one."""
 
     kind: str
     loader: str

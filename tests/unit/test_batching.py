@@ -17,8 +17,6 @@ from worker.backends.local.batching import (
     TokenBudgetBatcher,
     is_out_of_memory,
     length_order,
-    unique_pairs,
-    unique_strings,
 )
 from worker.backends.local.device import (
     CUDA_TOKEN_BUDGET,
@@ -59,11 +57,13 @@ class RecordingForward:
         return batch.astype(np.float32) * 10 + 0.5
 
 
-def test_plan_sorts_longest_first_and_keeps_every_batch_within_budget() -> None:
+def test_batches_go_longest_first_and_each_stays_within_budget() -> None:
     lengths = random_lengths(500)
-    batcher = TokenBudgetBatcher(2048)
+    forward = RecordingForward(lengths)
 
-    batches = batcher.plan(lengths)
+    TokenBudgetBatcher(2048).run(lengths, forward)
+
+    batches = forward.batches
 
     assert np.array_equal(np.concatenate(batches), np.argsort(-lengths, kind="stable"))
     for batch in batches:
@@ -211,19 +211,6 @@ def test_single_item_out_of_memory_raises_a_clear_error() -> None:
 def test_forward_returning_the_wrong_number_of_rows_is_an_error() -> None:
     with pytest.raises(ValueError, match="2 rows for a batch of 3"):
         TokenBudgetBatcher(100).run(np.array([1, 1, 1]), lambda batch: np.zeros(2))
-
-
-def test_unique_pairs_maps_every_pair_to_its_first_occurrence() -> None:
-    pairs, inverse = unique_pairs(["q", "q", "r", "q"], ["a", "b", "a", "a"])
-    assert pairs == [("q", "a"), ("q", "b"), ("r", "a")]
-    assert inverse.tolist() == [0, 1, 2, 0]
-
-    strings, index = unique_strings(["x", "y", "x"])
-    assert strings == ["x", "y"]
-    assert index.tolist() == [0, 1, 0]
-
-    with pytest.raises(ValueError, match="2 queries but 1 texts"):
-        unique_pairs(["q", "r"], ["a"])
 
 
 # --- device resolution -------------------------------------------------------------------------------

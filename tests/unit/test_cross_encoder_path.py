@@ -17,7 +17,7 @@ from core.errors import ConfigError
 from core.model_spec import ModelSpec
 from testkit.model_factory import bert_tokenizer, build_tiny_cross_encoder, build_tiny_xlmr_cross_encoder
 from testkit.model_factory import load_cross_encoder_on_cpu as load
-from worker.backends.local.cross_encoder import CrossEncoderReranker
+from worker.backends.local.cross_encoder import CrossEncoderModel, CrossEncoderReranker
 from worker.backends.local.cross_encoder_paths import DirectPath, LibraryPath, direct_model
 from worker.backends.local.device import ComputeTarget
 from worker.backends.local.first_position import FirstPositionOnly, score_from_first_position_only
@@ -115,13 +115,13 @@ def test_chunks_tokenized_ahead_in_a_thread_give_identical_scores(
         reranker.first_chunk = 7  # chunks of 7, 14, 28, then the rest: 4 chunks for 90 pairs
     threads: list[str] = []
     for reranker in (overlapped, serial):
-        prepare = reranker.path.prepare
+        tokenize = reranker.path.tokenize
 
-        def recording(pairs: list[tuple[str, str]], prepare: Any = prepare) -> Any:
+        def recording(pairs: list[tuple[str, str]], tokenize: Any = tokenize) -> Any:
             threads.append(threading.current_thread().name)
-            return prepare(pairs)
+            return tokenize(pairs)
 
-        monkeypatch.setattr(reranker.path, "prepare", recording)
+        monkeypatch.setattr(reranker.path, "tokenize", recording)
 
     ahead = overlapped.score(corpus.queries, corpus.texts)
     overlapped_threads, threads[:] = list(threads), []
@@ -158,13 +158,25 @@ def test_bfloat16_mixed_precision_agrees_with_float32(
     assert found.max_abs_diff <= 0.05
 
 
-def test_cross_encoders_with_a_prompt_take_the_library_path(model_dirs: dict[str, Path]) -> None:
+def test_cross_encoders_with_a_prompt_take_the_library_path(
+    model_dirs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = cross_encoder(
         model_dirs["bert"], prompts={"rerank": "rerank this: "}, default_prompt_name="rerank"
     )
     target = ComputeTarget(torch.device("cpu"), torch.float32, token_budget=600)
 
-    reranker = CrossEncoderReranker(ModelSpec.parse(f"cross-encoder:{model_dirs['bert']}"), model, target)
+    spec = ModelSpec.parse(f"cross-encoder:{model_dirs['bert']}")
+    reranker = CrossEncoderReranker(spec, CrossEncoderModel(model, target), target)
+    reranker.first_chunk = 2  # chunks of 2 and 5 pairs: the second is tokenized while the first runs
+    threads: list[str] = []
+    tokenize = reranker.path.tokenize
+
+    def recording(pairs: list[tuple[str, str]]) -> Any:
+        threads.append(threading.current_thread().name)
+        return tokenize(pairs)
+
+    monkeypatch.setattr(reranker.path, "tokenize", recording)
     scores = reranker.score([query for query, _ in PAIRS], [text for _, text in PAIRS]).scores
 
     assert direct_model(model) is None
@@ -172,6 +184,8 @@ def test_cross_encoders_with_a_prompt_take_the_library_path(model_dirs: dict[str
     np.testing.assert_allclose(scores, model.predict(PAIRS, show_progress_bar=False), atol=1e-4, rtol=0)
     without_prompt = cross_encoder(model_dirs["bert"]).predict(PAIRS, show_progress_bar=False)
     assert np.abs(scores - without_prompt).max() > 1e-3
+    # Its chunks are tokenized ahead too, while the library's preprocessing runs on the compute thread.
+    assert len(threads) == 2 and all(name.startswith("rerank-ahead") for name in threads)
     # The library's own pipeline is not compiled: auto leaves it be, on refuses.
     reranker.compile(required=False)
     assert not reranker.compiled

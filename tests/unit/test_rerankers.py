@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from testkit.model_factory import (
 from worker.backends import load_reranker
 from worker.backends.base import Reranker
 from worker.backends.local.flag import DECODER_ONLY, ENCODER_ONLY, flag_model_class
+from worker.backends.progress_sink import listening
 
 TOLERANCE = 1e-4
 CAT = "A cat is a small domesticated carnivorous mammal."
@@ -95,6 +97,16 @@ def rerankers(model_dirs: dict[str, Path]) -> dict[str, Reranker]:
     }
 
 
+class CountingSink:
+    """Adds up the items a reranker reports as computed."""
+
+    def __init__(self) -> None:
+        self.items = 0
+
+    def advance(self, pairs: int) -> None:
+        self.items += pairs
+
+
 def reference_cross_encoder(
     path: Path, pairs: list[tuple[str, str]], max_length: int | None = None
 ) -> np.ndarray:
@@ -153,7 +165,9 @@ def test_scores_match_the_reference_library(
 @pytest.mark.parametrize("kind", KINDS)
 def test_order_is_preserved_and_duplicates_share_one_score(kind: str, rerankers: dict[str, Reranker]) -> None:
     reranker = rerankers[kind]
-    forward = reranker.score(QUERIES, TEXTS)
+    computed = CountingSink()
+    with listening(computed):
+        forward = reranker.score(QUERIES, TEXTS)
 
     backward = reranker.score(QUERIES[::-1], TEXTS[::-1])
 
@@ -162,7 +176,40 @@ def test_order_is_preserved_and_duplicates_share_one_score(kind: str, rerankers:
     assert forward.device_seconds > 0
     assert forward.tokens > 0
     if kind != "embedding":
-        assert forward.extra["unique_pairs"] == UNIQUE_PAIRS
+        assert computed.items == UNIQUE_PAIRS
+    else:  # each distinct query and each distinct text is embedded once
+        assert computed.items == len(set(QUERIES)) + len(set(TEXTS))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_chunks_are_tokenized_ahead_in_a_thread_with_identical_scores(
+    kind: str, model_dirs: dict[str, Path], rerankers: dict[str, Reranker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = ModelSpec.parse(f"{kind}:{model_dirs[kind]}")
+    overlapped: Any = load_reranker(spec, cpu_settings())
+    serial: Any = load_reranker(spec, cpu_settings())
+    serial.overlap = False
+    threads: dict[bool, list[str]] = {True: [], False: []}
+    for reranker in (overlapped, serial):
+        reranker.first_chunk = 2  # chunks of 2, 4, then the rest of each part
+        tokenize = reranker.model.tokenize
+
+        def recording(items: list[Any], tokenize: Any = tokenize, overlap: bool = reranker.overlap) -> Any:
+            threads[overlap].append(threading.current_thread().name)
+            return tokenize(items)
+
+        monkeypatch.setattr(reranker.model, "tokenize", recording)
+
+    ahead = overlapped.score(QUERIES, TEXTS)
+    inline = serial.score(QUERIES, TEXTS)
+
+    assert np.array_equal(ahead.scores, inline.scores)
+    assert ahead.tokens == inline.tokens == rerankers[kind].score(QUERIES, TEXTS).tokens
+    # Other chunks make other batches, whose padding changes the rounding only.
+    np.testing.assert_allclose(ahead.scores, rerankers[kind].score(QUERIES, TEXTS).scores, atol=1e-5, rtol=0)
+    assert len(threads[True]) >= 2 and all(name.startswith("rerank-ahead") for name in threads[True])
+    assert len(threads[False]) == len(threads[True])
+    assert all(name.startswith("rerank-compute") for name in threads[False])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -193,7 +240,7 @@ def test_describe_names_the_model_and_settings(
 
 def test_cross_encoder_counts_the_tokens_it_feeds_after_truncation(rerankers: dict[str, Reranker]) -> None:
     reranker: Any = rerankers["cross-encoder"]
-    features = reranker.model.preprocess(list(dict.fromkeys(PAIRS)))
+    features = reranker.model.cross_encoder.preprocess(list(dict.fromkeys(PAIRS)))
 
     result = reranker.score(QUERIES, TEXTS)
 
@@ -277,13 +324,13 @@ def test_out_of_memory_in_the_model_shrinks_batches_without_losing_pairs(
     reranker: Any = load_reranker(
         ModelSpec.parse(f"{kind}:{cross_encoder_dir}"), cpu_settings(token_budget=8192)
     )
-    module = reranker.path.model if kind == "cross-encoder" else reranker.flag_model.model
+    module = reranker.path.model if kind == "cross-encoder" else reranker.model.flag_model.model
     seen = fail_on_batches_wider_than(module, 2, monkeypatch)
 
     result = reranker.score(QUERIES, TEXTS)
 
     np.testing.assert_allclose(result.scores, rerankers[kind].score(QUERIES, TEXTS).scores, atol=1e-5, rtol=0)
-    assert result.extra["oom_retries"] >= 1
+    assert reranker.batcher.oom_count >= 1
     assert max(seen) > 2
     assert reranker.batcher.budget < 8192
     assert [change.reason for change in reranker.batcher.history][:2] == ["start", "oom"]

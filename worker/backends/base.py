@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -19,7 +19,6 @@ class ScoreResult:
     scores: np.ndarray  # float32, one per pair, same order as the input
     tokens: int  # tokens fed to the model (after truncation, without padding)
     device_seconds: float  # time spent in model forward passes
-    extra: dict[str, float] = field(default_factory=dict)
     # API backends: one record per HTTP request attempt, failed ones included (the ledger's request rows).
     requests: tuple[RequestUsage, ...] = ()
 

@@ -61,7 +61,6 @@ class ApiReranker:
             scores=scores,
             tokens=sum(record.tokens for record in records),
             device_seconds=0.0,
-            extra={"requests": float(len(records)), "planned_requests": float(len(plan))},
             requests=records,
         )
 

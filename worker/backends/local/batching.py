@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,17 +96,6 @@ class TokenBudgetBatcher:
             return np.empty(0, dtype=np.float32)
         return results
 
-    def plan(self, lengths: np.ndarray) -> list[np.ndarray]:
-        """The batches ``run`` would make under the current budget, if no out-of-memory happens."""
-        lengths = np.asarray(lengths, dtype=np.int64)
-        order = length_order(lengths)
-        batches = []
-        start = 0
-        while start < len(order):
-            batches.append(next_batch(order, lengths, start, self.budget))
-            start += len(batches[-1])
-        return batches
-
     def _shrink(self, failed_batch: np.ndarray, lengths: np.ndarray, oom_message: str) -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -150,28 +139,3 @@ def next_batch(order: np.ndarray, lengths: np.ndarray, start: int, budget: int) 
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA out-of-memory, whether raised as its own type or as a plain ``RuntimeError``."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
-
-
-def unique_pairs(queries: Sequence[str], texts: Sequence[str]) -> tuple[list[tuple[str, str]], np.ndarray]:
-    """Distinct (query, text) pairs in first-seen order, and for each input pair its index among them."""
-    if len(queries) != len(texts):
-        raise ValueError(f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one")
-    position: dict[tuple[str, str], int] = {}
-    inverse = np.fromiter(
-        (
-            position.setdefault((query, text), len(position))
-            for query, text in zip(queries, texts, strict=True)
-        ),
-        dtype=np.int64,
-        count=len(queries),
-    )
-    return list(position), inverse
-
-
-def unique_strings(strings: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """Distinct strings in first-seen order, and for each input its index among them."""
-    position: dict[str, int] = {}
-    inverse = np.fromiter(
-        (position.setdefault(string, len(position)) for string in strings), dtype=np.int64, count=len(strings)
-    )
-    return list(position), inverse

@@ -1,10 +1,10 @@
-"""Cross-encoders loaded by sentence-transformers' ``CrossEncoder``, scored by our own batching loop.
+"""Cross-encoders loaded by sentence-transformers' ``CrossEncoder``, scored by the shared local pipeline.
 
-The distinct pairs of a call are cut into growing chunks; a background thread tokenizes chunk k + 1 while
-chunk k runs through the model in length-sorted batches under the token budget. Plain sequence
-classifiers (nearly every cross-encoder) skip the library's per-batch preprocessing: their pairs are
-tokenized in bulk, padded with numpy and fed straight to the Hugging Face model (see
-``cross_encoder_paths``); their last layer computes only the position their head reads
+The pipeline (``pipeline``) cuts the distinct pairs of a call into growing chunks; a background thread
+tokenizes chunk k + 1 while chunk k runs through the model in length-sorted batches under the token
+budget. Plain sequence classifiers (nearly every cross-encoder) skip the library's per-batch
+preprocessing: their pairs are tokenized in bulk, padded with numpy and fed straight to the Hugging Face
+model (see ``cross_encoder_paths``); their last layer computes only the position their head reads
 (``first_position``). In bf16/fp16 the matrix multiplies run in low precision while the residual stream
 and the score head stay float32 (``mixed_precision``). Compiled on CPU in bf16, attention runs as two
 batched matmuls around a fused softmax instead of SDPA's flash kernel (``cpu_attention``).
@@ -15,8 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import closing
-from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -27,91 +25,103 @@ import torch
 from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
-from worker.backends.base import ScoreResult
-from worker.backends.local.batching import TokenBudgetBatcher, unique_pairs
 from worker.backends.local.compiled import CompiledLogits, wants_compile
-from worker.backends.local.compute_thread import runs_on_compute_thread
 from worker.backends.local.cpu_attention import attention_of, restore_attention, use_batched_matmul_attention
 from worker.backends.local.cross_encoder_paths import (
-    Chunk,
     DirectPath,
+    Features,
     ForwardPath,
     LibraryPath,
     direct_model,
 )
-from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
+from worker.backends.local.device import ComputeTarget, resolve_compute
+from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
 from worker.backends.local.first_position import score_from_first_position_only
 from worker.backends.local.mixed_precision import compute_in, score_heads, store_linear_weights_in
-from worker.backends.local.overlap import growing_chunks, one_ahead
+from worker.backends.local.pipeline import LocalReranker, Tokenized
 
 log = logging.getLogger(__name__)
 
 # Tokenizers without a declared limit report a huge sentinel (transformers' VERY_LARGE_INTEGER).
 _NO_LIMIT = 1_000_000
-# Pairs in the first chunk: a budget's worth of 64-token pairs, at least 256, so the device starts soon.
-_MIN_FIRST_CHUNK = 256
-_FIRST_CHUNK_TOKENS_PER_PAIR = 64
 # Two distinct pairs: one batch of two rows compiles the graph every later batch reuses.
 _WARM_UP_QUERIES = ("warm-up query", "another warm-up query")
 _WARM_UP_TEXTS = ("a short document to compile the model with", "and a second one")
 
 
-class CrossEncoderReranker:
-    """Scores each (query, text) pair jointly with one forward pass and the model's activation."""
+class CrossEncoderModel:
+    """A cross-encoder's pipeline steps: each distinct pair runs jointly through one forward pass of its
+    path, and the model's activation of the logit is the score."""
 
-    def __init__(self, spec: ModelSpec, model: Any, target: ComputeTarget, *, overlap: bool = True) -> None:
-        self.spec = spec
+    def __init__(self, cross_encoder: Any, target: ComputeTarget) -> None:
+        self.cross_encoder = cross_encoder
         self.target = target
-        self.model = model
-        self.batcher = TokenBudgetBatcher(target.token_budget)
-        self.overlap = overlap
-        self.first_chunk = max(_MIN_FIRST_CHUNK, target.token_budget // _FIRST_CHUNK_TOKENS_PER_PAIR)
-        self._max_length: int = model.max_seq_length
-        hf_model = direct_model(model)
+        self.max_length: int = cross_encoder.max_seq_length
+        hf_model = direct_model(cross_encoder)
         self.path: ForwardPath = (
-            DirectPath(hf_model, model.tokenizer, self._max_length, target.device)
+            DirectPath(hf_model, cross_encoder.tokenizer, self.max_length, target.device)
             if hf_model is not None
-            else LibraryPath(model, self._max_length, target.device)
+            else LibraryPath(cross_encoder, self.max_length, target.device)
         )
 
-    @runs_on_compute_thread
-    def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Score pair i = (queries[i], texts[i]); identical pairs are computed once. Runs on the
-        process's compute thread, so calls from several threads take turns."""
-        pairs, inverse = unique_pairs(queries, texts)
-        if not pairs:
-            return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
-        clock = ForwardClock(self.target.device)
-        oom_before = self.batcher.oom_count
-        unique_scores = np.empty(len(pairs), dtype=np.float32)
-        tokens = 0
-        bounds = growing_chunks(len(pairs), self.first_chunk)
-        jobs = [partial(self.path.prepare, pairs[start:stop]) for start, stop in bounds]
-        chunks = one_ahead(jobs, overlap=self.overlap and self.path.overlappable)
-        with closing(chunks):  # on an error, stop the tokenizer thread before the error leaves
-            for (start, stop), chunk in zip(bounds, chunks, strict=True):
-                lengths = chunk.lengths
-                forward = partial(self._forward, chunk, clock=clock)
-                unique_scores[start:stop] = self.batcher.run(lengths, forward)
-                tokens += int(lengths.sum())
-        extra = {
-            "unique_pairs": float(len(pairs)),
-            "oom_retries": float(self.batcher.oom_count - oom_before),
-            "token_budget": float(self.batcher.budget),
+    def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[Pair]:
+        return distinct_pairs(queries, texts)
+
+    def tokenize(self, items: list[Pair]) -> Tokenized:
+        return self.path.tokenize(items)
+
+    def collate(self, chunk: Tokenized, rows: np.ndarray) -> Features:
+        return self.path.collate(chunk, rows)
+
+    def forward(self, batch: Features) -> torch.Tensor:
+        with compute_in(self.target.device, self.target.dtype):
+            return self.path.logits(batch)
+
+    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
+        # Upcast before the activation so half-precision ties are broken, as CrossEncoder.predict does.
+        scores: torch.Tensor = self.cross_encoder.activation_fn(outputs.float())
+        return scores.reshape(-1).cpu().numpy()
+
+    def describe(self, token_budget: int) -> dict[str, str]:
+        activation = self.cross_encoder.activation_fn
+        return {
+            "max_length": str(self.max_length),
+            "activation": f"{type(activation).__module__}.{type(activation).__qualname__}",
+            "token_budget": str(token_budget),
+            "compiled": "TorchInductor" if self.compiled else "no",
+            "attention": self.attention(),
+            "library": f"sentence-transformers {version('sentence-transformers')}",
         }
-        return ScoreResult(
-            scores=unique_scores[inverse],
-            tokens=tokens,
-            device_seconds=clock.seconds,
-            extra=extra,
-        )
+
+    @property
+    def compiled(self) -> bool:
+        return isinstance(self.path, DirectPath) and self.path.compiled is not None
+
+    def attention(self) -> str:
+        """The attention implementation of a directly called model; the library's own otherwise."""
+        if isinstance(self.path, DirectPath):
+            return attention_of(self.path.model) or "unknown"
+        return "sentence-transformers pipeline"
+
+
+class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
+    """The shared pipeline around a ``CrossEncoderModel``, which it can compile."""
+
+    @property
+    def path(self) -> ForwardPath:
+        return self.model.path
+
+    @property
+    def compiled(self) -> bool:
+        return self.model.compiled
 
     def compile(self, *, required: bool) -> None:
         """Compile the forward pass now, on a warm-up batch. When it cannot be compiled: raise
         (``ModelLoadError``, or ``ConfigError`` for a model that only the library's own pipeline runs) if
         ``required``, else log a warning and stay uncompiled."""
         name = self.spec.name
-        if not isinstance(self.path, DirectPath):
+        path = self.model.path
+        if not isinstance(path, DirectPath):
             if required:
                 raise ConfigError(
                     f"RERANK_COMPILE=on, but cross-encoder {name!r} runs through sentence-transformers' own "
@@ -120,13 +130,13 @@ class CrossEncoderReranker:
             return
         started = time.perf_counter()
         if self.target.device.type == "cpu" and self.target.dtype != torch.float32:
-            use_batched_matmul_attention(self.path.model)
-        self.path.compiled = CompiledLogits(self.path.model)
+            use_batched_matmul_attention(path.model)
+        path.compiled = CompiledLogits(path.model)
         try:
             self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)
         except Exception as error:  # whatever TorchInductor raises (no C++ compiler, an unsupported op)
-            self.path.compiled = None
-            restore_attention(self.path.model)
+            path.compiled = None
+            restore_attention(path.model)
             if required:
                 raise ModelLoadError(
                     f"cannot compile cross-encoder {name!r} (RERANK_COMPILE=on): {error}"
@@ -141,41 +151,8 @@ class CrossEncoderReranker:
             "compiled cross-encoder %r with TorchInductor in %.1fs (attention: %s)",
             name,
             time.perf_counter() - started,
-            attention_of(self.path.model),
+            attention_of(path.model),
         )
-
-    @property
-    def compiled(self) -> bool:
-        return isinstance(self.path, DirectPath) and self.path.compiled is not None
-
-    def describe(self) -> dict[str, str]:
-        activation = self.model.activation_fn
-        return {
-            "kind": self.spec.kind,
-            "name": self.spec.name,
-            "device": str(self.target.device),
-            "dtype": describe_dtype(self.target.dtype),
-            "max_length": str(self._max_length),
-            "activation": f"{type(activation).__module__}.{type(activation).__qualname__}",
-            "token_budget": str(self.batcher.max_budget),
-            "compiled": "TorchInductor" if self.compiled else "no",
-            "attention": self._attention(),
-            "library": f"sentence-transformers {version('sentence-transformers')}",
-        }
-
-    def _attention(self) -> str:
-        """The attention implementation of a directly called model; the library's own otherwise."""
-        if isinstance(self.path, DirectPath):
-            return attention_of(self.path.model) or "unknown"
-        return "sentence-transformers pipeline"
-
-    def _forward(self, chunk: Chunk, rows: np.ndarray, clock: ForwardClock) -> np.ndarray:
-        with torch.inference_mode():
-            with clock.measure(), compute_in(self.target.device, self.target.dtype):
-                logits = self.path.logits(chunk, rows)
-            # Upcast before the activation so half-precision ties are broken, as CrossEncoder.predict does.
-            scores = self.model.activation_fn(logits.float())
-        return scores.reshape(len(rows)).cpu().numpy()
 
 
 def load_cross_encoder(spec: ModelSpec, settings: Settings) -> CrossEncoderReranker:
@@ -214,7 +191,7 @@ def load_cross_encoder(spec: ModelSpec, settings: Settings) -> CrossEncoderReran
             f"{spec.name!r}; lower it or leave it unset to use the model's own limit"
         )
     prepare_for_scoring(model, target.dtype)
-    reranker = CrossEncoderReranker(spec, model, target)
+    reranker = CrossEncoderReranker(spec, CrossEncoderModel(model, target), target)
     if wants_compile(settings.compile, target.device):
         reranker.compile(required=settings.compile == "on")
     return reranker

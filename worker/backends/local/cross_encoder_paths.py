@@ -9,6 +9,7 @@ module chain, one batch at a time; so does a model whose tokenizer is not a fast
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,28 +18,28 @@ import torch
 
 from worker.backends.local.compiled import CompiledLogits
 from worker.backends.local.pair_tokens import Pair, PairTokenizer, TokenizedPairs, pad_rows
+from worker.backends.local.pipeline import Tokenized
 
 # The one modality a plain sequence classifier serves: text in, the model's logits out.
 _TEXT_LOGITS = {"text": {"method": "forward", "method_output_name": "logits"}}
 
 
-class Chunk(Protocol):
-    """Pairs made ready for batching; ``lengths`` (tokens per pair) decide the batches."""
-
-    @property
-    def lengths(self) -> np.ndarray: ...
+Features = dict[str, Any]
 
 
 class ForwardPath(Protocol):
-    # Whether ``prepare`` may run in another thread while ``logits`` runs.
-    overlappable: bool
+    """The pipeline steps (``worker.backends.local.pipeline``) that differ between the two paths."""
 
-    def prepare(self, pairs: list[Pair]) -> Chunk:
-        """Tokenize ``pairs``; runs in a background thread while the previous chunk is scored."""
+    def tokenize(self, pairs: list[Pair]) -> Tokenized:
+        """Tokenize a chunk of pairs; runs on the tokenizing thread while the previous chunk is scored."""
         ...
 
-    def logits(self, chunk: Any, rows: np.ndarray) -> torch.Tensor:
-        """Raw model outputs for ``rows`` of ``chunk``, one row per pair."""
+    def collate(self, chunk: Any, rows: np.ndarray) -> Features:
+        """The model inputs of ``rows`` of ``chunk``, on the device."""
+        ...
+
+    def logits(self, features: Features) -> torch.Tensor:
+        """Raw model outputs, one row per pair."""
         ...
 
 
@@ -65,25 +66,26 @@ def direct_model(cross_encoder: Any) -> torch.nn.Module | None:
 class DirectPath:
     """Bulk tokenization, numpy padding and a direct call of the Hugging Face model."""
 
-    overlappable = True  # PairTokenizer shares no state with the model's own tokenizer
-
     def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int, device: torch.device) -> None:
         self.model = model
         self.device = device
-        self.tokenizer = PairTokenizer(tokenizer, max_length)
+        self.tokenizer = PairTokenizer(tokenizer, max_length)  # its own Rust backend, shared with no one
         self.compiled: CompiledLogits | None = None  # set by ``CrossEncoderReranker.compile``
 
-    def prepare(self, pairs: list[Pair]) -> TokenizedPairs:
+    def tokenize(self, pairs: list[Pair]) -> TokenizedPairs:
         return self.tokenizer(pairs)
 
-    def logits(self, chunk: TokenizedPairs, rows: np.ndarray) -> torch.Tensor:
-        features = {
+    def collate(self, chunk: TokenizedPairs, rows: np.ndarray) -> Features:
+        return {
             name: torch.from_numpy(values).to(self.device)
             for name, values in pad_rows(chunk, rows, self.tokenizer.padding).items()
         }
+
+    def logits(self, features: Features) -> torch.Tensor:
         if self.compiled is not None:
             return self.compiled(features)
-        return self.model(**features, return_dict=True).logits
+        logits: torch.Tensor = self.model(**features, return_dict=True).logits
+        return logits
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,8 @@ class PairsWithLengths:
 
 class LibraryPath:
     """``CrossEncoder.preprocess`` and the cross-encoder's module chain, batch by batch, with the model's
-    default prompt (if it has one) in front of each query, as ``CrossEncoder.predict`` does."""
-
-    # Both steps call the one Hugging Face tokenizer, which keeps its truncation settings in shared state.
-    overlappable = False
+    default prompt (if it has one) in front of each query, as ``CrossEncoder.predict`` does. A chunk is
+    tokenized ahead only to learn its lengths; ``preprocess`` tokenizes each batch again."""
 
     def __init__(self, cross_encoder: Any, max_length: int, device: torch.device) -> None:
         self.cross_encoder = cross_encoder
@@ -105,9 +105,12 @@ class LibraryPath:
         self.max_length = max_length
         name = cross_encoder.default_prompt_name
         self.prompt: str | None = cross_encoder.prompts.get(name) if name is not None else None
+        # A Hugging Face tokenizer call reconfigures truncation and padding in its Rust backend, and
+        # ``preprocess`` calls the cross-encoder's own on the compute thread meanwhile.
+        self._tokenizer = copy.deepcopy(cross_encoder.tokenizer)
 
-    def prepare(self, pairs: list[Pair]) -> PairsWithLengths:
-        encoded = self.cross_encoder.tokenizer(
+    def tokenize(self, pairs: list[Pair]) -> PairsWithLengths:
+        encoded = self._tokenizer(
             [(self.prompt or "") + query for query, _ in pairs],
             [text for _, text in pairs],
             truncation="longest_first",
@@ -116,8 +119,13 @@ class LibraryPath:
         lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(pairs))
         return PairsWithLengths(pairs, lengths)
 
-    def logits(self, chunk: PairsWithLengths, rows: np.ndarray) -> torch.Tensor:
+    def collate(self, chunk: PairsWithLengths, rows: np.ndarray) -> Features:
         from sentence_transformers.util import batch_to_device
 
         features = self.cross_encoder.preprocess([chunk.pairs[row] for row in rows], prompt=self.prompt)
-        return self.cross_encoder(batch_to_device(features, self.device))["scores"]
+        batch: Features = batch_to_device(features, self.device)
+        return batch
+
+    def logits(self, features: Features) -> torch.Tensor:
+        scores: torch.Tensor = self.cross_encoder(features)["scores"]
+        return scores

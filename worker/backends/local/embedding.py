@@ -1,11 +1,18 @@
-"""Bi-encoders through sentence-transformers' ``SentenceTransformer``: score = cosine of the embeddings."""
+"""Bi-encoders through sentence-transformers' ``SentenceTransformer``: score = cosine of the embeddings.
+
+The shared local pipeline (``pipeline``) runs them: the distinct queries and the distinct texts are
+embedded in growing chunks, each chunk's lengths learned on the tokenizing thread while the one before it
+runs; the library's ``preprocess`` builds each batch's inputs.
+"""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,111 +20,97 @@ import torch
 from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
-from worker.backends.base import ScoreResult
-from worker.backends.local.batching import TokenBudgetBatcher, unique_strings
-from worker.backends.local.compute_thread import runs_on_compute_thread
-from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
-
-Task = Literal["query", "document"]
+from worker.backends.local.device import ComputeTarget, resolve_compute
+from worker.backends.local.distinct import Distinct, Side, SideText, distinct_sides
+from worker.backends.local.pipeline import LocalReranker
 
 # Tokenizers without a declared limit report a huge sentinel (transformers' VERY_LARGE_INTEGER).
 _NO_LIMIT = 1_000_000
 
 
-class EmbeddingReranker:
-    """Embeds each distinct query and text once per call and scores pairs by cosine similarity."""
+@dataclass(frozen=True)
+class SideChunk:
+    """Strings of one side (``task``), with their lengths as the model would tokenize them."""
 
-    def __init__(self, spec: ModelSpec, model: Any, target: ComputeTarget) -> None:
-        self.spec = spec
-        self.target = target
-        self.batcher = TokenBudgetBatcher(target.token_budget)
-        self.model = model
-        self._max_length: int = model.max_seq_length
+    task: Side
+    prompt: str
+    strings: list[str]
+    lengths: np.ndarray
 
-    @runs_on_compute_thread
-    def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Cosine similarity of pair i = (queries[i], texts[i]), as float32. Runs on the process's
-        compute thread, so calls from several threads take turns."""
-        if len(queries) != len(texts):
-            raise ValueError(
-                f"got {len(queries)} queries but {len(texts)} texts; they must pair up one to one"
-            )
-        if not queries:
-            return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
-        unique_queries, query_index = unique_strings(queries)
-        unique_texts, text_index = unique_strings(texts)
-        clock = ForwardClock(self.target.device)
-        oom_before = self.batcher.oom_count
-        query_vectors, query_tokens = self.embed(unique_queries, "query", clock)
-        text_vectors, text_tokens = self.embed(unique_texts, "document", clock)
-        extra = {
-            "unique_queries": float(len(unique_queries)),
-            "unique_texts": float(len(unique_texts)),
-            "oom_retries": float(self.batcher.oom_count - oom_before),
-            "token_budget": float(self.batcher.budget),
-        }
-        scores = np.einsum("ij,ij->i", query_vectors[query_index], text_vectors[text_index])
-        return ScoreResult(
-            scores=scores.astype(np.float32, copy=False),
-            tokens=query_tokens + text_tokens,
-            device_seconds=clock.seconds,
-            extra=extra,
+
+@dataclass(frozen=True)
+class SideBatch:
+    task: Side
+    features: dict[str, Any]
+
+
+class EmbeddingModel:
+    """A bi-encoder's pipeline steps: each distinct query and text is embedded once, as a unit vector,
+    and a pair's score is the cosine of its two."""
+
+    def __init__(self, sentence_transformer: Any, target: ComputeTarget) -> None:
+        self.sentence_transformer = sentence_transformer
+        self.device = target.device
+        self.max_length: int = sentence_transformer.max_seq_length
+        # Learning a chunk's lengths calls a tokenizer on the tokenizing thread, while ``preprocess`` calls
+        # the model's own on the compute thread; a call reconfigures the tokenizer's Rust backend.
+        self._tokenizer = copy.deepcopy(sentence_transformer.tokenizer)
+
+    def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[SideText]:
+        return distinct_sides(queries, texts)
+
+    def tokenize(self, items: list[SideText]) -> SideChunk:
+        task = items[0][0]
+        prompt = self.prompt(task)
+        strings = [string for _, string in items]
+        encoded = self._tokenizer(
+            [prompt + string for string in strings] if prompt else strings,
+            truncation=True,
+            max_length=self.max_length,
         )
+        lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(strings))
+        return SideChunk(task, prompt, strings, lengths)
 
-    def embed(self, strings: list[str], task: Task, clock: ForwardClock) -> tuple[np.ndarray, int]:
-        """Unit-length float32 embeddings of ``strings`` (in order) and the tokens they took."""
-        prompt = self._prompt(task)
-        lengths = self.token_lengths([prompt + string for string in strings] if prompt else strings)
-        vectors = self.batcher.run(lengths, lambda batch: self._forward(strings, batch, task, prompt, clock))
-        return vectors, int(lengths.sum())
+    def collate(self, chunk: SideChunk, rows: np.ndarray) -> SideBatch:
+        from sentence_transformers.util import batch_to_device
 
-    def token_lengths(self, strings: Sequence[str]) -> np.ndarray:
-        """Tokens of each string after truncation, special tokens included."""
-        encoded = self.model.tokenizer(list(strings), truncation=True, max_length=self._max_length)
-        return np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(strings))
+        features = self.sentence_transformer.preprocess(
+            [chunk.strings[row] for row in rows], prompt=chunk.prompt or None, task=chunk.task
+        )
+        return SideBatch(chunk.task, batch_to_device(features, self.device))
 
-    def describe(self) -> dict[str, str]:
+    def forward(self, batch: SideBatch) -> torch.Tensor:
+        embeddings: torch.Tensor = self.sentence_transformer(batch.features, task=batch.task)[
+            "sentence_embedding"
+        ]
+        return embeddings
+
+    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
+        embeddings = outputs.float()
+        if self.sentence_transformer.truncate_dim is not None:
+            embeddings = embeddings[:, : self.sentence_transformer.truncate_dim]
+        return torch.nn.functional.normalize(embeddings, p=2, dim=1).cpu().numpy()
+
+    def describe(self, token_budget: int) -> dict[str, str]:
         return {
-            "kind": self.spec.kind,
-            "name": self.spec.name,
-            "device": str(self.target.device),
-            "dtype": describe_dtype(self.target.dtype),
-            "max_length": str(self._max_length),
+            "max_length": str(self.max_length),
             "activation": "cosine similarity",
-            "query_prompt": self._prompt("query"),
-            "document_prompt": self._prompt("document"),
-            "token_budget": str(self.batcher.max_budget),
+            "query_prompt": self.prompt("query"),
+            "document_prompt": self.prompt("document"),
+            "token_budget": str(token_budget),
             "library": f"sentence-transformers {version('sentence-transformers')}",
         }
 
-    def _prompt(self, task: Task) -> str:
+    def prompt(self, task: Side) -> str:
         # Same choice as encode_query/encode_document: the task's own prompt, else the default one.
-        prompts: dict[str, str] = self.model.prompts
+        prompts: dict[str, str] = self.sentence_transformer.prompts
         if task in prompts:
             return prompts[task]
-        default_name = self.model.default_prompt_name
+        default_name = self.sentence_transformer.default_prompt_name
         return prompts.get(default_name, "") if default_name else ""
 
-    def _forward(
-        self, strings: list[str], batch: np.ndarray, task: Task, prompt: str, clock: ForwardClock
-    ) -> np.ndarray:
-        from sentence_transformers.util import batch_to_device
 
-        features = self.model.preprocess(
-            [strings[index] for index in batch], prompt=prompt or None, task=task
-        )
-        features = batch_to_device(features, self.target.device)
-        with torch.inference_mode():
-            with clock.measure():
-                embeddings = self.model(features, task=task)["sentence_embedding"]
-            embeddings = embeddings.float()
-            if self.model.truncate_dim is not None:
-                embeddings = embeddings[:, : self.model.truncate_dim]
-            embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
-        return embeddings.cpu().numpy()
-
-
-def load_embedding(spec: ModelSpec, settings: Settings) -> EmbeddingReranker:
+def load_embedding(spec: ModelSpec, settings: Settings) -> LocalReranker[EmbeddingModel]:
     """Load ``spec`` as a sentence-transformers bi-encoder on the configured device and dtype."""
     from sentence_transformers import SentenceTransformer
 
@@ -146,4 +139,4 @@ def load_embedding(spec: ModelSpec, settings: Settings) -> EmbeddingReranker:
         raise ModelLoadError(
             f"embedding model {spec.name!r} declares no maximum input length; set RERANK_MAX_LENGTH"
         )
-    return EmbeddingReranker(spec, model, target)
+    return LocalReranker(spec, EmbeddingModel(model, target), target)

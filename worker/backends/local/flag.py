@@ -1,4 +1,5 @@
-"""FlagEmbedding rerankers (the bge-reranker family): FlagEmbedding loads them, our batcher runs them.
+"""FlagEmbedding rerankers (the bge-reranker family): FlagEmbedding loads them, the shared local pipeline
+(``pipeline``) runs them.
 
 FlagEmbedding's ``compute_score`` is deliberately not called. In 1.4.2 every call first runs its first
 batch as a probe for its own batch-size search (so scoring one of our batches would cost two forward
@@ -10,9 +11,11 @@ scores against ``compute_score``.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Protocol
 
@@ -22,10 +25,9 @@ import torch
 from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
-from worker.backends.base import ScoreResult
-from worker.backends.local.batching import TokenBudgetBatcher, unique_pairs
-from worker.backends.local.compute_thread import runs_on_compute_thread
-from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype, resolve_compute
+from worker.backends.local.device import ComputeTarget, resolve_compute
+from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
+from worker.backends.local.pipeline import LocalReranker
 
 ENCODER_ONLY = "encoder-only-base"
 DECODER_ONLY = "decoder-only-base"
@@ -41,7 +43,11 @@ Features = dict[str, torch.Tensor]
 
 
 class InputFormat(Protocol):
-    """How one family of FlagEmbedding rerankers turns pairs into token ids and a batch into logits."""
+    """How one family of FlagEmbedding rerankers turns pairs into token ids and a batch into logits.
+
+    ``encode`` runs on the pipeline's tokenizing thread while ``collate`` and ``logits`` run on the compute
+    thread, so the two sides share no tokenizer state. Another FlagEmbedding model class is another format.
+    """
 
     max_length: int
 
@@ -56,20 +62,20 @@ class EncoderOnlyFormat:
     """BaseReranker: [CLS] query [SEP] passage [SEP], query cut first, logit of a classification head."""
 
     def __init__(self, tokenizer: Any, max_length: int, query_max_length: int) -> None:
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # pads batches on the compute thread
+        # Encoding calls reconfigure a Hugging Face tokenizer's Rust backend: a private copy for ``encode``.
+        self._encoder = copy.deepcopy(tokenizer)
         self.max_length = max_length
         self.query_max_length = query_max_length
 
     def encode(self, pairs: list[list[str]]) -> list[dict[str, list[int]]]:
         from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 
-        query_ids, passage_ids = _tokenize_sides(
-            self.tokenizer, pairs, self.query_max_length, self.max_length
-        )
+        query_ids, passage_ids = _tokenize_sides(self._encoder, pairs, self.query_max_length, self.max_length)
         return [
             dict(
                 prepare_for_model_compat(
-                    self.tokenizer,
+                    self._encoder,
                     query,
                     passage,
                     truncation="only_second",
@@ -99,7 +105,7 @@ class DecoderOnlyFormat:
 
     def __init__(self, flag_model: Any, max_length: int, query_max_length: int) -> None:
         tokenizer = flag_model.tokenizer
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # once loaded, only ``encode`` calls it: no copy needed
         self.max_length = max_length
         self.query_max_length = query_max_length
         self.yes_id: int = flag_model.yes_loc
@@ -154,72 +160,56 @@ class DecoderOnlyFormat:
         return output.logits[:, -1, self.yes_id]
 
 
-class FlagReranker:
-    """Scores pairs with a FlagEmbedding reranker's raw logit (``normalize=False``)."""
+@dataclass(frozen=True)
+class EncodedPairs:
+    """A chunk's pairs as FlagEmbedding encodes them, one item of token ids per pair."""
+
+    items: list[dict[str, list[int]]]
+    lengths: np.ndarray
+
+
+class FlagModel:
+    """A FlagEmbedding reranker's pipeline steps; the score is its raw logit (``normalize=False``)."""
 
     def __init__(
-        self,
-        spec: ModelSpec,
-        flag_model: Any,
-        model_class: str,
-        input_format: InputFormat,
-        target: ComputeTarget,
+        self, flag_model: Any, model_class: str, input_format: InputFormat, target: ComputeTarget
     ) -> None:
-        self.spec = spec
-        self.target = target
-        self.model_class = model_class
-        self.batcher = TokenBudgetBatcher(target.token_budget)
         self.flag_model = flag_model  # kept alive: its __del__ moves the model back to the CPU
-        self._format = input_format
+        self.model_class = model_class
+        self.input_format = input_format
+        self.device = target.device
 
-    @runs_on_compute_thread
-    def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Score pair i = (queries[i], texts[i]); identical pairs are computed once. Runs on the
-        process's compute thread, so calls from several threads take turns."""
-        pairs, inverse = unique_pairs(queries, texts)
-        if not pairs:
-            return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
-        items = self._format.encode(self.flag_model.get_detailed_inputs(pairs))
-        lengths = np.fromiter((len(item["input_ids"]) for item in items), dtype=np.int64, count=len(items))
-        clock = ForwardClock(self.target.device)
-        oom_before = self.batcher.oom_count
-        unique_scores = self.batcher.run(lengths, lambda batch: self._forward(items, batch, clock))
-        extra = {
-            "unique_pairs": float(len(pairs)),
-            "oom_retries": float(self.batcher.oom_count - oom_before),
-            "token_budget": float(self.batcher.budget),
-        }
-        return ScoreResult(
-            scores=unique_scores[inverse].astype(np.float32, copy=False),
-            tokens=int(lengths.sum()),
-            device_seconds=clock.seconds,
-            extra=extra,
+    def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[Pair]:
+        return distinct_pairs(queries, texts)
+
+    def tokenize(self, items: list[Pair]) -> EncodedPairs:
+        encoded = self.input_format.encode(self.flag_model.get_detailed_inputs(items))
+        lengths = np.fromiter(
+            (len(item["input_ids"]) for item in encoded), dtype=np.int64, count=len(encoded)
         )
+        return EncodedPairs(encoded, lengths)
 
-    def describe(self) -> dict[str, str]:
+    def collate(self, chunk: EncodedPairs, rows: np.ndarray) -> Features:
+        features = self.input_format.collate([chunk.items[row] for row in rows])
+        return {name: tensor.to(self.device) for name, tensor in features.items()}
+
+    def forward(self, batch: Features) -> torch.Tensor:
+        return self.input_format.logits(self.flag_model.model, batch)
+
+    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
+        return outputs.float().cpu().numpy()
+
+    def describe(self, token_budget: int) -> dict[str, str]:
         return {
-            "kind": self.spec.kind,
-            "name": self.spec.name,
-            "device": str(self.target.device),
-            "dtype": describe_dtype(self.target.dtype),
-            "max_length": str(self._format.max_length),
+            "max_length": str(self.input_format.max_length),
             "activation": "none (raw logit)",
             "flag_model_class": self.model_class,
-            "token_budget": str(self.batcher.max_budget),
+            "token_budget": str(token_budget),
             "library": f"FlagEmbedding {version('FlagEmbedding')}",
         }
 
-    def _forward(
-        self, items: list[dict[str, list[int]]], batch: np.ndarray, clock: ForwardClock
-    ) -> np.ndarray:
-        features = self._format.collate([items[index] for index in batch])
-        features = {name: tensor.to(self.target.device) for name, tensor in features.items()}
-        with torch.inference_mode(), clock.measure():
-            logits = self._format.logits(self.flag_model.model, features)
-        return logits.float().cpu().numpy()
 
-
-def load_flag(spec: ModelSpec, settings: Settings) -> FlagReranker:
+def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
     """Load ``spec`` through ``FlagAutoReranker`` on the configured device and dtype."""
     target = resolve_compute(settings)
     path = spec.resolve_path()
@@ -261,7 +251,7 @@ def load_flag(spec: ModelSpec, settings: Settings) -> FlagReranker:
         input_format = EncoderOnlyFormat(flag_model.tokenizer, max_length, query_max_length)
     else:
         input_format = DecoderOnlyFormat(flag_model, max_length, query_max_length)
-    return FlagReranker(spec, flag_model, model_class, input_format, target)
+    return LocalReranker(spec, FlagModel(flag_model, model_class, input_format, target), target)
 
 
 def flag_model_class(spec: ModelSpec) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-Pair = tuple[str, str]
+from worker.backends.local.distinct import Pair
 
 
 @dataclass(frozen=True)

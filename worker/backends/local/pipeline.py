@@ -1,0 +1,180 @@
+"""The scoring pipeline every local model runs through; a model brings only its own steps.
+
+``score`` takes the distinct items of a call (``distinct``), cuts each part into growing chunks,
+tokenizes chunk k + 1 on a background thread while chunk k runs through the model in length-sorted
+batches under the token budget (``TokenBudgetBatcher``: out-of-memory halves the budget and retries,
+progress is reported per batch), times the forward passes on the device clock, and builds the
+``ScoreResult``. It runs on the process's compute thread, so calls from several threads take turns.
+
+A model implements ``LocalModel``, in the spirit of a pre-process / core / post-process split:
+
+- ``distinct(queries, texts)``: which items it computes, from ``distinct`` (``distinct_pairs`` for a
+  model that reads a pair at once, ``distinct_sides`` for a bi-encoder);
+- ``tokenize(items)``: a chunk with ``lengths`` (tokens per item, which decide the batches) and whatever
+  ``collate`` needs. It runs on the background thread while ``collate`` and ``forward`` run on the compute
+  thread, so it must share no mutable state with them (use a private copy of a Hugging Face tokenizer:
+  its calls reconfigure the shared Rust backend);
+- ``collate(chunk, rows)``: the device inputs of one batch of a chunk's rows;
+- ``forward(batch)``: the model's raw outputs, one row per item (the only step the device clock times);
+- ``postprocess(outputs)``: float32 rows on the host (a score, or a vector for a bi-encoder);
+- ``describe(token_budget)``: the model's entries of ``Reranker.describe`` after kind, name, device and
+  dtype.
+
+To add a local backend: write a module with such a model and a loader ``load_<kind>(spec, settings)`` that
+loads the weights on ``resolve_compute(settings)`` and returns ``LocalReranker(spec, model, target)``; then
+add one ``LocalKind("<kind>", "worker.backends.local.<module>:load_<kind>", "<summary>")`` line to
+``core/kinds.py``. ``worker.backends.load_reranker`` calls the loader on the compute thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import closing
+from functools import partial
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+import torch
+
+from core.model_spec import ModelSpec
+from worker.backends.base import ScoreResult
+from worker.backends.local.batching import TokenBudgetBatcher
+from worker.backends.local.compute_thread import runs_on_compute_thread
+from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype
+from worker.backends.local.distinct import Distinct
+from worker.backends.local.overlap import growing_chunks, one_ahead
+
+# Items in the first chunk: a budget's worth of 64-token items, at least 256, so the device starts soon.
+MIN_FIRST_CHUNK = 256
+FIRST_CHUNK_TOKENS_PER_ITEM = 64
+
+
+class Tokenized(Protocol):
+    """A tokenized chunk; ``lengths`` (tokens per item, after truncation) decide the batches."""
+
+    @property
+    def lengths(self) -> np.ndarray: ...
+
+
+ItemT = TypeVar("ItemT")
+ChunkT = TypeVar("ChunkT", bound=Tokenized)
+BatchT = TypeVar("BatchT")
+ModelT = TypeVar("ModelT", bound="LocalModel[Any, Any, Any]")
+
+
+class LocalModel(Protocol[ItemT, ChunkT, BatchT]):
+    """One kind of local model, as the steps ``score`` runs (see the module docstring)."""
+
+    def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[ItemT]:
+        """The distinct items of a call; raises ``ValueError`` when queries and texts do not pair up."""
+        ...
+
+    def tokenize(self, items: list[ItemT]) -> ChunkT:
+        """Tokenize a chunk of items from one part; runs on the background thread."""
+        ...
+
+    def collate(self, chunk: ChunkT, rows: np.ndarray) -> BatchT:
+        """The model inputs of ``rows`` (indices into the chunk) on the device."""
+        ...
+
+    def forward(self, batch: BatchT) -> torch.Tensor:
+        """Raw model outputs, one row per batch row."""
+        ...
+
+    def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
+        """``forward``'s outputs as float32 rows on the host."""
+        ...
+
+    def describe(self, token_budget: int) -> dict[str, str]:
+        """The model's own entries of ``Reranker.describe``."""
+        ...
+
+
+@runs_on_compute_thread
+def score(
+    model: LocalModel[Any, Any, Any],
+    queries: Sequence[str],
+    texts: Sequence[str],
+    *,
+    batcher: TokenBudgetBatcher,
+    device: torch.device,
+    first_chunk: int,
+    overlap: bool = True,
+) -> ScoreResult:
+    """Score pair i = (queries[i], texts[i]) with ``model``; identical inputs are computed once.
+
+    With ``overlap=False`` each chunk is tokenized on the compute thread just before it runs.
+    """
+    distinct = model.distinct(queries, texts)
+    if distinct.count == 0:
+        return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
+    clock = ForwardClock(device)
+    chunks = [
+        (part, part_items[start:stop])
+        for part, part_items in enumerate(distinct.parts)
+        for start, stop in growing_chunks(len(part_items), first_chunk)
+    ]
+    tokenized = one_ahead([partial(model.tokenize, items) for _, items in chunks], overlap=overlap)
+    rows: list[list[np.ndarray]] = [[] for _ in distinct.parts]
+    tokens = 0
+    with closing(tokenized):  # on an error, stop the tokenizing thread before the error leaves
+        for (part, _), chunk in zip(chunks, tokenized, strict=True):
+            lengths = chunk.lengths
+            rows[part].append(batcher.run(lengths, partial(_run_batch, model, chunk, clock=clock)))
+            tokens += int(lengths.sum())
+    scores = distinct.combine([np.concatenate(part_rows) for part_rows in rows])
+    return ScoreResult(
+        scores=scores.astype(np.float32, copy=False), tokens=tokens, device_seconds=clock.seconds
+    )
+
+
+def _run_batch(
+    model: LocalModel[Any, ChunkT, Any], chunk: ChunkT, rows: np.ndarray, clock: ForwardClock
+) -> np.ndarray:
+    with torch.inference_mode():
+        batch = model.collate(chunk, rows)
+        with clock.measure():
+            outputs = model.forward(batch)
+        return model.postprocess(outputs)
+
+
+class LocalReranker(Generic[ModelT]):
+    """A ``Reranker`` made of a local model and the shared pipeline. The batcher, and so the token budget
+    it learns, lives as long as the loaded model."""
+
+    def __init__(
+        self, spec: ModelSpec, model: ModelT, target: ComputeTarget, *, overlap: bool = True
+    ) -> None:
+        self.spec = spec
+        self.model = model
+        self.target = target
+        self.batcher = TokenBudgetBatcher(target.token_budget)
+        self.overlap = overlap
+        self.first_chunk = first_chunk_size(target.token_budget)
+
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
+        """Score pair i = (queries[i], texts[i]); identical inputs are computed once. Runs on the
+        process's compute thread, so calls from several threads take turns."""
+        return score(
+            self.model,
+            queries,
+            texts,
+            batcher=self.batcher,
+            device=self.target.device,
+            first_chunk=self.first_chunk,
+            overlap=self.overlap,
+        )
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "kind": self.spec.kind,
+            "name": self.spec.name,
+            "device": str(self.target.device),
+            "dtype": describe_dtype(self.target.dtype),
+            **self.model.describe(self.batcher.max_budget),
+        }
+
+
+def first_chunk_size(token_budget: int) -> int:
+    """Items in a call's first chunk: enough to fill the first batches, few enough to start soon."""
+    return max(MIN_FIRST_CHUNK, token_budget // FIRST_CHUNK_TOKENS_PER_ITEM)
