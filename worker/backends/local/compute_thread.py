@@ -39,7 +39,8 @@ def on_compute_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwarg
     if is_compute_thread():
         return function(*args, **kwargs)
     context = contextvars.copy_context()
-    return _executor.submit(context.run, function, *args, **kwargs).result()
+    call = functools.partial(function, *args, **kwargs)
+    return _executor.submit(context.run, call).result()
 
 
 def runs_on_compute_thread(function: Callable[P, T]) -> Callable[P, T]:

@@ -19,7 +19,7 @@ for is honoured.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ def use_batched_matmul_attention(model: nn.Module) -> bool:
         return False
     try:
         register()
-        model.set_attn_implementation(ATTENTION)
+        cast(Any, model).set_attn_implementation(ATTENTION)  # a transformers model, typed as its nn.Module
     except (ImportError, ValueError):  # no pluggable attention, or refused for this model's code
         return False
     return attention_of(model) == ATTENTION
@@ -87,4 +87,4 @@ def use_batched_matmul_attention(model: nn.Module) -> bool:
 def restore_attention(model: nn.Module) -> None:
     """Undo ``use_batched_matmul_attention``."""
     if attention_of(model) == ATTENTION:
-        model.set_attn_implementation(REPLACES)
+        cast(Any, model).set_attn_implementation(REPLACES)
