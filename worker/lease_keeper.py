@@ -68,8 +68,8 @@ class LeaseGuard:
     """The progress sink an attempt scores under: counts the pairs the reranker reports and, at the
     first report after ``keeper`` lost the lease, stops the scoring with ``LeaseLostError``.
 
-    ``pairs`` is what the reranker reported (distinct pairs of a local model; for an embedding model
-    its distinct queries and texts, so it can exceed the pairs asked for). ``seconds`` runs from the
+    ``pairs`` and ``tokens`` are what the reranker reported (distinct pairs of a local model; for an
+    embedding model its distinct queries and texts, so it can exceed the pairs asked for). ``seconds`` runs from the
     guard's creation, just before scoring starts, to the last report: how long the attempt kept its
     model busy on batches that finished."""
 
@@ -78,11 +78,13 @@ class LeaseGuard:
         self._clock = clock
         self._started = clock()
         self.pairs = 0
+        self.tokens = 0
         self.seconds = 0.0
         self.stopped = False
 
-    def advance(self, pairs: int) -> None:
+    def advance(self, pairs: int, tokens: int = 0) -> None:
         self.pairs += max(pairs, 0)
+        self.tokens += max(tokens, 0)
         self.seconds = self._clock() - self._started
         if self._keeper.lost:
             self.stopped = True

@@ -144,8 +144,8 @@ def _record_lost_lease(
 ) -> ShardOutcome:
     """The attempt stopped scoring because a newer attempt took over its lease: record what it
     consumed until then, once, and publish nothing (its staged file is discarded). An API model's
-    request rows come with the error its reranker raised, and carry its tokens; a local model reports
-    pairs only, so its attempt row has the pairs it scored and the seconds its model was busy on them."""
+    request rows come with the error its reranker raised, and carry its tokens; a local model's attempt
+    row has the pairs and tokens of the batches it finished and the seconds its model was busy on them."""
     requests = error.requests if isinstance(error, ProviderError) else ()
     runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, usage.worker, usage.model, requests)
     seconds = time.monotonic() - clock
@@ -154,6 +154,8 @@ def _record_lost_lease(
         model=usage.model,
         device=usage.device,
         pairs=min(guard.pairs, ref.pairs),
+        # API models keep their tokens on the request rows, so that sums count them once.
+        tokens=0 if requests else guard.tokens,
         device_seconds=0.0 if requests else guard.seconds,
         wall_seconds=seconds,
     )

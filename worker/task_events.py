@@ -61,7 +61,7 @@ class ShardProgress:
         self.pairs_sent = 0
         self._sent_at: float | None = None
 
-    def advance(self, pairs: int) -> None:
+    def advance(self, pairs: int, tokens: int = 0) -> None:
         self.pairs_done = min(self.pairs_total, self.pairs_done + max(pairs, 0))
         if self.pairs_done <= self.pairs_sent:
             return

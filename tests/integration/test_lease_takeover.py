@@ -72,7 +72,7 @@ def test_an_api_attempt_whose_lease_was_taken_over_stops_at_its_next_request(
             class TakeOverAtFirstAnswer:
                 second: ShardOutcome | None = None
 
-                def advance(self, pairs: int) -> None:
+                def advance(self, pairs: int, tokens: int = 0) -> None:
                     if self.second is None:
                         with ThreadPoolExecutor(max_workers=1) as other_worker:
                             self.second = other_worker.submit(take_over).result()

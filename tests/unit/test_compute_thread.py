@@ -60,7 +60,7 @@ class _ThreadsSeen:
         self.threads: set[int] = set()
         self.pairs = 0
 
-    def advance(self, pairs: int) -> None:
+    def advance(self, pairs: int, tokens: int = 0) -> None:
         self.threads.add(threading.get_ident())
         self.pairs += pairs
 

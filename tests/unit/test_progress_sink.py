@@ -12,12 +12,12 @@ class Recorder:
         self.name = name
         self.heard = heard
 
-    def advance(self, pairs: int) -> None:
+    def advance(self, pairs: int, tokens: int = 0) -> None:
         self.heard.append((self.name, pairs))
 
 
 class Refuses:
-    def advance(self, pairs: int) -> None:
+    def advance(self, pairs: int, tokens: int = 0) -> None:
         raise LookupError(f"stop after {pairs}")
 
 

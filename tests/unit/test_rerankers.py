@@ -103,7 +103,7 @@ class CountingSink:
     def __init__(self) -> None:
         self.items = 0
 
-    def advance(self, pairs: int) -> None:
+    def advance(self, pairs: int, tokens: int = 0) -> None:
         self.items += pairs
 
 

@@ -48,6 +48,7 @@ class WordOverlapReranker:
         self.batch_size = batch_size
         self.seconds_per_batch = seconds_per_batch
         self.scored = 0
+        self.tokens = 0
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
         scores: list[float] = []
@@ -59,10 +60,12 @@ class WordOverlapReranker:
             batch = list(zip(queries[start:stop], texts[start:stop], strict=True))
             time.sleep(self.seconds_per_batch)
             scores.extend(word_overlap(query, text) for query, text in batch)
-            tokens += sum(len(query.split()) + len(text.split()) for query, text in batch)
+            batch_tokens = sum(len(query.split()) + len(text.split()) for query, text in batch)
+            tokens += batch_tokens
             busy += time.perf_counter() - began
             self.scored += len(batch)
-            report_progress(len(batch))
+            self.tokens += batch_tokens
+            report_progress(len(batch), batch_tokens)
         return ScoreResult(np.array(scores, dtype=np.float32), tokens=tokens, device_seconds=busy)
 
     def describe(self) -> dict[str, str]:
@@ -140,7 +143,7 @@ class TakeOverAtFirstReport:
         self._take_over = take_over
         self.second: ShardOutcome | None = None
 
-    def advance(self, pairs: int) -> None:
+    def advance(self, pairs: int, tokens: int = 0) -> None:
         if self.second is None:
             with ThreadPoolExecutor(max_workers=1) as other_worker:  # a thread of its own, no sinks
                 self.second = other_worker.submit(self._take_over).result()
@@ -201,7 +204,7 @@ def test_an_attempt_whose_lease_was_taken_over_stops_at_its_next_batch_and_publi
         "worker-1",
     )
     assert lost.pairs == first.scored
-    assert lost.tokens == 0  # a local model's progress reports carry pairs, not tokens
+    assert lost.tokens == first.tokens > 0  # the tokens of the batches it finished
     assert 0 < lost.device_seconds <= lost.wall_seconds
     assert (done.attempt, done.request_index, done.outcome, done.worker) == (2, 0, "ok", "worker-2")
     assert done.pairs == ref.pairs

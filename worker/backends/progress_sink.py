@@ -1,8 +1,9 @@
 """Where a reranker tells whoever is listening that it scored some more pairs.
 
-A reranker calls ``report_progress(n)`` each time it has scored ``n`` more pairs: after each batch of a
-local model (its distinct pairs; the distinct queries and texts of an embedding model), after each
-answered request of an API model. Nothing listens unless the worker installed a sink for the task
+A reranker calls ``report_progress(n, tokens)`` each time it has scored ``n`` more pairs: after each
+batch of a local model (its distinct pairs, or the distinct queries and texts of an embedding model, and
+the tokens the batch fed the model), after each answered request of an API model (whose tokens are on
+its request's usage record instead). Nothing listens unless the worker installed a sink for the task
 running in this thread (``listen``/``listening``), so benchmarks and tests that call a reranker directly
 pay one context-variable lookup per batch.
 
@@ -22,19 +23,20 @@ from typing import Protocol
 
 
 class ProgressSink(Protocol):
-    def advance(self, pairs: int) -> None:
-        """``pairs`` more pairs are scored. Raising here stops the scoring with that exception."""
+    def advance(self, pairs: int, tokens: int = 0) -> None:
+        """``pairs`` more pairs are scored, feeding the model ``tokens`` tokens (0 where unknown).
+        Raising here stops the scoring with that exception."""
         ...
 
 
 _sinks: ContextVar[tuple[ProgressSink, ...]] = ContextVar("progress_sinks", default=())
 
 
-def report_progress(pairs: int) -> None:
+def report_progress(pairs: int, tokens: int = 0) -> None:
     """Tell every listening sink, in the order they were installed, that ``pairs`` more pairs are
-    scored. An exception a sink raises propagates to the reranker's caller."""
+    scored with ``tokens`` tokens. An exception a sink raises propagates to the reranker's caller."""
     for sink in _sinks.get():
-        sink.advance(pairs)
+        sink.advance(pairs, tokens)
 
 
 def listen(sink: ProgressSink | None) -> None:

@@ -90,7 +90,7 @@ class TokenBudgetBatcher:
                 results = np.empty((len(lengths), *batch_result.shape[1:]), dtype=batch_result.dtype)
             results[batch] = batch_result
             start += len(batch)
-            report_progress(len(batch))
+            report_progress(len(batch), int(lengths[batch].sum()))
             self._after_clean_batch()
         if results is None:
             return np.empty(0, dtype=np.float32)
