@@ -69,9 +69,9 @@ class LeaseGuard:
     first report after ``keeper`` lost the lease, stops the scoring with ``LeaseLostError``.
 
     ``pairs`` and ``tokens`` are what the reranker reported (distinct pairs of a local model; for an
-    embedding model its distinct queries and texts, so it can exceed the pairs asked for). ``seconds`` runs from the
-    guard's creation, just before scoring starts, to the last report: how long the attempt kept its
-    model busy on batches that finished."""
+    embedding model its distinct queries and texts, so it can exceed the pairs asked for). ``seconds``
+    runs from the guard's creation, just before scoring starts, to the last report: how long the
+    attempt kept its model busy on batches that finished."""
 
     def __init__(self, keeper: LeaseKeeper, clock: Callable[[], float] = time.monotonic) -> None:
         self._keeper = keeper
