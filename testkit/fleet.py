@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import redis
 
@@ -41,6 +43,15 @@ def local_worker_env(root: Path, redis_url: str, prefix: str, **rerank: str) -> 
         heartbeat_s="1",
         **rerank,
     )
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME`` as a module, without running its ``main`` (to read its parser, say)."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), SCRIPTS / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_script(

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from core.settings import Settings
-from testkit.fleet import REPO, clean_env, run_script
-from tests.integration.test_submit_cli import _load_script
+from testkit.fleet import REPO, clean_env, load_script, run_script
 
 README = (REPO / "README.md").read_text()
 DEMO_COMMAND = "bash scripts/setup.sh && .venv/bin/python scripts/demo.py"
@@ -29,7 +28,7 @@ def test_every_setting_is_documented() -> None:
 
 @pytest.mark.parametrize("script", ["submit.py", "workers.py"])
 def test_every_flag_is_documented(script: str) -> None:
-    parser = _load_script(script).build_parser()
+    parser = load_script(script).build_parser()
     for action in parser._actions:
         for option in action.option_strings:
             if option.startswith("--") and option != "--help":

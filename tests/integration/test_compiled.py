@@ -6,18 +6,14 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from torch._dynamo.utils import counters
 
 from testkit.fleet import REPO, clean_env
 from testkit.model_factory import build_tiny_cross_encoder
 from testkit.model_factory import load_cross_encoder_on_cpu as load
-from worker.backends.local import compiled as compiled_module
-from worker.backends.local.compiled import wants_compile
 
 PAIRS = [
     ("what is a cat", "A cat is a small domesticated carnivorous mammal."),
@@ -35,24 +31,6 @@ TEXTS = [text for _, text in PAIRS]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("compiled") / "tiny-cross-encoder")
-
-
-@pytest.mark.parametrize(
-    ("setting", "device", "avx512", "expected"),
-    [
-        ("auto", "cpu", True, True),
-        ("auto", "cpu", False, False),
-        ("auto", "cuda", True, False),
-        ("on", "cuda", False, True),
-        ("on", "cpu", False, True),
-        ("off", "cpu", True, False),
-    ],
-)
-def test_auto_compiles_on_avx512_cpus_only(
-    monkeypatch: pytest.MonkeyPatch, setting: Any, device: str, avx512: bool, expected: bool
-) -> None:
-    monkeypatch.setattr(compiled_module, "cpu_has_avx512", lambda: avx512)
-    assert wants_compile(setting, torch.device(device)) is expected
 
 
 def test_compiled_scores_match_eager_with_one_graph_for_every_batch_shape(model_dir: Path) -> None:

@@ -3,9 +3,7 @@ message, and nothing enqueued, recorded or written."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +11,10 @@ import pytest
 
 from core.broker.url import connect
 from testkit import corpora
-from testkit.fleet import SCRIPTS, clean_env, run_script
+from testkit.fleet import clean_env, run_script
+
+# tests/integration/test_api_config.py imports it from here
+from testkit.fleet import load_script as _load_script
 
 
 def _keys(redis_url: str, prefix: str) -> list[bytes]:
@@ -96,14 +97,6 @@ def test_gpus_without_a_gpu_is_a_clear_error(tmp_path: Path, flag: str) -> None:
     result = run_script("workers.py", "--model", "cross-encoder:m", "--gpus", flag, env=env)
     assert result.returncode == 2
     assert "no CUDA GPU is visible" in result.stderr and "--cpu" in result.stderr
-
-
-def _load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), SCRIPTS / name)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("script", ["submit.py", "workers.py"])
