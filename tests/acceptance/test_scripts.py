@@ -42,3 +42,24 @@ def test_bench_incremental_smoke_rescores_only_the_changed_documents() -> None:
     assert re.search(r"^only changed rescored\s+yes \(15 scored, 15 changed\)$", out, re.MULTILINE)
     assert re.search(r"^output identical\s+yes ", out, re.MULTILINE)
     assert "not judged in a smoke run" in out
+
+
+def test_bench_api_smoke_keeps_under_the_limit_and_scores_every_pair_once() -> None:
+    result = run_script("bench_api.py", "--smoke", env=clean_env(), timeout=300)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr[-3000:]
+    _figure(r"^2 workers x 2 in flight, limits 10 requests and ([\d,]+) tokens per 2s window", out)
+    scored = _figure(r"^([\d,]+) requests scored in ([\d.]+)s; (\d+) full windows from the first:$", out)
+    # 200 pairs at 5 documents a request; 40 requests at 10 a window need at least 3 windows.
+    assert _number(scored[1]) == 40 and int(scored[3]) >= 3
+    assert float(scored[2]) >= 3 * 2.0
+    windows = re.findall(r"^  window \d+:\s+(\d+) requests \(\s*([\d.]+)% of limit\)", out, re.MULTILINE)
+    assert len(windows) == int(scored[3])
+    for requests, share in windows:
+        assert 0 < int(requests) <= 10 and float(share) == pytest.approx(int(requests) * 10)
+    achieved = _figure(r"^achieved: ([\d.]+)% of the request limit .*lowest window ([\d.]+)%\)", out)
+    assert 50 <= float(achieved[1]) <= 100 and float(achieved[2]) <= float(achieved[1])
+    busiest = _figure(r"busiest 2s span: (\d+) requests, .*over the limit: (\d+); 429s sent: (\d+)$", out)
+    assert int(busiest[1]) <= 10 and (busiest[2], busiest[3]) == ("0", "0")
+    pairs = "pairs: 200 in the corpus, 200 in the output, 200 scored by the server"
+    assert f"{pairs}: every pair scored exactly once" in out
