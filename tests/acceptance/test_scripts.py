@@ -3,7 +3,9 @@ print figures that add up."""
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,42 @@ def test_bench_api_smoke_keeps_under_the_limit_and_scores_every_pair_once() -> N
     assert int(busiest[1]) <= 10 and (busiest[2], busiest[3]) == ("0", "0")
     pairs = "pairs: 200 in the corpus, 200 in the output, 200 scored by the server"
     assert f"{pairs}: every pair scored exactly once" in out
+
+
+def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> None:
+    figures_path = tmp_path / "bench.json"
+    result = run_script(
+        "bench.py",
+        "--smoke",
+        "--cache-dir",
+        str(tmp_path / "models"),
+        "--json",
+        str(figures_path),
+        env=clean_env(),
+        timeout=600,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    figures = json.loads(figures_path.read_text())
+    assert figures["mode"] == "smoke"
+    model = figures["tiny"]
+    assert model["pairs"] == 60 and 10 < model["tokens_per_pair"] < 512 and model["model_gflop"] > 0
+    contenders = {(row["kind"], row["dtype"]): row for row in model["contenders"]}
+    assert {kind for kind, _ in contenders} == {"ours", "sentence-transformers", "flagembedding"}
+    for row in contenders.values():
+        assert row["pairs"] == 60 and row["pairs_per_s"] > 0 and row["load_seconds"] > 0
+        assert row["pairs_per_s"] == pytest.approx(60 / row["seconds"])
+        assert row["peak_rss_bytes"] >= row["baseline_rss_bytes"] > 0
+    # The float32 runs score the same pairs with the same model as the reference: they must agree.
+    for key in (("ours", "float32"), ("flagembedding", "float32")):
+        agreement = contenders[key]["agreement"]
+        assert agreement["spearman_min"] > 0.999 and agreement["top_k_same"] == 1.0, key
+        assert agreement["max_abs_diff"] < 1e-4, key
+    assert contenders[("sentence-transformers", "float32")]["agreement"] is None  # the reference
+    assert all(gflops > 0 for gflops in figures["matmul_peak_gflops"].values())
+    pipeline = figures["pipeline"]
+    assert pipeline["run"]["pairs"] == 60 and pipeline["run"]["shards"] == 2
+    assert pipeline["run"]["wall_seconds"] > pipeline["run"]["ledger_wall_seconds"] > 0
+    assert pipeline["in_process_pairs_per_s"] > 0 and 0 < pipeline["wall_ratio"] < pipeline["ledger_ratio"]
+    assert "pipeline vs in-process: not judged in a smoke run" in out
+    assert re.search(r"^benchmark took \d+s$", out, re.MULTILINE)
