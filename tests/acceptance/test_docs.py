@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -36,7 +37,8 @@ def test_every_flag_is_documented(script: str) -> None:
 
 
 def test_demo_scores_the_example_with_the_embedded_broker(tmp_path: Path) -> None:
-    """README's first command, without the setup step that the test run itself already needed."""
+    """README's first command, without the setup step that the test run itself already needed; then
+    status.py and cost.py, as the README goes on, read the demo's run from its ledger."""
     env = clean_env(data_dir=str(tmp_path / "data"))
     result = run_script("demo.py", env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -49,6 +51,15 @@ def test_demo_scores_the_example_with_the_embedded_broker(tmp_path: Path) -> Non
     assert ": completed" in out and "25 scored of 25" in out
     # the embedded redis-server the demo started is stopped again
     assert not (tmp_path / "data" / "redis" / "url").exists()
+
+    run_id = out.split("\nrun ", 1)[1].split(":", 1)[0]
+    status = run_script("status.py", env=env)  # the latest run
+    assert status.returncode == 0, status.stderr
+    assert f"run {run_id}: completed" in status.stdout and "25 scored of 25" in status.stdout
+    cost = run_script("cost.py", "--run", run_id, "--by", "model", "--format", "json", env=env)
+    assert cost.returncode == 0, cost.stderr
+    [row] = json.loads(cost.stdout)
+    assert (row["model"], row["pairs"], row["requests"]) == ("embedding:all-MiniLM-L6-v2", 25, 0)
 
 
 def test_readme_documents_every_ledger_column() -> None:

@@ -5,11 +5,41 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from testkit.fleet import clean_env, run_script
+from testkit.fleet import REPO, SCRIPTS, clean_env, run_script
+
+TESTS = REPO / "tests"
+
+
+def test_every_script_is_run_by_a_test() -> None:
+    """A new script comes with a test that runs it: some test names it as a string, as run_script takes
+    it (a guard against forgetting one; what each run checks is up to its test)."""
+    sources = "\n".join(path.read_text() for path in TESTS.rglob("*.py"))
+    scripts = sorted(path.name for path in SCRIPTS.iterdir() if path.suffix in (".py", ".sh"))
+    assert len(scripts) >= 11, scripts
+    assert [name for name in scripts if f'"{name}"' not in sources] == []
+
+
+def test_setup_sh_does_nothing_once_set_up() -> None:
+    """The README's commands start with scripts/setup.sh, which must be safe to run again: once the
+    environment matches pyproject.toml it changes nothing. Run where the tests use the .venv it makes."""
+    venv = REPO / ".venv"
+    if Path(sys.prefix).resolve() != venv.resolve():
+        pytest.skip(f"these tests run in {sys.prefix}, not in the {venv} that scripts/setup.sh manages")
+    stamps = sorted(venv.glob(".installed-*"))
+    assert len(stamps) == 1, stamps
+    stamped = stamps[0].stat().st_mtime_ns
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "setup.sh")], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    # A reinstall would have replaced the stamp of the installed pyproject.toml.
+    assert sorted(venv.glob(".installed-*")) == stamps and stamps[0].stat().st_mtime_ns == stamped
 
 
 def _figure(pattern: str, text: str) -> re.Match[str]:
