@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -69,6 +71,18 @@ def run_script(
         timeout=timeout,
         check=False,
     )
+
+
+def run_scripts_at_once(
+    calls: Sequence[tuple[str, Sequence[str], dict[str, str]]], timeout: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
+    """``run_script(name, *args, env=env)`` for each call, all at once: for checks that each start a
+    script (mostly its imports) and need not wait for one another. Results in the order of ``calls``."""
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        futures = [
+            pool.submit(run_script, name, *args, env=env, timeout=timeout) for name, args, env in calls
+        ]
+        return [future.result() for future in futures]
 
 
 @dataclass
