@@ -113,7 +113,9 @@ def test_a_contender_runs_in_its_own_process(tiny_dir: Path, words: list[str], t
     corpus = synthetic_corpus(words, n_queries=2, docs_per_query=10, seed=4)
     corpus_file = corpus.write_parquet(tmp_path / "corpus.parquet")
 
-    with Contender("ours", tiny_dir, corpus_file, tmp_path, "cpu", "float32", [0], 300) as contender:
+    # Uncompiled, like every test but tests/integration/test_compiled.py (compiling costs 10-30 s).
+    contender = Contender("ours", tiny_dir, corpus_file, tmp_path, "cpu", "float32", [0], 300, "off")
+    with contender:
         contender.score_once()
         contender.score_once(record=False, pairs=10)  # the pipeline's in-process side, on a head
         contender.score_once()
