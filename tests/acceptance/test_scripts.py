@@ -115,18 +115,22 @@ def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> N
     assert figures["mode"] == "smoke"
     model = figures["tiny"]
     assert model["pairs"] == 60 and 10 < model["tokens_per_pair"] < 512 and model["model_gflop"] > 0
-    contenders = {(row["kind"], row["dtype"]): row for row in model["contenders"]}
-    assert {kind for kind, _ in contenders} == {"ours", "sentence-transformers", "flagembedding"}
-    for row in contenders.values():
+    rows = model["contenders"]
+    assert {row["kind"] for row in rows} == {"ours", "sentence-transformers", "flagembedding"}
+    for row in rows:
         assert row["pairs"] == 60 and row["pairs_per_s"] > 0 and row["load_seconds"] > 0
         assert row["pairs_per_s"] == pytest.approx(60 / row["seconds"])
         assert row["peak_rss_bytes"] >= row["baseline_rss_bytes"] > 0
-    # The float32 runs score the same pairs with the same model as the reference: they must agree.
-    for key in (("ours", "float32"), ("flagembedding", "float32")):
-        agreement = contenders[key]["agreement"]
-        assert agreement["spearman_min"] > 0.999 and agreement["top_k_same"] == 1.0, key
-        assert agreement["max_abs_diff"] < 1e-4, key
-    assert contenders[("sentence-transformers", "float32")]["agreement"] is None  # the reference
+    [reference] = [row for row in rows if row["kind"] == "sentence-transformers"]
+    assert reference["dtype"] == "float32" and reference["agreement"] is None
+    # Every other float32 run scores the same pairs with the same model as the reference: they agree.
+    # (On CPU that is ours at float32 and FlagReranker; on CUDA FlagReranker runs in fp16.)
+    float32 = [row for row in rows if row is not reference and row["dtype"] == "float32"]
+    assert "ours" in {row["kind"] for row in float32}
+    for row in float32:
+        agreement = row["agreement"]
+        assert agreement["spearman_min"] > 0.999 and agreement["top_k_same"] == 1.0, row["label"]
+        assert agreement["max_abs_diff"] < 1e-4, row["label"]
     assert all(gflops > 0 for gflops in figures["matmul_peak_gflops"].values())
     pipeline = figures["pipeline"]
     assert pipeline["run"]["pairs"] == 60 and pipeline["run"]["shards"] == 2
