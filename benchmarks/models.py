@@ -57,7 +57,9 @@ class ModelShape:
 
 MINILM_L6 = ModelShape("minilm-l6", "ms-marco-MiniLM-L-6-v2 shape", "bert", 6, 384, 12, 1536, 30522, 512)
 BGE_M3 = ModelShape("bge-m3", "bge-reranker-v2-m3 shape", "xlm-roberta", 24, 1024, 16, 4096, 250002, 514)
-SHAPES = {shape.key: shape for shape in (MINILM_L6, BGE_M3)}
+# For smoke runs (scripts/bench.py --smoke): every step of the benchmark in seconds, no figure worth reading.
+TINY = ModelShape("tiny", "tiny XLM-R shape (smoke runs)", "xlm-roberta", 2, 32, 2, 64, 30522, 514)
+SHAPES = {shape.key: shape for shape in (MINILM_L6, BGE_M3, TINY)}
 
 
 @dataclass(frozen=True)

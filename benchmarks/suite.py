@@ -13,6 +13,7 @@ same kind of corpus through submit.py and one worker against the in-process scor
 out-of-memory adaptation of the token budget. Built models are cached under data/bench-models.
 
 Examples:
+  python scripts/bench.py --smoke        # seconds: a tiny random model, 60 pairs; checks the script runs
   python scripts/bench.py --quick        # about a minute: the MiniLM shape, 60 pairs, a smoke run
   python scripts/bench.py                # the numbers: both shapes, more pairs, three rounds of MiniLM
   python scripts/bench.py --models minilm-l6 --pairs 6000 --rounds 3 --json bench.json
@@ -49,7 +50,7 @@ from worker.backends.local.device import cpu_has_native_bf16
 DOCS_PER_QUERY = 30
 # Pairs the score head is fitted to: the trained MiniLM body is cheap to run; the random bge-m3-shaped
 # body only needs its logits spread, and each of its forward passes is 30 times the work.
-HEAD_PAIRS = {"minilm-l6": 256, "bge-m3": 32}
+HEAD_PAIRS = {"minilm-l6": 256, "bge-m3": 32, "tiny": 32}
 TIMEOUT_S = 3600.0
 REFERENCE = "sentence-transformers"
 LABELS = {
@@ -95,7 +96,13 @@ class Plan:
     pipeline_seconds: float | None = None
 
 
+# Smoke runs: a tiny random model through every step (two pipeline shards), in seconds. Ours runs at
+# float32 too: bf16 rounding scrambles the ranking of a tiny random model, float32 must match the reference.
+SMOKE_PLAN = Plan({"tiny": ModelPlan(60, 1, True)}, 60, 30, concurrent_start=True, compile_mode="off")
+
 PLANS = {
+    ("smoke", "cpu"): SMOKE_PLAN,
+    ("smoke", "cuda"): SMOKE_PLAN,
     ("quick", "cpu"): Plan(
         {"minilm-l6": ModelPlan(60, 1, False)}, 60, 2000, concurrent_start=True, compile_mode="off"
     ),
@@ -141,7 +148,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scripts/bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="a smoke run that finishes in about a minute")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", action="store_true", help="a smoke run that finishes in about a minute")
+    modes.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every step on a tiny random-weight model and 60 pairs, in seconds: checks that the benchmark "
+        "runs; its figures and verdicts say nothing about real models",
+    )
     parser.add_argument("--models", help=f"comma-separated, from {', '.join(SHAPES)} (default: per mode)")
     parser.add_argument("--pairs", type=int, help="pairs per model and for the pipeline (default: per mode)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds per contender (default: per mode)")
@@ -166,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cpus = parse_cpus(args.cpus) if args.cpus else sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cpus)  # the pipeline's children inherit it
-    mode = "quick" if args.quick else "full"
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     plan = PLANS[(mode, device)]
     keys = args.models.split(",") if args.models else list(plan.models)
     started = time.perf_counter()
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 peaks,
                 plan,
                 pipeline_pairs if with_pipeline else None,
-                quick=args.quick,
+                quick=mode != "full",
             )
             if pipeline is not None:
                 figures["pipeline"] = pipeline
@@ -529,7 +543,8 @@ def print_targets(figures: dict[str, object], key: str | None) -> None:
         return
     rows = model["contenders"]
     ours = rows[0]
-    print(f"\ntargets ({key}, ours at RERANK_DTYPE=auto = {ours['dtype']}):")
+    smoke = " (a smoke run on a tiny random model: not a verdict on anything)" if key == "tiny" else ""
+    print(f"\ntargets ({key}, ours at RERANK_DTYPE=auto = {ours['dtype']}){smoke}:")
     for kind, name in (
         ("sentence-transformers", "CrossEncoder.predict"),
         ("flagembedding", "FlagReranker.compute_score"),
@@ -557,8 +572,11 @@ def print_targets(figures: dict[str, object], key: str | None) -> None:
                 verdict(f"top-10 unchanged in >= 97% of queries ({row['dtype']})", f"{top:.1%}", top >= 0.97)
             )
     pipeline = figures.get("pipeline")
-    if isinstance(pipeline, dict) and figures.get("mode") == "quick":
-        print("  pipeline vs in-process: not judged in a quick run, whose few pairs leave start-up dominant")
+    if isinstance(pipeline, dict) and figures.get("mode") in ("quick", "smoke"):
+        print(
+            f"  pipeline vs in-process: not judged in a {figures['mode']} run, whose few pairs leave "
+            "start-up dominant"
+        )
     elif isinstance(pipeline, dict):
         for basis in ("wall", "ledger"):
             ratio = pipeline[f"{basis}_ratio"]

@@ -5,10 +5,12 @@ requests and a tokens limit per window and answers 429 past them, starts `script
 openai-rerank` with the same limits (real Celery worker processes), submits a synthetic corpus with
 `scripts/submit.py --wait`, and prints, per full window from the first request on, the requests and
 tokens the server scored as a share of its limits, the 429s it sent, and whether every pair was scored
-exactly once. Uses RERANK_BROKER_URL if set, else an embedded Redis in a temporary directory.
+exactly once. Exit code 0 when every pair was scored exactly once and no request went over the limit.
+Uses RERANK_BROKER_URL if set, else an embedded Redis in a temporary directory.
 
-Example:
+Examples:
   python scripts/bench_api.py --workers 4 --concurrency 4 --limit-requests 100 --window 10
+  python scripts/bench_api.py --smoke     # seconds: a few small windows
 """
 
 from __future__ import annotations
@@ -40,33 +42,76 @@ MODEL = "openai-rerank:bench"
 KEY = f"bench-{secrets.token_hex(8)}"
 
 
+# The benchmark's sizes; --smoke runs the same steps on a few windows' worth, in seconds.
+FULL = {
+    "workers": 4,
+    "concurrency": 4,
+    "limit_requests": 100,
+    "window": 10.0,
+    "queries": 300,
+    "docs": 10,
+    "max_documents": 5,
+    "shard_pairs": 200,
+}
+SMOKE = {
+    "workers": 2,
+    "concurrency": 2,
+    "limit_requests": 10,
+    "window": 2.0,
+    "queries": 40,
+    "docs": 5,
+    "max_documents": 5,
+    "shard_pairs": 50,
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--workers", type=int, default=4, help="API worker processes (default 4)")
-    parser.add_argument(
-        "--concurrency", type=int, default=4, help="requests in flight per worker (default 4)"
-    )
-    parser.add_argument("--limit-requests", type=int, default=100, help="requests per window (default 100)")
+
+    def sized(flag: str, kind: type, what: str) -> None:
+        key = flag.removeprefix("--").replace("-", "_")
+        parser.add_argument(
+            flag, type=kind, help=f"{what} (default {FULL[key]:g}; {SMOKE[key]:g} with --smoke)"
+        )
+
+    sized("--workers", int, "API worker processes")
+    sized("--concurrency", int, "requests in flight per worker")
+    sized("--limit-requests", int, "requests per window")
     parser.add_argument(
         "--limit-tokens",
         type=int,
         default=None,
         help="tokens per window (default: 1.5x what the requests need)",
     )
-    parser.add_argument("--window", type=float, default=10.0, help="rate window in seconds (default 10)")
-    parser.add_argument("--queries", type=int, default=300, help="queries in the corpus (default 300)")
-    parser.add_argument("--docs", type=int, default=10, help="documents per query (default 10)")
-    parser.add_argument("--max-documents", type=int, default=5, help="documents per request (default 5)")
+    sized("--window", float, "rate window in seconds")
+    sized("--queries", int, "queries in the corpus")
+    sized("--docs", int, "documents per query")
+    sized("--max-documents", int, "documents per request")
+    sized("--shard-pairs", int, "pairs per shard")
     parser.add_argument(
         "--latency", type=float, default=0.02, help="server seconds per request (default 0.02)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few windows' worth (2 workers, 10 requests per 2 s window, 200 pairs in 4 shards): the "
+        "whole benchmark end to end in seconds",
     )
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    for key, value in (SMOKE if args.smoke else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-api-") as scratch:
         return _bench(args, Path(scratch))
 
@@ -123,7 +168,7 @@ def _bench(args: argparse.Namespace, scratch: Path) -> int:
                     "--out",
                     str(out),
                     "--shard-pairs",
-                    "200",
+                    str(args.shard_pairs),
                     "--poll",
                     "0.5",
                 ]
@@ -140,12 +185,12 @@ def _bench(args: argparse.Namespace, scratch: Path) -> int:
         if submitted.returncode != 0:
             print(submitted.stderr[-3000:] + fleet.log()[-3000:], file=sys.stderr)
             return 1
-        _report(args, server, limit_tokens, corpus, pq.read_table(out), seconds)
+        sound = _report(args, server, limit_tokens, corpus, pq.read_table(out), seconds)
     finally:
         delete_prefixed(broker_url, prefix)
         if embedded is not None:
             embedded.stop()
-    return 0
+    return 0 if sound else 1
 
 
 def _tokens_per_request(corpus: object, max_documents: int) -> float:
@@ -162,7 +207,8 @@ def _report(
     corpus: object,
     scores: object,
     seconds: float,
-) -> None:
+) -> bool:
+    """Print the figures; True when every pair was scored exactly once and none went over the limit."""
     scored = sorted(server.scored(), key=lambda request: request.at)
     windows = _full_windows(scored, args.window)
     request_shares = [len(window) / args.limit_requests for window in windows]
@@ -202,6 +248,7 @@ def _report(
         f"pairs: {len(expected):,} in the corpus, {len(keys):,} in the output, {documents:,} scored by the "
         f"server: {'every pair scored exactly once' if once else 'MISMATCH'}"
     )
+    return once and server.over_limit == 0
 
 
 def _full_windows(scored: list[Received], window_s: float) -> list[list[Received]]:

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-pairs", type=int, default=1000, help="pairs per shard")
     parser.add_argument("--no-redis-restart", action="store_true", help="do not restart Redis halfway")
     parser.add_argument("--lease-s", type=float, default=4.0, help="RERANK_LEASE_S for the workers")
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="off",
+        help="RERANK_COMPILE for the workers (default off: the tiny model gains nothing from TorchInductor, "
+        "and every restarted worker would compile it again)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus and of the kill schedule")
     parser.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -155,6 +163,7 @@ def run_chaos(args: argparse.Namespace, site: ChaosSite) -> ChaosReport:
         "RERANK_DATA_DIR": str(root / "data"),
         "RERANK_BROKER_URL": broker_url,
         "RERANK_LEASE_S": str(args.lease_s),
+        "RERANK_COMPILE": args.compile,
         "RERANK_MAX_ATTEMPTS": "10",
         "RERANK_DTYPE": "float32",
         "RERANK_HEARTBEAT_S": "1",
@@ -180,7 +189,14 @@ def run_chaos(args: argparse.Namespace, site: ChaosSite) -> ChaosReport:
     deadline = started + args.timeout
     while not ledger.progress(run_id).finished:
         if time.monotonic() > deadline:
-            raise SystemExit(f"chaos run {run_id} did not finish within {args.timeout:.0f}s")
+            stuck = ", ".join(
+                f"{shard.shard_id} ({shard.status}, {shard.attempts} attempt(s))"
+                for shard in ledger.shards(run_id)
+                if shard.status != "done"
+            )
+            raise SystemExit(
+                f"chaos run {run_id} did not finish within {args.timeout:.0f}s; shards not done: {stuck}"
+            )
         done_before = ledger.progress(run_id).shards_done
         if kills < args.kills and _kill_a_busy_worker(ledger, run_id, fleet, rng):
             kills += 1
@@ -220,11 +236,21 @@ def _submit(env: dict[str, str], *args: str) -> str:
 def _kill_a_busy_worker(
     ledger: Ledger, run_id: str, fleet: subprocess.Popen[bytes], rng: random.Random
 ) -> bool:
-    holders = {shard.worker for shard in ledger.shards(run_id, statuses=["running"]) if shard.worker}
+    """SIGKILL a worker process in the middle of a shard attempt. A restarted worker keeps its name, and
+    the ledger shows its predecessor's attempt as running until the lease expires: only a process that
+    already lived when the attempt started can be the one holding it."""
+    attempts = [
+        (shard.worker, _utc(shard.started_at).timestamp())
+        for shard in ledger.shards(run_id, statuses=["running"])
+        if shard.worker and shard.started_at
+    ]
     children = [
         child
         for child in psutil.Process(fleet.pid).children()
-        if any(f"--hostname={holder}" in _cmdline(child) for holder in holders)
+        if any(
+            f"--hostname={worker}" in _cmdline(child) and _created(child) <= started
+            for worker, started in attempts
+        )
     ]
     if not children:
         return False
@@ -234,6 +260,19 @@ def _kill_a_busy_worker(
     except psutil.NoSuchProcess:
         return False
     return True
+
+
+def _utc(moment: datetime) -> datetime:
+    """SQLite hands back the ledger's UTC times without their zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def _created(process: psutil.Process) -> float:
+    """When the process started (epoch seconds), or infinity for one that just died."""
+    try:
+        return float(process.create_time())
+    except psutil.Error:
+        return float("inf")
 
 
 def _cmdline(process: psutil.Process) -> str:

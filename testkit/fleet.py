@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import redis
 
@@ -43,6 +47,19 @@ def local_worker_env(root: Path, redis_url: str, prefix: str, **rerank: str) -> 
     )
 
 
+def load_script(name: str) -> ModuleType:
+    """``scripts/NAME`` as a module, without running its ``main`` (to read its parser, say)."""
+    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), SCRIPTS / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
 def run_script(
     name: str, *args: str, env: dict[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
@@ -54,6 +71,18 @@ def run_script(
         timeout=timeout,
         check=False,
     )
+
+
+def run_scripts_at_once(
+    calls: Sequence[tuple[str, Sequence[str], dict[str, str]]], timeout: float = 300
+) -> list[subprocess.CompletedProcess[str]]:
+    """``run_script(name, *args, env=env)`` for each call, all at once: for checks that each start a
+    script (mostly its imports) and need not wait for one another. Results in the order of ``calls``."""
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        futures = [
+            pool.submit(run_script, name, *args, env=env, timeout=timeout) for name, args, env in calls
+        ]
+        return [future.result() for future in futures]
 
 
 @dataclass

@@ -19,13 +19,17 @@ TIERS = ("unit", "integration", "acceptance")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test carries the marker of its tier, the folder it lives in (``-m unit`` and so on)."""
+    """Each test carries the marker of its tier, the folder it lives in (``-m unit`` and so on), and the
+    tiers run fastest first, so that a whole run reports a broken unit long before the slow tiers end."""
     tests_dir = Path(__file__).parent
+    tiers = {}
     for item in items:
         tier = item.path.relative_to(tests_dir).parts[0]
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: every test lives in one of tests/{{{','.join(TIERS)}}}")
         item.add_marker(tier)
+        tiers[item.nodeid] = TIERS.index(tier)
+    items.sort(key=lambda item: tiers[item.nodeid])  # stable: each tier keeps its own order
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from benchmarks.agreement import agreement, average_ranks, spearman
 from benchmarks.contender import Contender
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
-from benchmarks.models import HEAD_LOGIT_STD, HEAD_SEED, ModelShape, build_model
+from benchmarks.models import HEAD_LOGIT_STD, HEAD_SEED, TINY, ModelShape, build_model
 from benchmarks.oom_demo import OomDemo, adapt_under_pressure
 from benchmarks.peak import affordable_sizes
 from benchmarks.report import ContenderRow, contender_table, oom_lines
@@ -26,8 +26,6 @@ from core.settings import Settings
 from testkit.model_factory import bert_tokenizer, build_tiny_cross_encoder
 from worker.backends import load_reranker
 from worker.backends.local.batching import TokenBudgetBatcher
-
-TINY_XLMR = ModelShape("tiny-xlmr", "tiny XLM-R", "xlm-roberta", 2, 32, 2, 64, 30522, 514)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +98,8 @@ def test_built_models_have_a_fitted_spread_head_and_are_cached(tmp_path: Path) -
     from sentence_transformers import CrossEncoder
 
     messages: list[str] = []
-    built = build_model(TINY_XLMR, tmp_path, head_pairs=64, log=messages.append)
-    again = build_model(TINY_XLMR, tmp_path, head_pairs=64, log=messages.append)
+    built = build_model(TINY, tmp_path, head_pairs=64, log=messages.append)
+    again = build_model(TINY, tmp_path, head_pairs=64, log=messages.append)
 
     assert again.path == built.path and len(messages) == 1
     assert "random weights" in built.description and "BERT WordPiece" in built.tokenizer_note
@@ -115,7 +113,9 @@ def test_a_contender_runs_in_its_own_process(tiny_dir: Path, words: list[str], t
     corpus = synthetic_corpus(words, n_queries=2, docs_per_query=10, seed=4)
     corpus_file = corpus.write_parquet(tmp_path / "corpus.parquet")
 
-    with Contender("ours", tiny_dir, corpus_file, tmp_path, "cpu", "float32", [0], 300) as contender:
+    # Uncompiled, like every test but tests/integration/test_compiled.py (compiling costs 10-30 s).
+    contender = Contender("ours", tiny_dir, corpus_file, tmp_path, "cpu", "float32", [0], 300, "off")
+    with contender:
         contender.score_once()
         contender.score_once(record=False, pairs=10)  # the pipeline's in-process side, on a head
         contender.score_once()

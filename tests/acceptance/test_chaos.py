@@ -20,6 +20,9 @@ def test_chaos_run_loses_and_duplicates_nothing() -> None:
         "300",
         "--seed",
         "1",
+        # A run takes well under a minute: fail with the shards not done, long before the test's timeout.
+        "--timeout",
+        "240",
         env=clean_env(),
         timeout=600,
     )

@@ -14,8 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from testkit.fleet import REPO
-from tests.integration.test_submit_cli import _load_script
+from testkit.fleet import REPO, load_script
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
 SCHEMA = REPO.parent / "shared" / "schemas" / "compose-spec.json"
@@ -108,7 +107,7 @@ def test_every_command_is_a_repo_script_that_accepts_its_flags(compose: dict[str
         assert isinstance(command, list) and command[:1] == ["python"], name
         script = REPO / command[1]
         assert script.parent == REPO / "scripts" and script.is_file(), (name, command[1])
-        module = _load_script(script.name)
+        module = load_script(script.name)
         options = module.build_parser()._option_string_actions
         # Exact flags only: argparse would also take an abbreviation that a later flag could make ambiguous.
         unknown = [arg for arg in command[2:] if arg.startswith("--") and arg.split("=")[0] not in options]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -9,8 +10,7 @@ import pytest
 
 from core.kinds import API_KINDS, LOCAL_KINDS
 from core.settings import Settings, api_field_name, api_variable
-from testkit.fleet import REPO, clean_env, run_script
-from tests.integration.test_submit_cli import _load_script
+from testkit.fleet import REPO, clean_env, load_script, run_script
 from worker.backends.api.registry import PROVIDERS
 
 README = (REPO / "README.md").read_text()
@@ -110,7 +110,7 @@ def test_the_settings_table_lists_every_setting_with_its_default() -> None:
 
 @pytest.mark.parametrize("script", ["submit.py", "workers.py"])
 def test_every_flag_is_documented(script: str) -> None:
-    parser = _load_script(script).build_parser()
+    parser = load_script(script).build_parser()
     for action in parser._actions:
         for option in action.option_strings:
             if option.startswith("--") and option != "--help":
@@ -118,7 +118,8 @@ def test_every_flag_is_documented(script: str) -> None:
 
 
 def test_demo_scores_the_example_with_the_embedded_broker(tmp_path: Path) -> None:
-    """README's first command, without the setup step that the test run itself already needed."""
+    """README's first command, without the setup step that the test run itself already needed; then
+    status.py and cost.py, as the README goes on, read the demo's run from its ledger."""
     env = clean_env(data_dir=str(tmp_path / "data"))
     result = run_script("demo.py", env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -131,6 +132,15 @@ def test_demo_scores_the_example_with_the_embedded_broker(tmp_path: Path) -> Non
     assert ": completed" in out and "25 scored of 25" in out
     # the embedded redis-server the demo started is stopped again
     assert not (tmp_path / "data" / "redis" / "url").exists()
+
+    run_id = out.split("\nrun ", 1)[1].split(":", 1)[0]
+    status = run_script("status.py", env=env)  # the latest run
+    assert status.returncode == 0, status.stderr
+    assert f"run {run_id}: completed" in status.stdout and "25 scored of 25" in status.stdout
+    cost = run_script("cost.py", "--run", run_id, "--by", "model", "--format", "json", env=env)
+    assert cost.returncode == 0, cost.stderr
+    [row] = json.loads(cost.stdout)
+    assert (row["model"], row["pairs"], row["requests"]) == ("embedding:all-MiniLM-L6-v2", 25, 0)
 
 
 def test_readme_documents_every_ledger_column() -> None:

@@ -5,19 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from torch._dynamo.utils import counters
 
 from testkit.fleet import REPO, clean_env
 from testkit.model_factory import build_tiny_cross_encoder
 from testkit.model_factory import load_cross_encoder_on_cpu as load
-from worker.backends.local import compiled as compiled_module
-from worker.backends.local.compiled import wants_compile
 
 PAIRS = [
     ("what is a cat", "A cat is a small domesticated carnivorous mammal."),
@@ -35,24 +32,6 @@ TEXTS = [text for _, text in PAIRS]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("compiled") / "tiny-cross-encoder")
-
-
-@pytest.mark.parametrize(
-    ("setting", "device", "avx512", "expected"),
-    [
-        ("auto", "cpu", True, True),
-        ("auto", "cpu", False, False),
-        ("auto", "cuda", True, False),
-        ("on", "cuda", False, True),
-        ("on", "cpu", False, True),
-        ("off", "cpu", True, False),
-    ],
-)
-def test_auto_compiles_on_avx512_cpus_only(
-    monkeypatch: pytest.MonkeyPatch, setting: Any, device: str, avx512: bool, expected: bool
-) -> None:
-    monkeypatch.setattr(compiled_module, "cpu_has_avx512", lambda: avx512)
-    assert wants_compile(setting, torch.device(device)) is expected
 
 
 def test_compiled_scores_match_eager_with_one_graph_for_every_batch_shape(model_dir: Path) -> None:
@@ -87,39 +66,69 @@ def test_compiled_bfloat16_stays_close_to_float32(model_dir: Path) -> None:
     np.testing.assert_allclose(compiled.score(QUERIES, TEXTS).scores, reference, atol=0.05, rtol=0)
 
 
-def load_in_child(model_dir: Path, tmp_path: Path, setting: str) -> subprocess.CompletedProcess[str]:
-    """Load and score in a fresh process whose C++ compiler does not exist and whose TorchInductor cache
-    is empty, so compiling really fails."""
-    script = textwrap.dedent(
-        f"""
-        import logging
-        import torch
-        # auto compiles only on AVX-512 CPUs: stand in for one, whatever this machine is.
-        torch.backends.cpu.get_cpu_capability = lambda: "AVX512"
-        logging.basicConfig(level=logging.WARNING)
-        from core.model_spec import ModelSpec
-        from worker.backends import load_reranker
-        from core.settings import Settings
-        reranker = load_reranker(ModelSpec.parse("cross-encoder:{model_dir}"), Settings())
-        print("compiled:", reranker.describe()["compiled"])
-        print("attention:", reranker.describe()["attention"])
-        print("scores:", len(reranker.score(["a query", "b"], ["a text", "c"]).scores))
-        """
-    )
-    # bf16, so that the attention switched for compiling must be switched back when compiling fails.
-    env = clean_env(compile=setting, device="cpu", dtype="bfloat16")
-    env.update(
-        {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
-    )
-    return subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+class Child:
+    """A fresh interpreter that loads and scores with a setting under which compiling really fails: its
+    C++ compiler does not exist and its TorchInductor cache is empty. Its output goes to files, so it
+    runs unattended until a test asks for its outcome."""
+
+    def __init__(self, model_dir: Path, scratch: Path, setting: str) -> None:
+        script = textwrap.dedent(
+            f"""
+            import logging
+            import torch
+            # auto compiles only on AVX-512 CPUs: stand in for one, whatever this machine is.
+            torch.backends.cpu.get_cpu_capability = lambda: "AVX512"
+            logging.basicConfig(level=logging.WARNING)
+            from core.model_spec import ModelSpec
+            from worker.backends import load_reranker
+            from core.settings import Settings
+            reranker = load_reranker(ModelSpec.parse("cross-encoder:{model_dir}"), Settings())
+            print("compiled:", reranker.describe()["compiled"])
+            print("attention:", reranker.describe()["attention"])
+            print("scores:", len(reranker.score(["a query", "b"], ["a text", "c"]).scores))
+            """
+        )
+        # bf16, so that the attention switched for compiling must be switched back when compiling fails.
+        env = clean_env(compile=setting, device="cpu", dtype="bfloat16")
+        env.update(
+            {"CXX": str(scratch / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(scratch / "cache")}
+        )
+        self.stdout, self.stderr = scratch / "stdout", scratch / "stderr"
+        with open(self.stdout, "wb") as stdout, open(self.stderr, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", script], cwd=REPO, env=env, stdout=stdout, stderr=stderr
+            )
+
+    def outcome(self, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        returncode = self.process.wait(timeout_s)
+        return subprocess.CompletedProcess(
+            self.process.args, returncode, self.stdout.read_text(), self.stderr.read_text()
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def uncompilable(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Child]]:
+    """The children for RERANK_COMPILE=auto and =on, started with the module: each spends tens of seconds
+    tracing and lowering the model before the missing compiler stops it, so they do that while the
+    in-process compiles run rather than one after another."""
+    children = {
+        setting: Child(model_dir, tmp_path_factory.mktemp(f"no-compiler-{setting}"), setting)
+        for setting in ("auto", "on")
+    }
+    yield children
+    for child in children.values():
+        child.stop()
 
 
 def test_auto_falls_back_to_eager_with_a_warning_when_it_cannot_compile(
-    model_dir: Path, tmp_path: Path
+    uncompilable: dict[str, Child],
 ) -> None:
-    child = load_in_child(model_dir, tmp_path, "auto")
+    child = uncompilable["auto"].outcome()
 
     assert child.returncode == 0, child.stderr[-3000:]
     assert "compiled: no" in child.stdout and "scores: 2" in child.stdout
@@ -127,8 +136,8 @@ def test_auto_falls_back_to_eager_with_a_warning_when_it_cannot_compile(
     assert "cannot compile cross-encoder" in child.stderr and "RERANK_COMPILE=off" in child.stderr
 
 
-def test_on_fails_the_load_when_it_cannot_compile(model_dir: Path, tmp_path: Path) -> None:
-    child = load_in_child(model_dir, tmp_path, "on")
+def test_on_fails_the_load_when_it_cannot_compile(uncompilable: dict[str, Child]) -> None:
+    child = uncompilable["on"].outcome()
 
     assert child.returncode != 0
     assert "ModelLoadError" in child.stderr and "RERANK_COMPILE=on" in child.stderr

@@ -1,43 +1,12 @@
+"""A worker that cannot load its model exits with the start-up failure code and is not restarted (the
+fleet's plan itself is tested in tests/unit/test_fleet_plan.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from core.errors import ConfigError, NoDeviceError
-from core.model_spec import ModelSpec
 from testkit.fleet import local_worker_env, run_script
-from worker.fleet.launcher import STARTUP_FAILED_EXIT, parse_gpus, plan_fleet
-
-SPEC = ModelSpec.parse("cross-encoder:org/model")
-
-
-def test_one_pinned_worker_per_gpu() -> None:
-    fleet = plan_fleet(SPEC, [0, 2], 0, "redis://h:1/0", "host", "INFO")
-    assert [p.name for p in fleet] == ["gpu0@host", "gpu2@host"]
-    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in fleet] == ["0", "2"]
-    for process in fleet:
-        assert process.env["RERANK_WORKER_MODEL"] == str(SPEC)
-        assert f"--queues={SPEC.queue}" in process.argv
-        assert "--concurrency=1" in process.argv and "--task-events" in process.argv
-
-
-def test_cpu_workers_hide_gpus_and_share_cores() -> None:
-    fleet = plan_fleet(SPEC, None, 2, "redis://h:1/0", "host", "INFO")
-    assert [p.name for p in fleet] == ["cpu0@host", "cpu1@host"]
-    assert all(p.env["CUDA_VISIBLE_DEVICES"] == "" and p.env["RERANK_DEVICE"] == "cpu" for p in fleet)
-    assert all(int(p.env["OMP_NUM_THREADS"]) >= 1 for p in fleet)
-
-
-def test_parse_gpus() -> None:
-    assert parse_gpus("all", 4) == [0, 1, 2, 3]
-    assert parse_gpus("2,0", 4) == [0, 2]
-    with pytest.raises(NoDeviceError, match="no CUDA GPU is visible"):
-        parse_gpus("all", 0)
-    with pytest.raises(ConfigError, match=r"GPUs 0\.\.1"):
-        parse_gpus("0,5", 2)
-    with pytest.raises(ConfigError, match="expected 'all'"):
-        parse_gpus("first", 2)
+from worker.fleet.launcher import STARTUP_FAILED_EXIT
 
 
 def test_a_worker_that_cannot_load_its_model_exits_and_is_not_restarted(

@@ -3,9 +3,7 @@ message, and nothing enqueued, recorded or written."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +11,10 @@ import pytest
 
 from core.broker.url import connect
 from testkit import corpora
-from testkit.fleet import SCRIPTS, clean_env, run_script
+from testkit.fleet import clean_env, run_script, run_scripts_at_once
+
+# tests/integration/test_api_config.py imports it from here
+from testkit.fleet import load_script as _load_script
 
 
 def _keys(redis_url: str, prefix: str) -> list[bytes]:
@@ -53,30 +54,46 @@ def _bad_corpora(tmp: Path) -> dict[str, tuple[Path, list[str]]]:
 def test_every_bad_corpus_exits_2_and_leaves_nothing(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
-    data_dir = tmp_path / "data"
-    env = clean_env(data_dir=str(data_dir), broker_url=redis_url, redis_key_prefix=redis_prefix)
-    for name, (path, words) in _bad_corpora(tmp_path).items():
-        result = run_script("submit.py", str(path), "--model", "cross-encoder:some/model", "--wait", env=env)
+    """Each corpus is submitted with a data dir and key prefix of its own, all at once."""
+    cases = _bad_corpora(tmp_path)
+    places = {
+        name: (tmp_path / f"data-{index}", f"{redis_prefix}{index}:") for index, name in enumerate(cases)
+    }
+    calls = [
+        (
+            "submit.py",
+            [str(path), "--model", "cross-encoder:some/model", "--wait"],
+            clean_env(data_dir=str(places[name][0]), broker_url=redis_url, redis_key_prefix=places[name][1]),
+        )
+        for name, (path, _) in cases.items()
+    ]
+    for (name, (_, words)), result in zip(cases.items(), run_scripts_at_once(calls), strict=True):
         assert result.returncode == 2, (name, result.stderr)
         message = result.stderr.strip()
         assert message.startswith("error:") and "Traceback" not in message, (name, message)
         for word in words:
             assert word.lower() in message.lower(), (name, word, message)
+        data_dir, prefix = places[name]
         assert not data_dir.exists(), f"{name}: something was written"
-        assert _keys(redis_url, redis_prefix) == [], f"{name}: something was enqueued"
+        assert _keys(redis_url, prefix) == [], f"{name}: something was enqueued"
+    assert _keys(redis_url, redis_prefix) == []
 
 
 def test_missing_file_and_bad_flags(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
     env = clean_env(data_dir=str(tmp_path / "data"), broker_url=redis_url, redis_key_prefix=redis_prefix)
-    missing = run_script("submit.py", str(tmp_path / "nope.parquet"), "--model", "cross-encoder:m", env=env)
+    missing, no_model, out_without_wait, unknown_run, bad_kind = run_scripts_at_once(
+        [
+            ("submit.py", [str(tmp_path / "nope.parquet"), "--model", "cross-encoder:m"], env),
+            ("submit.py", [str(tmp_path / "nope.parquet")], env),
+            ("submit.py", ["x.parquet", "--model", "m", "--out", "o.parquet"], env),
+            ("submit.py", ["--resume", "no-such-run"], env),
+            ("submit.py", ["x.parquet", "--model", "bogus:thing"], env),
+        ]
+    )
     assert missing.returncode == 2 and "nope.parquet" in missing.stderr
-    no_model = run_script("submit.py", str(tmp_path / "nope.parquet"), env=env)
     assert no_model.returncode == 2 and "--model" in no_model.stderr
-    out_without_wait = run_script("submit.py", "x.parquet", "--model", "m", "--out", "o.parquet", env=env)
     assert out_without_wait.returncode == 2 and "--out needs --wait" in out_without_wait.stderr
-    unknown_run = run_script("submit.py", "--resume", "no-such-run", env=env)
     assert unknown_run.returncode == 2 and "no-such-run" in unknown_run.stderr
-    bad_kind = run_script("submit.py", "x.parquet", "--model", "bogus:thing", env=env)
     assert bad_kind.returncode == 2 and "unknown kind 'bogus'" in bad_kind.stderr
     assert not (tmp_path / "data" / "runs").exists()
 
@@ -96,14 +113,6 @@ def test_gpus_without_a_gpu_is_a_clear_error(tmp_path: Path, flag: str) -> None:
     result = run_script("workers.py", "--model", "cross-encoder:m", "--gpus", flag, env=env)
     assert result.returncode == 2
     assert "no CUDA GPU is visible" in result.stderr and "--cpu" in result.stderr
-
-
-def _load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name.removesuffix(".py"), SCRIPTS / name)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("script", ["submit.py", "workers.py"])

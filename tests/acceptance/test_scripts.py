@@ -1,0 +1,140 @@
+"""Every script in scripts/ runs under some test; the benchmarks run end to end in their smoke modes and
+print figures that add up."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testkit.fleet import REPO, SCRIPTS, clean_env, run_script
+
+TESTS = REPO / "tests"
+
+
+def test_every_script_is_run_by_a_test() -> None:
+    """A new script comes with a test that runs it: some test names it as a string, as run_script takes
+    it (a guard against forgetting one; what each run checks is up to its test)."""
+    sources = "\n".join(path.read_text() for path in TESTS.rglob("*.py"))
+    scripts = sorted(path.name for path in SCRIPTS.iterdir() if path.suffix in (".py", ".sh"))
+    assert len(scripts) >= 11, scripts
+    assert [name for name in scripts if f'"{name}"' not in sources] == []
+
+
+def test_setup_sh_does_nothing_once_set_up() -> None:
+    """The README's commands start with scripts/setup.sh, which must be safe to run again: once the
+    environment matches pyproject.toml it changes nothing. Run where the tests use the .venv it makes."""
+    venv = REPO / ".venv"
+    if Path(sys.prefix).resolve() != venv.resolve():
+        pytest.skip(f"these tests run in {sys.prefix}, not in the {venv} that scripts/setup.sh manages")
+    stamps = sorted(venv.glob(".installed-*"))
+    assert len(stamps) == 1, stamps
+    stamped = stamps[0].stat().st_mtime_ns
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "setup.sh")], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    # A reinstall would have replaced the stamp of the installed pyproject.toml.
+    assert sorted(venv.glob(".installed-*")) == stamps and stamps[0].stat().st_mtime_ns == stamped
+
+
+def _figure(pattern: str, text: str) -> re.Match[str]:
+    found = re.search(pattern, text, re.MULTILINE)
+    assert found is not None, f"{pattern!r} not in:\n{text}"
+    return found
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def test_bench_incremental_smoke_rescores_only_the_changed_documents() -> None:
+    result = run_script("bench_incremental.py", "--smoke", env=clean_env(), timeout=400)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr[-3000:]
+    corpus = _figure(r"^corpus\s+([\d,]+) pairs, ([\d,]+) documents changed \(5%\)$", out)
+    pairs, changed = _number(corpus[1]), _number(corpus[2])
+    assert (pairs, changed) == (300, 15)
+    full = _figure(r"^full run\s+([\d.]+)s\s+\(([\d,]+) pairs/s\)\s+([\d,]+) pairs scored$", out)
+    full_seconds = float(full[1])
+    assert full_seconds > 0 and _number(full[3]) == pairs
+    assert _number(full[2]) == pytest.approx(pairs / full_seconds, rel=0.1, abs=1)
+    incremental = _figure(
+        r"^incremental \(--reuse\)\s+([\d.]+)s\s+= ([\d.]+)% of the full run\s+([\d,]+) pairs scored$", out
+    )
+    assert _number(incremental[3]) == changed  # only the changed documents went to the workers
+    share = float(incremental[2]) / 100
+    assert share == pytest.approx(float(incremental[1]) / full_seconds, rel=0.1, abs=0.002)
+    rescored = _figure(r"^full re-score\s+([\d.]+)s\s+([\d,]+) pairs scored$", out)
+    assert float(rescored[1]) > 0 and _number(rescored[2]) == pairs
+    assert re.search(r"^only changed rescored\s+yes \(15 scored, 15 changed\)$", out, re.MULTILINE)
+    assert re.search(r"^output identical\s+yes ", out, re.MULTILINE)
+    assert "not judged in a smoke run" in out
+
+
+def test_bench_api_smoke_keeps_under_the_limit_and_scores_every_pair_once() -> None:
+    result = run_script("bench_api.py", "--smoke", env=clean_env(), timeout=300)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr[-3000:]
+    _figure(r"^2 workers x 2 in flight, limits 10 requests and ([\d,]+) tokens per 2s window", out)
+    scored = _figure(r"^([\d,]+) requests scored in ([\d.]+)s; (\d+) full windows from the first:$", out)
+    # 200 pairs at 5 documents a request; 40 requests at 10 a window need at least 3 windows.
+    assert _number(scored[1]) == 40 and int(scored[3]) >= 3
+    assert float(scored[2]) >= 3 * 2.0
+    windows = re.findall(r"^  window \d+:\s+(\d+) requests \(\s*([\d.]+)% of limit\)", out, re.MULTILINE)
+    assert len(windows) == int(scored[3])
+    for requests, share in windows:
+        assert 0 < int(requests) <= 10 and float(share) == pytest.approx(int(requests) * 10)
+    achieved = _figure(r"^achieved: ([\d.]+)% of the request limit .*lowest window ([\d.]+)%\)", out)
+    assert 50 <= float(achieved[1]) <= 100 and float(achieved[2]) <= float(achieved[1])
+    busiest = _figure(r"busiest 2s span: (\d+) requests, .*over the limit: (\d+); 429s sent: (\d+)$", out)
+    assert int(busiest[1]) <= 10 and (busiest[2], busiest[3]) == ("0", "0")
+    pairs = "pairs: 200 in the corpus, 200 in the output, 200 scored by the server"
+    assert f"{pairs}: every pair scored exactly once" in out
+
+
+def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> None:
+    figures_path = tmp_path / "bench.json"
+    result = run_script(
+        "bench.py",
+        "--smoke",
+        "--cache-dir",
+        str(tmp_path / "models"),
+        "--json",
+        str(figures_path),
+        env=clean_env(),
+        timeout=600,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    figures = json.loads(figures_path.read_text())
+    assert figures["mode"] == "smoke"
+    model = figures["tiny"]
+    assert model["pairs"] == 60 and 10 < model["tokens_per_pair"] < 512 and model["model_gflop"] > 0
+    rows = model["contenders"]
+    assert {row["kind"] for row in rows} == {"ours", "sentence-transformers", "flagembedding"}
+    for row in rows:
+        assert row["pairs"] == 60 and row["pairs_per_s"] > 0 and row["load_seconds"] > 0
+        assert row["pairs_per_s"] == pytest.approx(60 / row["seconds"])
+        assert row["peak_rss_bytes"] >= row["baseline_rss_bytes"] > 0
+    [reference] = [row for row in rows if row["kind"] == "sentence-transformers"]
+    assert reference["dtype"] == "float32" and reference["agreement"] is None
+    # Every other float32 run scores the same pairs with the same model as the reference: they agree.
+    # (On CPU that is ours at float32 and FlagReranker; on CUDA FlagReranker runs in fp16.)
+    float32 = [row for row in rows if row is not reference and row["dtype"] == "float32"]
+    assert "ours" in {row["kind"] for row in float32}
+    for row in float32:
+        agreement = row["agreement"]
+        assert agreement["spearman_min"] > 0.999 and agreement["top_k_same"] == 1.0, row["label"]
+        assert agreement["max_abs_diff"] < 1e-4, row["label"]
+    assert all(gflops > 0 for gflops in figures["matmul_peak_gflops"].values())
+    pipeline = figures["pipeline"]
+    assert pipeline["run"]["pairs"] == 60 and pipeline["run"]["shards"] == 2
+    assert pipeline["run"]["wall_seconds"] > pipeline["run"]["ledger_wall_seconds"] > 0
+    assert pipeline["in_process_pairs_per_s"] > 0 and 0 < pipeline["wall_ratio"] < pipeline["ledger_ratio"]
+    assert "pipeline vs in-process: not judged in a smoke run" in out
+    assert re.search(r"^benchmark took \d+s$", out, re.MULTILINE)
