@@ -47,7 +47,7 @@ class Sink:
     def __init__(self) -> None:
         self.reports: list[int] = []
 
-    def advance(self, pairs: int) -> None:
+    def advance(self, pairs: int, tokens: int = 0) -> None:
         self.reports.append(pairs)
 
 
