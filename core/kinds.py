@@ -9,8 +9,12 @@ tables to it.
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
+from typing import Any
+
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -161,3 +165,16 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
 LOCAL_KINDS: dict[str, LocalKind] = {entry.kind: entry for entry in LOCAL_KINDS_TABLE}
 API_KINDS: dict[str, ApiKind] = {entry.kind: entry for entry in API_KINDS_TABLE}
 KINDS: tuple[str, ...] = (*LOCAL_KINDS, *API_KINDS)
+
+
+def resolve(kind: str, role: str, reference: str) -> Any:
+    """What a registry reference ``module:attribute`` names (the ``role`` of ``kind``: its loader or
+    provider), imported now. Raises ``ConfigError`` naming the entry when it cannot be imported."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"model kind {kind!r} names {role} {reference!r}, which cannot be imported ({exc}); fix its "
+            "entry in core/kinds.py"
+        ) from None

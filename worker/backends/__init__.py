@@ -3,7 +3,6 @@ stays free of torch, sentence-transformers and FlagEmbedding (and API workers ne
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,14 +28,13 @@ def load_reranker(spec: ModelSpec, settings: Settings) -> Reranker:
 
 def _load_local(spec: ModelSpec, settings: Settings) -> Reranker:
     from core.errors import ModelSpecError
-    from core.kinds import LOCAL_KINDS
+    from core.kinds import LOCAL_KINDS, resolve
     from worker.backends.local.host_memory import keep_freed_host_memory
 
     entry = LOCAL_KINDS.get(spec.kind)
     if entry is None:
         raise ModelSpecError(f"no local backend for model kind {spec.kind!r} ({spec})")
     keep_freed_host_memory()  # local models: every batch's activations reuse the last one's host memory
-    module_name, _, function = entry.loader.partition(":")
-    loader = getattr(importlib.import_module(module_name), function)
+    loader = resolve(spec.kind, "loader", entry.loader)
     reranker: Reranker = loader(spec, settings)
     return reranker

@@ -3,24 +3,15 @@ built with its registry entry (kind, default base URL, key requirement, request 
 
 from __future__ import annotations
 
-import importlib
-
 from core.errors import ConfigError, ModelSpecError
-from core.kinds import API_KINDS, ApiKind
+from core.kinds import API_KINDS, ApiKind, resolve
 from worker.backends.api.provider import Provider
 
 
 def build_provider(entry: ApiKind) -> Provider:
     """The provider ``entry`` names, built with ``entry``. Raises ``ConfigError`` when the reference does
     not name a ``Provider`` class."""
-    module_name, _, class_name = entry.provider.partition(":")
-    try:
-        provider_class = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"API kind {entry.kind!r} names provider {entry.provider!r}, which cannot be imported "
-            f"({exc}); fix its entry in core/kinds.py"
-        ) from None
+    provider_class = resolve(entry.kind, "provider", entry.provider)
     if not (isinstance(provider_class, type) and issubclass(provider_class, Provider)):
         raise ConfigError(
             f"API kind {entry.kind!r}: {entry.provider!r} is not a Provider subclass; fix its entry in "
