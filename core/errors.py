@@ -59,3 +59,8 @@ class PermanentProviderError(ProviderError):
     """Raised when a hosted rerank API refused a request outright (a 4xx other than 429: bad key, unknown
     model, invalid input); retrying cannot help, so the shard fails at once. The message is the
     provider's own, with the API key removed: fix the key, the model name or the limits it names."""
+
+
+class StorageError(RerankError):
+    """Raised when a location (local path or storage URI) cannot be parsed, reached, read or written; the
+    message names the location, without credentials, and the reason: missing bucket, denied access."""

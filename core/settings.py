@@ -12,11 +12,12 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.errors import ModelSpecError
+from core.errors import ConfigError, ModelSpecError
 from core.kinds import API_KINDS, API_KINDS_TABLE, ApiKind
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -95,17 +96,40 @@ class Settings(_ApiKindSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
-    data_dir: Path = Field(
-        default=Path("data"),
-        description="Where runs, shard files, the embedded Redis and the default SQLite ledger live.",
+    data_dir: str = Field(
+        default="data",
+        description="Where runs live (shard inputs, shard scores): a local directory or a storage URI: "
+        "s3://bucket/prefix, gs://bucket/prefix, or any fsspec protocol (az://, abfs://, ...).",
     )
+    state_dir: Path | None = Field(
+        default=None,
+        description="Local directory of the embedded Redis and the default SQLite ledger. Unset: the data "
+        "dir when it is local, else ./data.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible store (http(s)://host:port) for s3:// locations. Unset: "
+        "AWS S3. Credentials come from the AWS_* variables, a profile or an instance role.",
+    )
+    s3_region: str | None = Field(default=None, description="Region of s3:// locations. Unset: the SDK's.")
     broker_url: str | None = Field(
         default=None,
-        description="Redis URL of the Celery broker. Unset: an embedded redis-server under the data dir.",
+        description="Redis URL of the Celery broker (redis:// or rediss:// for TLS). Unset: an embedded "
+        "redis-server under the state dir, on loopback only.",
+    )
+    broker_password_file: Path | None = Field(
+        default=None,
+        description="File holding the broker's password, put into RERANK_BROKER_URL when it has none.",
     )
     ledger_url: str | None = Field(
         default=None,
-        description="SQLAlchemy URL of the ledger. Unset: SQLite at <data_dir>/ledger.db.",
+        description="SQLAlchemy URL of the ledger (postgresql+psycopg://...?sslmode=verify-full across "
+        "machines). Unset: SQLite at <state dir>/ledger.db.",
+    )
+    ledger_password_file: Path | None = Field(
+        default=None,
+        description="File holding the ledger database's password, put into RERANK_LEDGER_URL when it has "
+        "none.",
     )
     redis_key_prefix: str = Field(
         default="rerank:",
@@ -227,6 +251,11 @@ class Settings(_ApiKindSettings):
         "Flower); 0: one after every batch.",
     )
 
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
     @field_validator("flower_user")
     @classmethod
     def _user_fits_basic_auth(cls, value: str) -> str:
@@ -242,12 +271,20 @@ class Settings(_ApiKindSettings):
         return value
 
     @property
-    def resolved_data_dir(self) -> Path:
-        return self.data_dir.expanduser().resolve()
+    def data_is_local(self) -> bool:
+        return "://" not in self.data_dir or self.data_dir.startswith("file://")
 
     @property
-    def runs_dir(self) -> Path:
-        return self.resolved_data_dir / "runs"
+    def resolved_data_dir(self) -> Path:
+        """The data dir as a local path (only meaningful when ``data_is_local``)."""
+        return Path(self.data_dir.removeprefix("file://")).expanduser().resolve()
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir.expanduser().resolve()
+        local = self.data_dir.removeprefix("file://") if self.data_is_local else "data"
+        return Path(local).expanduser().resolve()
 
     def api(self, kind: str) -> ApiEndpoint:
         """The base URL and key settings of API ``kind``. Raises ``ModelSpecError`` for a kind that is
@@ -265,9 +302,38 @@ class Settings(_ApiKindSettings):
 
     @property
     def resolved_ledger_url(self) -> str:
-        if self.ledger_url:
-            return self.ledger_url
-        return f"sqlite:///{self.resolved_data_dir / 'ledger.db'}"
+        """The ledger's URL, with the password from ``ledger_password_file`` when one is set."""
+        if not self.ledger_url:
+            return f"sqlite:///{self.resolved_state_dir / 'ledger.db'}"
+        return with_password(self.ledger_url, self.ledger_password_file, "RERANK_LEDGER_PASSWORD_FILE")
+
+    @property
+    def resolved_broker_url(self) -> str | None:
+        """The configured broker URL, with the password from ``broker_password_file``; None: embedded."""
+        if self.broker_url is None:
+            return None
+        return with_password(self.broker_url, self.broker_password_file, "RERANK_BROKER_PASSWORD_FILE")
+
+
+def with_password(url: str, password_file: Path | None, setting: str) -> str:
+    """``url`` with the password read from ``password_file`` put in, unless the URL already has one."""
+    if password_file is None:
+        return url
+    parts = urlsplit(url)
+    if parts.password:
+        return url
+    try:
+        password = password_file.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {password_file}: {exc.strerror}") from None
+    if not password:
+        raise ConfigError(f"{setting}: {password_file} is empty")
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,7 @@ from core.settings import Settings
 
 
 def embedded_broker(settings: Settings) -> EmbeddedRedis:
-    return EmbeddedRedis(settings.resolved_data_dir / "redis")
+    return EmbeddedRedis(settings.resolved_state_dir / "redis")
 
 
 def resolve_broker_url(settings: Settings) -> str:
