@@ -16,6 +16,7 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from storage.corpus import CorpusColumns, CorpusSummary
 from storage.ledger import Ledger, Run, RunStatus, Shard, ShardPlanRow, ShardStatus, utcnow
+from storage.location import Location, location_of
 from storage.shards.annotations import PairAnnotations
 from storage.shards.content_hash import scoring_fingerprint
 from storage.shards.inputs import write_shard_inputs
@@ -38,8 +39,12 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
+def runs_dir(settings: Settings) -> Path:
+    return settings.resolved_data_dir / "runs"
+
+
 def run_dir(settings: Settings, run_id: str) -> Path:
-    return settings.runs_dir / run_id
+    return runs_dir(settings) / run_id
 
 
 def shard_output_name(shard_id: int) -> str:
@@ -47,7 +52,7 @@ def shard_output_name(shard_id: int) -> str:
 
 
 def create_run(
-    corpus: Path,
+    corpus: Location,
     summary: CorpusSummary,
     spec: ModelSpec,
     columns: CorpusColumns,
@@ -64,12 +69,13 @@ def create_run(
     everything is removed again if writing them or recording the run fails."""
     run_id = new_run_id()
     final_dir = run_dir(settings, run_id)
-    staging = settings.runs_dir / f".staging-{run_id}"
+    staging = runs_dir(settings) / f".staging-{run_id}"
     try:
         plans = plan_shards(summary, shard_pairs)
         fingerprint = scoring_fingerprint(str(spec), settings.max_length)
         annotations = PairAnnotations(fingerprint, previous)
-        inputs = write_shard_inputs(corpus, columns, summary, plans, staging / INPUTS_DIRNAME, annotations)
+        inputs_dir = location_of(str(staging / INPUTS_DIRNAME), settings)
+        inputs = write_shard_inputs(corpus, columns, summary, plans, inputs_dir, annotations)
         reused = sum(shard.reused_pairs for shard in inputs)
         staging.rename(final_dir)
         data_dir = settings.resolved_data_dir
@@ -78,7 +84,7 @@ def create_run(
                 shard_id=shard.shard_id,
                 pairs=shard.n_pairs,
                 queries=shard.n_queries,
-                input_path=str((final_dir / INPUTS_DIRNAME / shard.path.name).relative_to(data_dir)),
+                input_path=str((final_dir / INPUTS_DIRNAME / shard.location.name).relative_to(data_dir)),
                 output_path=str((final_dir / shard_output_name(shard.shard_id)).relative_to(data_dir)),
             )
             for shard in inputs
@@ -87,7 +93,7 @@ def create_run(
             run_id=run_id,
             model=str(spec),
             queue=spec.queue,
-            corpus_path=str(corpus.resolve()),
+            corpus_path=corpus.uri,
             n_shards=len(rows),
             n_pairs=summary.n_pairs,
             n_queries=summary.n_queries,

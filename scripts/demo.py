@@ -27,6 +27,7 @@ from producer.cost_table import show_cost_table
 from producer.report import show_run_summary
 from storage.corpus import CorpusColumns, iter_pairs
 from storage.ledger import Ledger
+from storage.location import parse_location
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"
@@ -123,7 +124,7 @@ def print_run_cost(ledger: Ledger, settings: Settings, run_id: str) -> None:
 def print_top_results(corpus: Path, scores_path: Path, top: int) -> None:
     queries: dict[object, str] = {}
     texts: dict[tuple[object, object], str] = {}
-    for batch in iter_pairs(corpus, CorpusColumns()):
+    for batch in iter_pairs(parse_location(str(corpus)), CorpusColumns()):
         for query_id, query, doc_id, text in zip(
             *(batch.column(i).to_pylist() for i in range(4)), strict=True
         ):

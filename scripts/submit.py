@@ -41,6 +41,7 @@ from storage.corpus import CorpusColumns, validate_corpus
 from storage.ledger import Ledger
 from storage.ledger.schema import Run
 from storage.ledger.types import RunProgress
+from storage.location import location_of
 from storage.shards.scores import merge_scores, read_metadata
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -52,7 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("corpus", nargs="?", type=Path, help="the corpus Parquet file (long or nested form)")
+    parser.add_argument(
+        "corpus",
+        nargs="?",
+        help="the corpus: a Parquet file (long or nested form) or a directory of them, a local path or a "
+        "URI such as s3://bucket/prefix",
+    )
     parser.add_argument(
         "--model",
         help=f"reranker: kind:name, kind a local backend ({', '.join(LOCAL_KINDS)}) or a "
@@ -159,7 +165,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         shards = unfinished_shards(ledger, run.run_id) if args.resume else failed_shards(ledger, run.run_id)
     else:
         spec = ModelSpec.parse(args.model)
-        summary = validate_corpus(args.corpus, columns)
+        corpus = location_of(args.corpus, settings)
+        summary = validate_corpus(corpus, columns)
         ledger = Ledger(settings.resolved_ledger_url)
         reused_from, previous = (
             previous_scores(ledger, settings, spec, args.reuse) if args.reuse else (None, None)
@@ -168,7 +175,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         ledger.create_schema()
         shard_pairs = args.shard_pairs or settings.shard_pairs
         created = create_run(
-            args.corpus, summary, spec, columns, settings, ledger, shard_pairs, previous, reused_from
+            corpus, summary, spec, columns, settings, ledger, shard_pairs, previous, reused_from
         )
         run = ledger.get_run(created.run_id)
         assert run is not None

@@ -8,6 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.location import Location, parse_location
+
 WORDS = [
     "search",
     "index",
@@ -99,3 +101,8 @@ def nested_corpus(n_queries: int, docs_per_query: int, seed: int = 0) -> pa.Tabl
 def write(table: pa.Table, path: Path, row_group_size: int = 4096) -> Path:
     pq.write_table(table, path, row_group_size=row_group_size)
     return path
+
+
+def location(path: Path) -> Location:
+    """A local corpus file or directory as the corpus functions take it."""
+    return parse_location(str(path))

@@ -15,6 +15,7 @@ from core.model_spec import ModelSpec
 from storage.atomic import remove_stale_temporaries, staged
 from storage.ledger.leases import Busy, Closed
 from storage.ledger.types import AttemptUsage, utcnow
+from storage.location import parse_location
 from storage.shards.inputs import read_shard_input
 from storage.shards.scores import scores_table, write_staged_scores
 from worker.backends.progress_sink import listening
@@ -77,7 +78,7 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
         guard: LeaseGuard | None = None
         try:
             with LeaseKeeper(runtime.leases, ref.run_id, ref.shard_id, attempt) as keeper:
-                pairs = read_shard_input(input_file)
+                pairs = read_shard_input(parse_location(str(input_file)))
                 guard = LeaseGuard(keeper)
                 with listening(guard):  # stops the scoring at the next batch once the lease is lost
                     scored = score_shard_pairs(reranker, pairs)

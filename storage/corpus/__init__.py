@@ -1,6 +1,7 @@
-"""The corpus as the producer reads it: ``validate_corpus(path, columns)`` reads the file once
-(streaming) and raises ``CorpusError`` for any problem, or returns a ``CorpusSummary``; ``iter_pairs``
-streams the canonical pairs (``query_id, query, doc_id, text``) of either form.
+"""The corpus as the producer reads it: ``validate_corpus(location, columns)`` reads it once (streaming;
+one Parquet file or a directory of them, see ``source``) and raises ``CorpusError`` for any problem, or
+returns a ``CorpusSummary``; ``iter_pairs`` streams the canonical pairs (``query_id, query, doc_id,
+text``) of either form.
 
 What is made of a validated corpus (shard plans, shard inputs, scores) lives in ``storage.shards``.
 The implementation lives in the modules imported below, one concept each.

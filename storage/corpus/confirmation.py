@@ -7,21 +7,21 @@ duplicates and conflicts from hash collisions.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.corpus.keys import id_keys, pair_keys
 from storage.corpus.layout import CorpusLayout
-from storage.corpus.reader import iter_raw_batches, open_corpus, pairs_with_ids, to_pairs
+from storage.corpus.reader import iter_raw_batches, pairs_with_ids, to_pairs
+from storage.corpus.source import open_corpus
+from storage.location import Location
 
 _SHOWN_CHARS = 60
 
 
 def confirm_hash_hits(
-    path: Path,
+    corpus: Location,
     layout: CorpusLayout,
     seed: int,
     batch_rows: int,
@@ -31,18 +31,17 @@ def confirm_hash_hits(
     """Messages for the real duplicate pairs and real query-text conflicts behind the hash hits."""
     pair_hits: list[pa.Table] = []
     text_hits: list[pa.Table] = []
-    with open_corpus(path, layout.columns) as (parquet_file, _):
-        for raw in iter_raw_batches(parquet_file, layout, path, batch_rows):
-            pairs = pa.Table.from_batches([pairs_with_ids(to_pairs(raw.batch, layout))])
-            query_keys = id_keys(pairs.column("query_id"), seed)
-            doc_keys = id_keys(pairs.column("doc_id"), seed)
-            is_pair_hit = np.isin(pair_keys(query_keys, doc_keys, seed), duplicated_pair_hashes)
-            if is_pair_hit.any():
-                pair_hits.append(pairs.select(["query_id", "doc_id"]).filter(is_pair_hit))
-            is_text_hit = np.isin(query_keys, conflicted_query_keys)
-            if is_text_hit.any():
-                texts = pairs.select(["query_id", "query"]).filter(is_text_hit)
-                text_hits.append(texts.group_by(["query_id", "query"], use_threads=False).aggregate([]))
+    for raw in iter_raw_batches(open_corpus(corpus, layout.columns), batch_rows):
+        pairs = pa.Table.from_batches([pairs_with_ids(to_pairs(raw.batch, layout))])
+        query_keys = id_keys(pairs.column("query_id"), seed)
+        doc_keys = id_keys(pairs.column("doc_id"), seed)
+        is_pair_hit = np.isin(pair_keys(query_keys, doc_keys, seed), duplicated_pair_hashes)
+        if is_pair_hit.any():
+            pair_hits.append(pairs.select(["query_id", "doc_id"]).filter(is_pair_hit))
+        is_text_hit = np.isin(query_keys, conflicted_query_keys)
+        if is_text_hit.any():
+            texts = pairs.select(["query_id", "query"]).filter(is_text_hit)
+            text_hits.append(texts.group_by(["query_id", "query"], use_threads=False).aggregate([]))
     messages = []
     if pair_hits:
         messages += _duplicate_messages(pa.concat_tables(pair_hits), layout)

@@ -1,4 +1,4 @@
-"""Which columns of a corpus file hold what, and the canonical schema every pair is converted to.
+"""Which columns of a corpus hold what, and the canonical schema every pair is converted to.
 
 A corpus comes in one of two forms, told apart by its schema:
 
@@ -13,7 +13,6 @@ always ``large_string`` (64-bit offsets, so a batch of long documents never over
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -96,15 +95,23 @@ def canonical_id_type(data_type: pa.DataType) -> pa.DataType | None:
     return None
 
 
-def resolve_layout(schema: pa.Schema, columns: CorpusColumns, path: Path) -> CorpusLayout:
+def resolve_layout(schema: pa.Schema, columns: CorpusColumns, where: str) -> CorpusLayout:
     """Detect the form and check that every needed column exists with a usable type.
 
-    Every missing or mistyped column is reported in one ``CorpusError``, one line each.
+    Every missing or mistyped column is reported in one ``CorpusError`` about ``where``, one line each.
     """
+    problems, layout = layout_problems(schema, columns)
+    if layout is None:
+        raise corpus_error(where, problems)
+    return layout
+
+
+def layout_problems(schema: pa.Schema, columns: CorpusColumns) -> tuple[list[str], CorpusLayout | None]:
+    """The problems of a schema, one line each, or none and its layout."""
     form: CorpusForm = "nested" if columns.candidates in schema.names else "long"
     problems = _missing_columns(schema, columns, form)
     if problems:
-        raise corpus_error(path, problems)
+        return problems, None
 
     query_id_type = _id_type(schema.field(columns.query_id).type, columns.query_id, problems)
     _text_type(schema.field(columns.query).type, columns.query, problems)
@@ -114,15 +121,15 @@ def resolve_layout(schema: pa.Schema, columns: CorpusColumns, path: Path) -> Cor
         doc_id_type = _id_type(schema.field(columns.doc_id).type, columns.doc_id, problems)
         _text_type(schema.field(columns.text).type, columns.text, problems)
     if problems or query_id_type is None or doc_id_type is None:
-        raise corpus_error(path, problems)
-    return CorpusLayout(form, columns, query_id_type, doc_id_type)
+        return problems, None
+    return [], CorpusLayout(form, columns, query_id_type, doc_id_type)
 
 
-def corpus_error(path: Path, problems: list[str]) -> CorpusError:
-    """One error for one or more problems, one line each."""
+def corpus_error(where: str, problems: list[str]) -> CorpusError:
+    """One error about ``where`` (a corpus's uri) for one or more problems, one line each."""
     if len(problems) == 1:
-        return CorpusError(f"{path}: {problems[0]}")
-    return CorpusError(f"{path} has {len(problems)} problems:\n  " + "\n  ".join(problems))
+        return CorpusError(f"{where}: {problems[0]}")
+    return CorpusError(f"{where} has {len(problems)} problems:\n  " + "\n  ".join(problems))
 
 
 def _missing_columns(schema: pa.Schema, columns: CorpusColumns, form: CorpusForm) -> list[str]:

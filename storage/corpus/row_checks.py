@@ -1,7 +1,7 @@
 """Value checks that need one row at a time: nulls, blank texts, null candidates, oversized ids.
 
-Each kind of problem is counted over the whole file and reported once, with its first row
-(0-based file row index, as pyarrow and pandas count).
+Each kind of problem is counted over the whole corpus and reported once, with its first row
+(0-based file row index, as pyarrow and pandas count; in a dataset, with the file's name).
 """
 
 from __future__ import annotations
@@ -14,15 +14,30 @@ import pyarrow.compute as pc
 
 from storage.corpus.layout import CorpusLayout, is_string_type, plain_type
 from storage.corpus.reader import RawBatch
+from storage.corpus.source import CorpusFile
 
 _INT64_MAX = np.iinfo(np.int64).max
 _PLURALS = {"row": "rows", "entry": "entries", "candidate": "candidates"}
 
 
+@dataclass(frozen=True)
+class FileRows:
+    """The file row of each entry of some array: ``index[i]`` is entry i's row in ``file``."""
+
+    file: CorpusFile
+    index: np.ndarray
+
+    def repeat(self, counts: np.ndarray) -> FileRows:
+        return FileRows(self.file, np.repeat(self.index, counts))
+
+    def select(self, mask: np.ndarray) -> FileRows:
+        return FileRows(self.file, self.index[mask])
+
+
 @dataclass
 class _Count:
     count: int
-    first_row: int
+    first: str
 
 
 @dataclass
@@ -31,8 +46,15 @@ class RowProblems:
 
     counts: dict[tuple[str, str, str], _Count] = field(default_factory=dict)
 
-    def add(self, column: str, unit: str, what: str, mask: pa.Array | np.ndarray, rows: np.ndarray) -> None:
-        """Count the true entries of mask; rows maps each entry to its file row."""
+    def add(
+        self,
+        column: str,
+        unit: str,
+        what: str,
+        mask: pa.Array | np.ndarray,
+        rows: FileRows,
+    ) -> None:
+        """Count the true entries of mask; rows maps each entry to its row."""
         flags = mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array) else mask
         hits = np.flatnonzero(flags)
         if hits.size == 0:
@@ -41,17 +63,16 @@ class RowProblems:
         if key in self.counts:
             self.counts[key].count += int(hits.size)
         else:
-            self.counts[key] = _Count(int(hits.size), int(rows[hits[0]]))
+            self.counts[key] = _Count(int(hits.size), rows.file.row(int(rows.index[hits[0]])))
 
     def messages(self) -> list[str]:
-        """e.g. ``column 'text': 3 rows are null, empty or whitespace-only (first at row 17)``."""
+        """e.g. ``column 'text': 3 rows are null, empty or whitespace-only (first at row 17)``; in a
+        dataset ``(first at part-1.parquet row 17)``."""
         lines = []
         for (column, unit, what), found in self.counts.items():
             verb = "are" if found.count > 1 else "is"
             noun = _PLURALS[unit] if found.count > 1 else unit
-            lines.append(
-                f"column {column!r}: {found.count} {noun} {verb} {what} (first at row {found.first_row})"
-            )
+            lines.append(f"column {column!r}: {found.count} {noun} {verb} {what} (first at {found.first})")
         return lines
 
 
@@ -59,7 +80,7 @@ def check_rows(raw: RawBatch, layout: CorpusLayout, problems: RowProblems) -> No
     """Add the problems of one raw batch to problems."""
     batch = raw.batch
     names = layout.columns
-    rows = np.arange(raw.first_row, raw.first_row + batch.num_rows, dtype=np.int64)
+    rows = FileRows(raw.file, np.arange(raw.first_row, raw.first_row + batch.num_rows, dtype=np.int64))
     _check_id(batch.column(names.query_id), names.query_id, "row", rows, problems)
     _check_text(batch.column(names.query), names.query, "row", rows, problems)
     if layout.form == "long":
@@ -76,17 +97,19 @@ def check_rows(raw: RawBatch, layout: CorpusLayout, problems: RowProblems) -> No
         rows,
     )
     lengths = pc.fill_null(pc.list_value_length(candidates), 0).to_numpy()
-    candidate_rows = np.repeat(rows, lengths)
+    candidate_rows = rows.repeat(lengths)
     flat = pc.list_flatten(candidates)
     problems.add(names.candidates, "entry", "null", flat.is_null(), candidate_rows)
     present = flat.is_valid()
     # Fields of a null entry are not checked again: the entry itself was reported above.
     for name, check in ((names.doc_id, _check_id), (names.text, _check_text)):
         values = flat.field(name).filter(present)
-        check(values, f"{names.candidates}.{name}", "candidate", candidate_rows[_mask(present)], problems)
+        check(
+            values, f"{names.candidates}.{name}", "candidate", candidate_rows.select(_mask(present)), problems
+        )
 
 
-def _check_id(ids: pa.Array, label: str, unit: str, rows: np.ndarray, problems: RowProblems) -> None:
+def _check_id(ids: pa.Array, label: str, unit: str, rows: FileRows, problems: RowProblems) -> None:
     if is_string_type(ids.type):
         blank = pc.fill_null(pc.equal(pc.binary_length(_decoded(ids)), 0), True)
         problems.add(label, unit, "null or empty", blank, rows)
@@ -97,7 +120,7 @@ def _check_id(ids: pa.Array, label: str, unit: str, rows: np.ndarray, problems: 
         problems.add(label, unit, f"above the int64 maximum {_INT64_MAX}", too_big, rows)
 
 
-def _check_text(texts: pa.Array, label: str, unit: str, rows: np.ndarray, problems: RowProblems) -> None:
+def _check_text(texts: pa.Array, label: str, unit: str, rows: FileRows, problems: RowProblems) -> None:
     texts = _decoded(texts)
     blank = pc.or_(pc.equal(pc.binary_length(texts), 0), pc.utf8_is_space(texts))
     problems.add(label, unit, "null, empty or whitespace-only", pc.fill_null(blank, True), rows)

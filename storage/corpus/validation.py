@@ -16,7 +16,6 @@ sharing the first one; the scan then starts again with another seed, so the summ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -25,15 +24,10 @@ from storage.corpus.confirmation import confirm_hash_hits
 from storage.corpus.keys import id_keys, pair_keys
 from storage.corpus.layout import CorpusColumns, CorpusForm, CorpusLayout, corpus_error
 from storage.corpus.queries import FoldedQueries, QueryRecords
-from storage.corpus.reader import (
-    DEFAULT_BATCH_ROWS,
-    iter_raw_batches,
-    open_corpus,
-    pair_slots,
-    pairs_with_ids,
-    to_pairs,
-)
+from storage.corpus.reader import DEFAULT_BATCH_ROWS, iter_raw_batches, pairs_with_ids, to_pairs
 from storage.corpus.row_checks import RowProblems, check_rows
+from storage.corpus.source import open_corpus
+from storage.location import Location
 
 _SEEDS = (0, 1, 2, 3)
 
@@ -59,25 +53,28 @@ class CorpusSummary:
 
 
 def validate_corpus(
-    path: Path, columns: CorpusColumns, batch_rows: int = DEFAULT_BATCH_ROWS
+    corpus: Location, columns: CorpusColumns, batch_rows: int = DEFAULT_BATCH_ROWS
 ) -> CorpusSummary:
-    """Check a whole corpus file; raise ``CorpusError`` listing every problem found, one per line."""
+    """Check a whole corpus (one Parquet file or a directory of them); raise ``CorpusError`` listing every
+    problem found, one per line."""
     for seed in _SEEDS:
-        scan = _scan(path, columns, seed, batch_rows)
+        scan = _scan(corpus, columns, seed, batch_rows)
         problems = scan.row_problems.messages()
         duplicated_hashes = scan.pair_hashes.repeated()
         queries = scan.query_records.fold()
         if duplicated_hashes.size or queries.conflicted_keys.size:
             problems += confirm_hash_hits(
-                path, scan.layout, seed, batch_rows, duplicated_hashes, queries.conflicted_keys
+                corpus, scan.layout, seed, batch_rows, duplicated_hashes, queries.conflicted_keys
             )
         if problems:
-            raise corpus_error(path, problems)
+            raise corpus_error(corpus.uri, problems)
         if scan.n_pairs == 0:
-            raise corpus_error(path, [f"no pairs: every list in column {columns.candidates!r} is empty"])
+            raise corpus_error(
+                corpus.uri, [f"no pairs: every list in column {columns.candidates!r} is empty"]
+            )
         if not queries.key_collision:
             return _summary(scan, queries, seed)
-    raise RuntimeError(f"query id hashes of {path} collided under every seed in {_SEEDS}")
+    raise RuntimeError(f"query id hashes of {corpus.uri} collided under every seed in {_SEEDS}")
 
 
 class _PairHashes:
@@ -116,14 +113,15 @@ class _Scan:
     last_query_key: np.uint64 | None = None
 
 
-def _scan(path: Path, columns: CorpusColumns, seed: int, batch_rows: int) -> _Scan:
-    with open_corpus(path, columns) as (parquet_file, layout):
-        scan = _Scan(layout, QueryRecords(seed), _PairHashes(pair_slots(parquet_file, layout)))
-        for raw in iter_raw_batches(parquet_file, layout, path, batch_rows):
-            check_rows(raw, layout, scan.row_problems)
-            pairs = pairs_with_ids(to_pairs(raw.batch, layout))
-            if pairs.num_rows:
-                _add_pairs(scan, pairs, seed)
+def _scan(location: Location, columns: CorpusColumns, seed: int, batch_rows: int) -> _Scan:
+    corpus = open_corpus(location, columns)
+    layout = corpus.layout
+    scan = _Scan(layout, QueryRecords(seed), _PairHashes(corpus.pair_slots))
+    for raw in iter_raw_batches(corpus, batch_rows):
+        check_rows(raw, layout, scan.row_problems)
+        pairs = pairs_with_ids(to_pairs(raw.batch, layout))
+        if pairs.num_rows:
+            _add_pairs(scan, pairs, seed)
     return scan
 
 

@@ -12,17 +12,19 @@ import pyarrow.compute as pc
 import pytest
 from sqlalchemy.exc import OperationalError
 
+import producer.submission
 from core.errors import CorpusError
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from producer.submission import create_run
 from storage.corpus import CorpusColumns, validate_corpus
 from storage.ledger import Ledger, RunStatus, ShardStatus
+from storage.location import Location
 from storage.shards.annotations import CONTENT_HASH, REUSED_SCORE
 from storage.shards.content_hash import scoring_fingerprint
 from storage.shards.inputs import read_shard_input
 from storage.shards.reuse import PreviousScores
-from testkit.corpora import long_corpus, write
+from testkit.corpora import location, long_corpus, write
 from tests.unit.test_content_hash import per_pair_hashes
 
 SPEC = ModelSpec.parse("cross-encoder:cross-encoder/tiny-test")
@@ -41,13 +43,13 @@ def ledger(ledger_url: str) -> Iterator[Ledger]:
     ledger.dispose()
 
 
-def _corpus(tmp_path: Path) -> tuple[Path, pa.Table]:
+def _corpus(tmp_path: Path) -> tuple[Location, pa.Table]:
     table = long_corpus(n_queries=12, docs_per_query=5, seed=9)
-    return write(table, tmp_path / "corpus.parquet"), table
+    return location(write(table, tmp_path / "corpus.parquet")), table
 
 
 def _leftovers(settings: Settings) -> list[str]:
-    runs_dir = settings.runs_dir
+    runs_dir = producer.submission.runs_dir(settings)
     return sorted(path.name for path in runs_dir.iterdir()) if runs_dir.exists() else []
 
 
@@ -70,7 +72,7 @@ def test_each_shard_input_is_written_with_hashes_and_reused_scores(
     reused = 0
     for shard in created.shards:
         assert shard.status is ShardStatus.QUEUED
-        pairs = read_shard_input(settings.resolved_data_dir / shard.input_path)
+        pairs = read_shard_input(location(settings.resolved_data_dir / shard.input_path))
         queries, texts = pairs.column("query").to_pylist(), pairs.column("text").to_pylist()
         assert pairs.column(CONTENT_HASH).to_pylist() == per_pair_hashes(fingerprint, queries, texts).tolist()
         reused += pairs.num_rows - pairs.column(REUSED_SCORE).null_count
@@ -83,7 +85,7 @@ def test_a_corpus_changed_while_writing_leaves_nothing(
     corpus, table = _corpus(tmp_path)
     summary = validate_corpus(corpus, CorpusColumns())
     other_ids = pc.add(table.column("query_id"), 100)
-    write(table.set_column(0, "query_id", other_ids), corpus)
+    write(table.set_column(0, "query_id", other_ids), Path(corpus.path))
     latest = ledger.latest_run_id()
 
     with pytest.raises(CorpusError, match="changed since it was validated"):

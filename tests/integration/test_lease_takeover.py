@@ -35,7 +35,8 @@ def test_an_api_attempt_whose_lease_was_taken_over_stops_at_its_next_request(
     ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(ledger_url)
     ledger.create_schema()
-    corpus = corpora.write(corpora.long_corpus(8, 64), tmp_path / "corpus.parquet")  # 16 requests of 32
+    # 16 requests of 32
+    corpus = corpora.location(corpora.write(corpora.long_corpus(8, 64), tmp_path / "corpus.parquet"))
     columns = CorpusColumns()
     with (
         running(FakeRerankServer("tei", api_key=API_KEY, latency_s=0.1)) as first_server,

@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 
 import storage.corpus.keys
 import storage.corpus.queries
+import storage.corpus.source
 import storage.corpus.validation
 from core.errors import CorpusError
 from storage.corpus import CANONICAL_COLUMNS, CorpusColumns, CorpusSummary, iter_pairs, validate_corpus
 from storage.shards.inputs import ShardInput, read_shard_input, write_shard_inputs
 from storage.shards.plan import plan_shards
+from testkit.corpora import location
 
 DEFAULT = CorpusColumns()
 CANDIDATE = pa.struct([("doc_id", pa.string()), ("text", pa.string())])
@@ -59,20 +61,20 @@ def write(table: pa.Table, path: Path, row_group_size: int | None = None) -> Pat
 
 def corpus_error(path: Path, columns: CorpusColumns = DEFAULT, batch_rows: int = 65536) -> str:
     with pytest.raises(CorpusError) as caught:
-        validate_corpus(path, columns, batch_rows=batch_rows)
+        validate_corpus(location(path), columns, batch_rows=batch_rows)
     return str(caught.value)
 
 
 def pairs_of(path: Path, columns: CorpusColumns = DEFAULT, batch_rows: int = 65536) -> pa.Table:
-    return pa.Table.from_batches(list(iter_pairs(path, columns, batch_rows)))
+    return pa.Table.from_batches(list(iter_pairs(location(path), columns, batch_rows)))
 
 
 def shard_all(
     path: Path, out: Path, shard_pairs: int, columns: CorpusColumns = DEFAULT, batch_rows: int = 65536
 ):
-    summary = validate_corpus(path, columns, batch_rows=batch_rows)
+    summary = validate_corpus(location(path), columns, batch_rows=batch_rows)
     plans = plan_shards(summary, shard_pairs)
-    inputs = write_shard_inputs(path, columns, summary, plans, out, batch_rows=batch_rows)
+    inputs = write_shard_inputs(location(path), columns, summary, plans, location(out), batch_rows=batch_rows)
     return summary, plans, inputs
 
 
@@ -96,7 +98,7 @@ def assert_whole_queries(inputs: list[ShardInput], corpus_pairs: pa.Table) -> No
     shard_of_query: dict[object, int] = {}
     written: list[tuple] = []
     for shard in inputs:
-        table = read_shard_input(shard.path)
+        table = read_shard_input(shard.location)
         assert table.num_rows == shard.n_pairs
         shard_rows = rows_of(table)
         assert len({row[0] for row in shard_rows}) == shard.n_queries
@@ -115,7 +117,7 @@ def test_long_form_summary_and_canonical_pairs(tmp_path: Path) -> None:
     rows = [("q1", "first", "a", "alpha"), ("q1", "first", "b", "beta"), ("q2", "second", "a", "gamma")]
     path = write(long_table(rows), tmp_path / "c.parquet")
 
-    summary = validate_corpus(path, DEFAULT)
+    summary = validate_corpus(location(path), DEFAULT)
 
     assert (summary.form, summary.n_pairs, summary.n_queries) == ("long", 3, 2)
     assert summary.query_id_type == pa.large_string() and summary.doc_id_type == pa.large_string()
@@ -136,7 +138,7 @@ def test_nested_form_is_flattened_and_empty_lists_add_nothing(tmp_path: Path) ->
     )
     path = write(table, tmp_path / "c.parquet")
 
-    summary = validate_corpus(path, DEFAULT)
+    summary = validate_corpus(location(path), DEFAULT)
 
     assert (summary.form, summary.n_pairs, summary.n_queries) == ("nested", 3, 2)
     assert rows_of(pairs_of(path)) == [
@@ -150,7 +152,7 @@ def test_nested_pairs_come_in_batches_of_at_most_batch_rows(tmp_path: Path) -> N
     rows = [(f"q{q}", "query", [(f"d{d}", "text") for d in range(50)]) for q in range(6)]
     path = write(nested_table(rows), tmp_path / "c.parquet", row_group_size=4)
 
-    batches = list(iter_pairs(path, DEFAULT, batch_rows=16))
+    batches = list(iter_pairs(location(path), DEFAULT, batch_rows=16))
 
     assert max(batch.num_rows for batch in batches) <= 16
     assert sum(batch.num_rows for batch in batches) == 300
@@ -166,7 +168,7 @@ def test_integer_ids_stay_integers_through_shards(tmp_path: Path, id_type: pa.Da
 
     assert summary.query_id_type == pa.int64() and summary.doc_id_type == pa.int64()
     assert pairs_of(path).schema.field("query_id").type == pa.int64()
-    shard = read_shard_input(inputs[0].path)
+    shard = read_shard_input(inputs[0].location)
     assert shard.schema.field("query_id").type == pa.int64()
     assert shard.schema.field("doc_id").type == pa.int64()
     assert_whole_queries(inputs, pairs_of(path))
@@ -180,7 +182,7 @@ def test_string_ids_and_texts_become_large_strings(tmp_path: Path, string_type: 
 
     _, _, inputs = shard_all(path, tmp_path / "inputs", shard_pairs=10)
 
-    schema = read_shard_input(inputs[0].path).schema
+    schema = read_shard_input(inputs[0].location).schema
     assert [field.type for field in schema] == [pa.large_string()] * 4
 
 
@@ -195,7 +197,7 @@ def test_mixed_id_types_and_dictionary_columns(tmp_path: Path) -> None:
     )
     path = write(table, tmp_path / "c.parquet")
 
-    summary = validate_corpus(path, DEFAULT)
+    summary = validate_corpus(location(path), DEFAULT)
 
     assert (summary.query_id_type, summary.doc_id_type) == (pa.large_string(), pa.int64())
     assert rows_of(pairs_of(path)) == [("q1", "x", 7, "a"), ("q1", "x", 8, "b"), ("q2", "y", 7, "c")]
@@ -210,7 +212,7 @@ def test_long_column_overrides(tmp_path: Path) -> None:
 
     assert summary.n_pairs == 2
     assert rows_of(pairs_of(path, columns)) == [("q1", "x", "a", "p"), ("q2", "y", "b", "r")]
-    assert read_shard_input(inputs[1].path).column_names == list(CANONICAL_COLUMNS)
+    assert read_shard_input(inputs[1].location).column_names == list(CANONICAL_COLUMNS)
 
 
 def test_nested_column_overrides(tmp_path: Path) -> None:
@@ -219,7 +221,7 @@ def test_nested_column_overrides(tmp_path: Path) -> None:
     path = write(table, tmp_path / "c.parquet")
     columns = CorpusColumns(query_id="qid", query="q", doc_id="pid", text="passage", candidates="cands")
 
-    summary = validate_corpus(path, columns)
+    summary = validate_corpus(location(path), columns)
 
     assert summary.form == "nested"
     assert rows_of(pairs_of(path, columns)) == [(1, "x", 10, "p"), (1, "x", 11, "r")]
@@ -235,8 +237,8 @@ def test_interleaved_queries_are_grouped_into_whole_shards(tmp_path: Path) -> No
 
     assert not summary.queries_contiguous
     assert [shard.n_pairs for shard in inputs] == [10] * 6
-    assert [shard.path.name for shard in inputs] == [f"shard-{i:05d}.parquet" for i in range(6)]
-    assert sorted(p.name for p in (tmp_path / "inputs").iterdir()) == [s.path.name for s in inputs]
+    assert [shard.location.name for shard in inputs] == [f"shard-{i:05d}.parquet" for i in range(6)]
+    assert sorted(p.name for p in (tmp_path / "inputs").iterdir()) == [s.location.name for s in inputs]
     assert_whole_queries(inputs, pairs_of(path))
 
 
@@ -257,12 +259,12 @@ def test_nested_rows_of_one_query_spread_over_the_file(tmp_path: Path) -> None:
     summary, _, inputs = shard_all(path, tmp_path / "inputs", shard_pairs=1)
 
     assert summary.query_pair_counts.tolist() == [2, 1]
-    assert rows_of(read_shard_input(inputs[0].path)) == [("q1", "x", "a", "1"), ("q1", "x", "c", "3")]
+    assert rows_of(read_shard_input(inputs[0].location)) == [("q1", "x", "a", "1"), ("q1", "x", "c", "3")]
 
 
 def _summary_with_counts(tmp_path: Path, counts: list[int]) -> CorpusSummary:
     rows = [(f"q{q}", "query", f"d{d}", "text") for q, count in enumerate(counts) for d in range(count)]
-    return validate_corpus(write(long_table(rows), tmp_path / "c.parquet"), DEFAULT)
+    return validate_corpus(location(write(long_table(rows), tmp_path / "c.parquet")), DEFAULT)
 
 
 def test_plan_keeps_queries_whole_and_shards_near_the_target(tmp_path: Path) -> None:
@@ -300,19 +302,21 @@ def test_plan_rejects_a_zero_target(tmp_path: Path) -> None:
 
 def test_write_refuses_a_corpus_changed_since_validation(tmp_path: Path) -> None:
     path = write(long_table([("q1", "x", "a", "t")]), tmp_path / "c.parquet")
-    summary = validate_corpus(path, DEFAULT)
+    summary = validate_corpus(location(path), DEFAULT)
     write(long_table([("q9", "x", "a", "t")]), path)
 
     with pytest.raises(CorpusError, match="changed since it was validated"):
-        write_shard_inputs(path, DEFAULT, summary, plan_shards(summary, 10), tmp_path / "inputs")
+        write_shard_inputs(
+            location(path), DEFAULT, summary, plan_shards(summary, 10), location(tmp_path / "inputs")
+        )
 
 
 def test_read_shard_input_errors_are_corpus_errors(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="cannot be read"):
-        read_shard_input(tmp_path / "missing.parquet")
+        read_shard_input(location(tmp_path / "missing.parquet"))
     other = write(pa.table({"x": [1]}), tmp_path / "other.parquet")
     with pytest.raises(CorpusError, match="has columns"):
-        read_shard_input(other)
+        read_shard_input(location(other))
 
 
 # --- bad inputs: files ------------------------------------------------------------------------
@@ -322,8 +326,11 @@ def test_missing_file(tmp_path: Path) -> None:
     assert "corpus file not found" in corpus_error(tmp_path / "nope.parquet")
 
 
-def test_directory_instead_of_file(tmp_path: Path) -> None:
-    assert "is not a file" in corpus_error(tmp_path)
+def test_directory_without_parquet_files(tmp_path: Path) -> None:
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / ".hidden").mkdir()
+    write(long_table([("q1", "x", "a", "t")]), tmp_path / ".hidden" / "c.parquet")
+    assert "is a directory without Parquet files" in corpus_error(tmp_path)
 
 
 def test_zero_byte_file(tmp_path: Path) -> None:
@@ -525,7 +532,7 @@ def test_duplicate_candidates_in_nested_form(tmp_path: Path) -> None:
 
 def test_same_doc_id_under_two_queries_is_fine(tmp_path: Path) -> None:
     rows = [("q1", "x", "a", "t"), ("q2", "y", "a", "t")]
-    assert validate_corpus(write(long_table(rows), tmp_path / "c.parquet"), DEFAULT).n_pairs == 2
+    assert validate_corpus(location(write(long_table(rows), tmp_path / "c.parquet")), DEFAULT).n_pairs == 2
 
 
 def test_query_id_with_two_texts(tmp_path: Path) -> None:
@@ -573,11 +580,11 @@ def test_bookkeeping_folded_and_grown_mid_scan(tmp_path: Path, monkeypatch: pyte
     """Folding query records after every batch and a too-small pair-hash array change nothing."""
     rows = interleaved_rows(6, 4, seed=5)
     path = write(long_table(rows), tmp_path / "c.parquet", row_group_size=3)
-    expected = validate_corpus(path, DEFAULT, batch_rows=3)
+    expected = validate_corpus(location(path), DEFAULT, batch_rows=3)
     monkeypatch.setattr(storage.corpus.queries, "_FOLD_AFTER_RECORDS", 1)
-    monkeypatch.setattr(storage.corpus.validation, "pair_slots", lambda *_: 1)
+    monkeypatch.setattr(storage.corpus.source.Corpus, "pair_slots", property(lambda _: 1))
 
-    summary = validate_corpus(path, DEFAULT, batch_rows=3)
+    summary = validate_corpus(location(path), DEFAULT, batch_rows=3)
 
     assert summary.query_keys.tolist() == expected.query_keys.tolist()
     assert summary.query_pair_counts.tolist() == expected.query_pair_counts.tolist() == [4] * 6
@@ -606,7 +613,7 @@ def test_validation_memory_does_not_hold_the_texts(tmp_path: Path) -> None:
 
     tracemalloc.start()
     try:
-        validate_corpus(path, DEFAULT, batch_rows=250)
+        validate_corpus(location(path), DEFAULT, batch_rows=250)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from core.errors import CorpusError
 from storage.corpus import CorpusColumns, iter_pairs, validate_corpus
+from testkit.corpora import location
 
 COLUMNS = ("query_id", "query", "doc_id", "text", "candidates", "extra")
 FUZZ = settings(
@@ -82,12 +83,12 @@ KINDS = [
 
 def _check(path: Path) -> None:
     try:
-        summary = validate_corpus(path, CorpusColumns())
+        summary = validate_corpus(location(path), CorpusColumns())
     except CorpusError as error:
         message = str(error)
         assert message and "Traceback" not in message
         return
-    pairs = sum(batch.num_rows for batch in iter_pairs(path, CorpusColumns()))
+    pairs = sum(batch.num_rows for batch in iter_pairs(location(path), CorpusColumns()))
     assert pairs == summary.n_pairs > 0
 
 

@@ -23,7 +23,7 @@ from storage.shards.content_hash import scoring_fingerprint
 from storage.shards.inputs import read_shard_input, write_shard_inputs
 from storage.shards.plan import plan_shards
 from storage.shards.reuse import PreviousScores
-from testkit.corpora import long_corpus, write
+from testkit.corpora import location, long_corpus, write
 from tests.unit.test_content_hash import per_pair_hashes
 
 FINGERPRINT = scoring_fingerprint("cross-encoder:tiny", None)
@@ -37,10 +37,12 @@ def _write_inputs(
     tmp_path: Path, corpus: pa.Table, annotations: PairAnnotations | None, shard_pairs: int = 40
 ) -> list[storage.shards.inputs.ShardInput]:
     path = write(corpus, tmp_path / "corpus.parquet", row_group_size=64)
-    summary = validate_corpus(path, CorpusColumns(), batch_rows=8)
+    summary = validate_corpus(location(path), CorpusColumns(), batch_rows=8)
     plans = plan_shards(summary, shard_pairs)
-    inputs_dir = tmp_path / "inputs"
-    return write_shard_inputs(path, CorpusColumns(), summary, plans, inputs_dir, annotations, batch_rows=8)
+    inputs_dir = location(tmp_path / "inputs")
+    return write_shard_inputs(
+        location(path), CorpusColumns(), summary, plans, inputs_dir, annotations, batch_rows=8
+    )
 
 
 @pytest.mark.parametrize("interleaved", [False, True], ids=["contiguous", "interleaved"])
@@ -60,9 +62,9 @@ def test_each_pair_is_written_with_its_hash_and_any_reused_score(
     score_of = dict(zip(earlier.tolist(), earlier_scores.tolist(), strict=True))
     reused = 0
     for shard in inputs:
-        pairs = read_shard_input(shard.path)
+        pairs = read_shard_input(shard.location)
         assert pairs.column_names == [*CANONICAL_COLUMNS, CONTENT_HASH, REUSED_SCORE]
-        assert pq.ParquetFile(shard.path).num_row_groups > 1
+        assert pq.ParquetFile(shard.location.path).num_row_groups > 1
         hashes = pairs.column(CONTENT_HASH).to_pylist()
         assert hashes == _reference_hashes(pairs).tolist()
         assert pairs.column(REUSED_SCORE).to_pylist() == [score_of.get(h) for h in hashes]
@@ -74,7 +76,7 @@ def test_each_pair_is_written_with_its_hash_and_any_reused_score(
 def test_a_first_run_reuses_nothing_and_scores_every_pair(tmp_path: Path) -> None:
     corpus = long_corpus(n_queries=5, docs_per_query=4, seed=1)
     [shard] = _write_inputs(tmp_path, corpus, PairAnnotations(FINGERPRINT), shard_pairs=100)
-    pairs = read_shard_input(shard.path)
+    pairs = read_shard_input(shard.location)
     assert shard.reused_pairs == 0 and pairs.column(REUSED_SCORE).null_count == pairs.num_rows
     assert scores_to_compute(pairs).tolist() == list(range(pairs.num_rows))
 
@@ -83,7 +85,7 @@ def test_the_worker_scores_only_pairs_without_a_reused_score(tmp_path: Path) -> 
     corpus = long_corpus(n_queries=4, docs_per_query=5, seed=2, shuffle=False)
     previous = PreviousScores(_reference_hashes(corpus)[:6], np.full(6, 0.5, dtype=np.float32))
     [shard] = _write_inputs(tmp_path, corpus, PairAnnotations(FINGERPRINT, previous), shard_pairs=100)
-    pairs = read_shard_input(shard.path)
+    pairs = read_shard_input(shard.location)
 
     rows = scores_to_compute(pairs)
     assert rows.tolist() == list(range(6, 20))
@@ -94,6 +96,6 @@ def test_the_worker_scores_only_pairs_without_a_reused_score(tmp_path: Path) -> 
 def test_inputs_without_annotations_hold_the_canonical_pairs_only(tmp_path: Path) -> None:
     corpus = long_corpus(n_queries=3, docs_per_query=2, seed=4)
     [shard] = _write_inputs(tmp_path, corpus, None, shard_pairs=100)
-    pairs = read_shard_input(shard.path)
+    pairs = read_shard_input(shard.location)
     assert tuple(pairs.column_names) == CANONICAL_COLUMNS and shard.reused_pairs == 0
     assert scores_to_compute(pairs).size == pairs.num_rows

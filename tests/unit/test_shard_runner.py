@@ -77,7 +77,9 @@ def submit(tmp_path: Path, n_queries: int, docs_per_query: int) -> tuple[Setting
     settings = Settings(data_dir=tmp_path / "data", ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger = Ledger(settings.resolved_ledger_url)
     ledger.create_schema()
-    corpus = corpora.write(corpora.long_corpus(n_queries, docs_per_query), tmp_path / "corpus.parquet")
+    corpus = corpora.location(
+        corpora.write(corpora.long_corpus(n_queries, docs_per_query), tmp_path / "corpus.parquet")
+    )
     columns = CorpusColumns()
     created = create_run(
         corpus, validate_corpus(corpus, columns), SPEC, columns, settings, ledger, shard_pairs=100_000
