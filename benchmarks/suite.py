@@ -39,6 +39,7 @@ from benchmarks.agreement import agreement
 from benchmarks.contender import REPO, Contender, ContenderRun, child_env
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
+from benchmarks.machine import cpu_model
 from benchmarks.models import SHAPES, BuiltModel, bert_tokenizer, build_model
 from benchmarks.oom_demo import OomDemo
 from benchmarks.peak import measure_peaks
@@ -622,13 +623,6 @@ def machine_line(setup: Setup) -> str:
         f"at RERANK_COMPILE={setup.compile_mode} ({'' if compiled else 'not '}compiled with TorchInductor); "
         f"{platform.python_implementation()} {platform.python_version()}"
     )
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def parse_cpus(text: str) -> list[int]:

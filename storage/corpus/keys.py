@@ -22,6 +22,8 @@ _PAIR_FACTOR = np.uint64(0x165667B19E3779F9)
 _CHUNK_BYTES = 1 << 22
 # Keeps the first r bytes of a little-endian word, for r = 0..8.
 _TAIL_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(9)], dtype=np.uint64)
+# Strings of at most this many words (ids, mostly) are hashed word position by word position.
+_SHORT_WORDS = 4
 # Salt of the second, independent query-id hash used to spot collisions of the first.
 CHECK_SALT = 0x5851F42D4C957F2D
 
@@ -64,11 +66,41 @@ def hash_strings(array: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     while start < count:
         stop = int(np.searchsorted(offsets, offsets[start] + _CHUNK_BYTES, side="right")) - 1
         stop = min(max(stop, start + 1), count)
-        hashes[start:stop] = _hash_string_rows(
-            data, offsets[start : stop + 1], lengths[start:stop], seed_word
-        )
+        chunk_lengths = lengths[start:stop]
+        longest_words = (int(chunk_lengths.max()) + 7) // 8
+        rows = _hash_short_rows if longest_words <= _SHORT_WORDS else _hash_string_rows
+        hashes[start:stop] = rows(data, offsets[start : stop + 1], chunk_lengths, seed_word)
         start = stop
     return hashes
+
+
+def _word_view(data: np.ndarray, low: int, high: int) -> np.ndarray:
+    """Element i is the little-endian 8-byte word starting at byte low + i (zeros past high)."""
+    padded = np.zeros(high - low + 8, dtype=np.uint8)
+    padded[: high - low] = data[low:high]
+    return np.ndarray(shape=(high - low + 1,), dtype="<u8", buffer=padded, strides=(1,))
+
+
+def _hash_short_rows(
+    data: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, seed_word: np.uint64
+) -> np.ndarray:
+    """The same hashes as ``_hash_string_rows`` for rows of at most _SHORT_WORDS words (ids), one
+    word position at a time: no per-word index arrays."""
+    low, high = int(offsets[0]), int(offsets[-1])
+    word_at = _word_view(data, low, high)
+    starts = offsets[:-1] - low
+    sums = np.zeros(lengths.size, dtype=np.uint64)
+    for position in range(_SHORT_WORDS):
+        bytes_left = np.clip(lengths - 8 * position, 0, 8)
+        if not bytes_left.any():
+            break
+        words = word_at[np.minimum(starts + 8 * position, high - low)].astype(np.uint64)
+        words &= _TAIL_MASKS[bytes_left]
+        words ^= np.uint64((position * int(_POSITION_FACTOR) + int(seed_word)) & _MASK64)
+        contributions = _mix(words)
+        contributions[bytes_left == 0] = 0
+        sums += contributions
+    return _mix(sums ^ _mix(lengths.astype(np.uint64) + seed_word))
 
 
 def _hash_string_rows(
@@ -76,10 +108,7 @@ def _hash_string_rows(
 ) -> np.ndarray:
     """Hash rows whose bytes are data[offsets[0]:offsets[-1]], eight bytes at a time."""
     low, high = int(offsets[0]), int(offsets[-1])
-    padded = np.zeros(high - low + 8, dtype=np.uint8)
-    padded[: high - low] = data[low:high]
-    # Element i of this view is the little-endian 8-byte word starting at byte i.
-    word_at = np.ndarray(shape=(high - low + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    word_at = _word_view(data, low, high)
     word_counts = (lengths + 7) // 8
     first_words = np.cumsum(word_counts) - word_counts
     word_in_row = np.arange(int(word_counts.sum()), dtype=np.int64) - np.repeat(first_words, word_counts)

@@ -1,7 +1,8 @@
 """Per-query bookkeeping of a corpus scan, kept as numpy arrays rather than Python objects.
 
 Each scanned batch adds one record per distinct (query_id, query text) in it: the query key, a
-second check key, a hash of the text, the position of its first pair and its pair count. Records
+second check key, a hash of the text, the position of its first pair and its pair count. Batches come
+cut into runs of consecutive pairs of one query (``runs``), so the grouping sees a row per run. Records
 are folded into one per query key whenever enough have piled up, so memory is about 40 bytes per
 query (plus at most as many again of unfolded records), however the queries are interleaved.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage.corpus.keys import hash_strings, id_check_keys, id_keys
+from storage.corpus.runs import QueryRuns
 
 _FOLD_AFTER_RECORDS = 1 << 18
 
@@ -43,23 +45,28 @@ class QueryRecords:
         self._conflicted_keys = np.empty(0, dtype=np.uint64)
         self._key_collision = False
 
-    def add(self, pairs: pa.RecordBatch, first_position: int) -> None:
-        """Record the queries of pairs, whose first pair has the corpus position first_position."""
-        positions = pa.array(np.arange(first_position, first_position + pairs.num_rows, dtype=np.int64))
+    def add(self, pairs: pa.RecordBatch, runs: QueryRuns, first_position: int) -> None:
+        """Record the queries of pairs, cut into runs, whose first pair has the corpus position
+        first_position."""
         table = pa.Table.from_arrays(
-            [pairs.column("query_id"), pairs.column("query"), positions],
-            names=["query_id", "query", "position"],
+            [
+                runs.heads(pairs.column("query_id")),
+                runs.heads(pairs.column("query")),
+                pa.array(first_position + runs.starts),
+                pa.array(runs.lengths),
+            ],
+            names=["query_id", "query", "first", "pairs"],
         )
         grouped = table.group_by(["query_id", "query"], use_threads=False).aggregate(
-            [("position", "min"), ("position", "count")]
+            [("first", "min"), ("pairs", "sum")]
         )
         query_ids = grouped.column("query_id")
         new_columns = {
             "keys": id_keys(query_ids, self._seed),
             "checks": id_check_keys(query_ids, self._seed),
             "texts": hash_strings(grouped.column("query"), self._seed),
-            "firsts": grouped.column("position_min").to_numpy(),
-            "counts": grouped.column("position_count").to_numpy(),
+            "firsts": grouped.column("first_min").to_numpy(),
+            "counts": grouped.column("pairs_sum").to_numpy(),
         }
         for name, values in new_columns.items():
             self._columns[name].append(values)

@@ -15,6 +15,8 @@ from storage.corpus.source import UNREADABLE_ERRORS, Corpus, CorpusFile, open_co
 from storage.location import Location
 
 DEFAULT_BATCH_ROWS = 65536
+# Compressed bytes of row groups read at once; larger row groups are streamed page by page.
+_READ_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -37,22 +39,44 @@ def iter_raw_batches(corpus: Corpus, batch_rows: int) -> Iterator[RawBatch]:
 def _file_batches(file: CorpusFile, layout: CorpusLayout, batch_rows: int) -> Iterator[RawBatch]:
     read_rows = batch_rows if layout.form == "long" else _nested_read_rows(file, batch_rows)
     stored = [name for name in layout.file_columns if name not in file.constants]
+    reads = _reads(file, read_rows)
     first_row = 0
-    with file.open() as parquet_file:
-        batches = parquet_file.iter_batches(batch_size=read_rows, columns=stored)
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except UNREADABLE_ERRORS as exc:
-                raise CorpusError(
-                    f"{file.location.uri} could not be read after row {first_row}: {exc}"
-                ) from exc
-            for name, value in file.constants.items():
-                batch = batch.append_column(name, pa.repeat(value, batch.num_rows))
-            yield RawBatch(file, first_row, batch)
-            first_row += batch.num_rows
+    with file.open(pre_buffer=max(file.row_group_bytes, default=0) <= _READ_BYTES) as parquet_file:
+        for row_groups in reads:
+            batches = parquet_file.iter_batches(batch_size=read_rows, row_groups=row_groups, columns=stored)
+            while True:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                except UNREADABLE_ERRORS as exc:
+                    raise CorpusError(
+                        f"{file.location.uri} could not be read after row {first_row}: {exc}"
+                    ) from exc
+                for name, value in file.constants.items():
+                    batch = batch.append_column(name, pa.repeat(value, batch.num_rows))
+                yield RawBatch(file, first_row, batch)
+                first_row += batch.num_rows
+
+
+def _reads(file: CorpusFile, read_rows: int) -> list[list[int]]:
+    """Consecutive row groups read together: enough for read_rows rows, within _READ_BYTES.
+
+    Each read is a reader of its own. One reader over the whole file would keep every pre-buffered
+    column chunk until the file is closed: memory growing with the file.
+    """
+    reads: list[list[int]] = []
+    rows = size = 0
+    for index, (group_rows, group_bytes) in enumerate(
+        zip(file.row_group_rows, file.row_group_bytes, strict=True)
+    ):
+        if reads and rows < read_rows and size + group_bytes <= _READ_BYTES:
+            reads[-1].append(index)
+            rows, size = rows + group_rows, size + group_bytes
+        else:
+            reads.append([index])
+            rows, size = group_rows, group_bytes
+    return reads
 
 
 def to_pairs(raw: pa.RecordBatch, layout: CorpusLayout) -> pa.RecordBatch:

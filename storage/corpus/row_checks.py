@@ -122,8 +122,39 @@ def _check_id(ids: pa.Array, label: str, unit: str, rows: FileRows, problems: Ro
 
 def _check_text(texts: pa.Array, label: str, unit: str, rows: FileRows, problems: RowProblems) -> None:
     texts = _decoded(texts)
-    blank = pc.or_(pc.equal(pc.binary_length(texts), 0), pc.utf8_is_space(texts))
-    problems.add(label, unit, "null, empty or whitespace-only", pc.fill_null(blank, True), rows)
+    blank = _blank(texts)
+    problems.add(label, unit, "null, empty or whitespace-only", blank, rows)
+
+
+def _blank(texts: pa.Array) -> np.ndarray:
+    """Null, empty or whitespace-only, per text. A text that starts with a printable ASCII character is
+    none of these: only the others (rare) go through the Unicode whitespace check."""
+    if pa.types.is_large_string(texts.type) or pa.types.is_string(texts.type):
+        first = _first_bytes(texts)
+        maybe = ~((first > 0x20) & (first < 0x7F))
+    else:
+        maybe = np.ones(len(texts), dtype=bool)
+    if texts.null_count:
+        maybe |= _mask(texts.is_null())
+    blank = np.zeros(len(texts), dtype=bool)
+    suspects = np.flatnonzero(maybe)
+    if suspects.size:
+        some = texts.take(pa.array(suspects))
+        checked = pc.or_(pc.equal(pc.binary_length(some), 0), pc.utf8_is_space(some))
+        blank[suspects] = _mask(pc.fill_null(checked, True))
+    return blank
+
+
+def _first_bytes(texts: pa.Array) -> np.ndarray:
+    """The first byte of each text, 0 for an empty one."""
+    offset_type = np.int64 if pa.types.is_large_string(texts.type) else np.int32
+    _, offsets_buffer, data_buffer = texts.buffers()
+    offsets = np.frombuffer(offsets_buffer, offset_type)[texts.offset : texts.offset + len(texts) + 1]
+    data = np.frombuffer(data_buffer, np.uint8) if data_buffer is not None else np.zeros(1, np.uint8)
+    nonempty = np.diff(offsets) > 0
+    first = np.zeros(len(texts), dtype=np.uint8)
+    first[nonempty] = data[offsets[:-1][nonempty]]
+    return first
 
 
 def _decoded(array: pa.Array) -> pa.Array:

@@ -26,6 +26,8 @@ from storage.location import Location
 # UnicodeDecodeError (column paths) or a ValueError.
 UNREADABLE_ERRORS: tuple[type[Exception], ...] = (pa.ArrowException, OSError, UnicodeDecodeError, ValueError)
 HIDDEN_PREFIXES = (".", "_")
+# Read size of a column's pages when a read is not pre-buffered.
+_STREAM_BUFFER_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class CorpusFile:
     label: str
     num_rows: int
     pair_slots: int
+    # Rows and compressed bytes of each row group, from the footer.
+    row_group_rows: tuple[int, ...] = ()
+    row_group_bytes: tuple[int, ...] = ()
     # Values of the named columns that the file lacks and its Hive partition directories give.
     constants: Mapping[str, pa.Scalar] = field(default_factory=dict)
 
@@ -44,8 +49,10 @@ class CorpusFile:
         return f"{self.label} row {index}" if self.label else f"row {index}"
 
     @contextmanager
-    def open(self) -> Iterator[pq.ParquetFile]:
-        with _open_parquet(self.location) as parquet_file:
+    def open(self, pre_buffer: bool) -> Iterator[pq.ParquetFile]:
+        """The file, for reading. ``pre_buffer`` fetches each read's column chunks at once (fewer, larger
+        requests to an object store); without it pages are read as they are decoded."""
+        with _open_parquet(self.location, pre_buffer) as parquet_file:
             yield parquet_file
 
 
@@ -191,12 +198,27 @@ def _corpus_file(
     layout: CorpusLayout,
     constants: dict[str, pa.Scalar],
 ) -> CorpusFile:
-    num_rows = parquet_file.metadata.num_rows
-    return CorpusFile(location, label, num_rows, footer_pair_slots(parquet_file, layout), constants)
+    metadata = parquet_file.metadata
+    groups = [metadata.row_group(index) for index in range(metadata.num_row_groups)]
+    wanted = set(layout.file_columns)
+    leaves = [
+        index
+        for index in range(metadata.num_columns)
+        if metadata.schema.column(index).path.split(".")[0] in wanted
+    ]
+    return CorpusFile(
+        location,
+        label,
+        metadata.num_rows,
+        footer_pair_slots(parquet_file, layout),
+        tuple(group.num_rows for group in groups),
+        tuple(sum(group.column(leaf).total_compressed_size for leaf in leaves) for group in groups),
+        constants,
+    )
 
 
 @contextmanager
-def _open_parquet(location: Location) -> Iterator[pq.ParquetFile]:
+def _open_parquet(location: Location, pre_buffer: bool = False) -> Iterator[pq.ParquetFile]:
     try:
         source = location.open_input()
     except StorageError as exc:
@@ -205,7 +227,7 @@ def _open_parquet(location: Location) -> Iterator[pq.ParquetFile]:
         if source.size() == 0:
             raise CorpusError(f"{location.uri} is empty (0 bytes)")
         try:
-            parquet_file = pq.ParquetFile(source)
+            parquet_file = pq.ParquetFile(source, pre_buffer=pre_buffer, buffer_size=_STREAM_BUFFER_BYTES)
         except UNREADABLE_ERRORS as exc:
             raise CorpusError(f"{location.uri} is not a readable Parquet file: {exc}") from exc
         with parquet_file:

@@ -3,10 +3,11 @@
 Memory stays small and independent of text sizes:
 
 - row checks (nulls, blank texts) count per batch and keep only a count and a first row;
-- duplicate (query_id, doc_id) pairs: a 64-bit hash per pair is kept (8 bytes per pair, 80 MB for
-  10M pairs) and sorted at the end; only hashes seen twice are looked up again, exactly, in a
-  second pass (see ``corpus_confirmation``);
-- one query_id with two texts: per query and batch, a hash of the text (``corpus_queries``);
+- duplicate (query_id, doc_id) pairs: a 64-bit hash per pair is kept, spilled in buckets to a local
+  temporary directory beyond a small budget (``pair_hashes``), and the repeated ones found one bucket
+  at a time; only hashes seen twice are looked up again, exactly, in a second pass
+  (``confirmation``);
+- one query_id with two texts: per query and batch, a hash of the text (``queries``);
   query_ids seen with two text hashes are confirmed exactly in the same second pass.
 
 String query ids are identified by a 64-bit hash too. A second independent hash detects two ids
@@ -23,9 +24,11 @@ import pyarrow as pa
 from storage.corpus.confirmation import confirm_hash_hits
 from storage.corpus.keys import id_keys, pair_keys
 from storage.corpus.layout import CorpusColumns, CorpusForm, CorpusLayout, corpus_error
+from storage.corpus.pair_hashes import PairHashes
 from storage.corpus.queries import FoldedQueries, QueryRecords
 from storage.corpus.reader import DEFAULT_BATCH_ROWS, iter_raw_batches, pairs_with_ids, to_pairs
 from storage.corpus.row_checks import RowProblems, check_rows
+from storage.corpus.runs import query_runs
 from storage.corpus.source import open_corpus
 from storage.location import Location
 
@@ -58,9 +61,10 @@ def validate_corpus(
     """Check a whole corpus (one Parquet file or a directory of them); raise ``CorpusError`` listing every
     problem found, one per line."""
     for seed in _SEEDS:
-        scan = _scan(corpus, columns, seed, batch_rows)
+        with PairHashes() as pair_hashes:
+            scan = _scan(corpus, columns, seed, batch_rows, pair_hashes)
+            duplicated_hashes = pair_hashes.repeated()
         problems = scan.row_problems.messages()
-        duplicated_hashes = scan.pair_hashes.repeated()
         queries = scan.query_records.fold()
         if duplicated_hashes.size or queries.conflicted_keys.size:
             problems += confirm_hash_hits(
@@ -77,34 +81,11 @@ def validate_corpus(
     raise RuntimeError(f"query id hashes of {corpus.uri} collided under every seed in {_SEEDS}")
 
 
-class _PairHashes:
-    """One hash per pair, in a single array sized from the file footer (grown only if it lied)."""
-
-    def __init__(self, capacity: int) -> None:
-        self._values = np.empty(capacity, dtype=np.uint64)
-        self._size = 0
-
-    def append(self, hashes: np.ndarray) -> None:
-        end = self._size + hashes.size
-        if end > self._values.size:
-            grown = np.empty(max(end, 2 * self._values.size), dtype=np.uint64)
-            grown[: self._size] = self._values[: self._size]
-            self._values = grown
-        self._values[self._size : end] = hashes
-        self._size = end
-
-    def repeated(self) -> np.ndarray:
-        """The distinct hashes seen more than once, sorted; sorts the stored hashes in place."""
-        values = self._values[: self._size]
-        values.sort()
-        return np.unique(values[1:][values[1:] == values[:-1]])
-
-
 @dataclass
 class _Scan:
     layout: CorpusLayout
     query_records: QueryRecords
-    pair_hashes: _PairHashes
+    pair_hashes: PairHashes
     row_problems: RowProblems = field(default_factory=RowProblems)
     n_pairs: int = 0
     # Number of places where the query key changes from one pair to the next: a corpus whose
@@ -113,10 +94,12 @@ class _Scan:
     last_query_key: np.uint64 | None = None
 
 
-def _scan(location: Location, columns: CorpusColumns, seed: int, batch_rows: int) -> _Scan:
+def _scan(
+    location: Location, columns: CorpusColumns, seed: int, batch_rows: int, pair_hashes: PairHashes
+) -> _Scan:
     corpus = open_corpus(location, columns)
     layout = corpus.layout
-    scan = _Scan(layout, QueryRecords(seed), _PairHashes(corpus.pair_slots))
+    scan = _Scan(layout, QueryRecords(seed), pair_hashes)
     for raw in iter_raw_batches(corpus, batch_rows):
         check_rows(raw, layout, scan.row_problems)
         pairs = pairs_with_ids(to_pairs(raw.batch, layout))
@@ -126,13 +109,15 @@ def _scan(location: Location, columns: CorpusColumns, seed: int, batch_rows: int
 
 
 def _add_pairs(scan: _Scan, pairs: pa.RecordBatch, seed: int) -> None:
-    query_keys = id_keys(pairs.column("query_id"), seed)
+    runs = query_runs(pairs)
+    run_keys = id_keys(runs.heads(pairs.column("query_id")), seed)
+    query_keys = runs.per_pair(run_keys)
     scan.pair_hashes.append(pair_keys(query_keys, id_keys(pairs.column("doc_id"), seed), seed))
-    scan.query_records.add(pairs, scan.n_pairs)
-    scan.query_changes += int(np.count_nonzero(query_keys[1:] != query_keys[:-1]))
-    if scan.last_query_key is not None and query_keys[0] != scan.last_query_key:
+    scan.query_records.add(pairs, runs, scan.n_pairs)
+    scan.query_changes += int(np.count_nonzero(run_keys[1:] != run_keys[:-1]))
+    if scan.last_query_key is not None and run_keys[0] != scan.last_query_key:
         scan.query_changes += 1
-    scan.last_query_key = query_keys[-1]
+    scan.last_query_key = run_keys[-1]
     scan.n_pairs += pairs.num_rows
 
 

@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import storage.corpus.keys
+import storage.corpus.pair_hashes
 import storage.corpus.queries
-import storage.corpus.source
 import storage.corpus.validation
 from core.errors import CorpusError
 from storage.corpus import CANONICAL_COLUMNS, CorpusColumns, CorpusSummary, iter_pairs, validate_corpus
@@ -455,6 +455,13 @@ def test_blank_texts_counted_with_first_row(tmp_path: Path) -> None:
     assert message.endswith("column 'text': 3 rows are null, empty or whitespace-only (first at row 17)")
 
 
+def test_unicode_whitespace_is_blank_and_other_first_characters_are_not(tmp_path: Path) -> None:
+    texts = ["\u3000\u00a0", "\u00a0", " x", "\tx", "\u00e9", "\u3000x", "\x7f", "x"]
+    rows = [(f"q{i}", "query", f"d{i}", text) for i, text in enumerate(texts)]
+    message = corpus_error(write(long_table(rows), tmp_path / "c.parquet"))
+    assert message.endswith("column 'text': 2 rows are null, empty or whitespace-only (first at row 0)")
+
+
 def test_one_blank_query(tmp_path: Path) -> None:
     message = corpus_error(write(long_table(_rows_with(1, {4: "  "})), tmp_path / "c.parquet"))
     assert "column 'query': 1 row is null, empty or whitespace-only (first at row 4)" in message
@@ -577,12 +584,12 @@ def test_hash_collisions_are_confirmed_exactly(tmp_path: Path, monkeypatch: pyte
 
 
 def test_bookkeeping_folded_and_grown_mid_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Folding query records after every batch and a too-small pair-hash array change nothing."""
+    """Folding query records after every batch and spilling pair hashes to buckets change nothing."""
     rows = interleaved_rows(6, 4, seed=5)
     path = write(long_table(rows), tmp_path / "c.parquet", row_group_size=3)
     expected = validate_corpus(location(path), DEFAULT, batch_rows=3)
     monkeypatch.setattr(storage.corpus.queries, "_FOLD_AFTER_RECORDS", 1)
-    monkeypatch.setattr(storage.corpus.source.Corpus, "pair_slots", property(lambda _: 1))
+    monkeypatch.setattr(storage.corpus.pair_hashes, "_MEMORY_HASHES", 5)
 
     summary = validate_corpus(location(path), DEFAULT, batch_rows=3)
 
@@ -595,12 +602,36 @@ def test_bookkeeping_folded_and_grown_mid_scan(tmp_path: Path, monkeypatch: pyte
     assert "1 row is a duplicate" in corpus_error(duplicated, batch_rows=3)
 
 
+def test_short_strings_hash_as_long_ones_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ids of at most four words take a faster path to the same hashes."""
+    generator = random.Random(3)
+    strings = ["", "a", "abcdefgh", "abcdefghi", "x" * 32, "é" * 16, None]
+    strings += [
+        "".join(generator.choice("ab\x00é") for _ in range(generator.randint(0, 40))) for _ in range(500)
+    ]
+    array = pa.array(strings, pa.large_string())
+    short = storage.corpus.keys.hash_strings(array, seed=5)
+    monkeypatch.setattr(storage.corpus.keys, "_SHORT_WORDS", 0)
+    assert short.tolist() == storage.corpus.keys.hash_strings(array, seed=5).tolist()
+
+
 def test_hashes_distinguish_near_identical_strings() -> None:
     strings = ["", "a", "a\x00", "ab", "ba", "abcdefgh", "abcdefgh\x00", "abcdefghi", "é", "e"]
     hashes = storage.corpus.keys.hash_strings(pa.array(strings), seed=0)
     assert len(set(hashes.tolist())) == len(strings)
     sliced = storage.corpus.keys.hash_strings(pa.array(strings).slice(3), seed=0)
     assert sliced.tolist() == hashes[3:].tolist()
+
+
+def test_reading_holds_no_more_than_a_few_row_groups(tmp_path: Path) -> None:
+    """Arrow memory while streaming a file of many row groups stays far below the file's size."""
+    generator = random.Random(7)
+    rows = [(f"q{i // 10}", "query", f"d{i}", generator.randbytes(120).hex()) for i in range(12000)]
+    path = write(long_table(rows), tmp_path / "c.parquet", row_group_size=400)
+    peak = 0
+    for _ in iter_pairs(location(path), DEFAULT, batch_rows=400):
+        peak = max(peak, pa.total_allocated_bytes())
+    assert peak < pq.ParquetFile(path).metadata.row_group(0).total_byte_size * 10
 
 
 def test_validation_memory_does_not_hold_the_texts(tmp_path: Path) -> None:

@@ -1,0 +1,96 @@
+"""The producer at scale: ``scripts/submit.py`` without workers (validate, plan, write the shard inputs,
+record the run, enqueue its shards) in a fresh process per corpus, timed from launch to exit, with the
+process's peak resident memory from the kernel (``wait4``'s ``ru_maxrss``)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.producer_corpus import CorpusShape, write_corpus
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "cross-encoder:bench/producer-scale"  # never loaded: no worker runs
+MIB = 1 << 20
+_RUN_LINE = re.compile(r"^run \S+: ([\d,]+) pairs of ([\d,]+) queries in (\d+) shard\(s\)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class ProducerRun:
+    """One ``submit.py`` run: its corpus, wall seconds and peak RSS, and what it recorded."""
+
+    shape: CorpusShape
+    pairs: int
+    queries: int
+    shards: int
+    seconds: float
+    peak_rss_bytes: int
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.seconds
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return self.peak_rss_bytes / MIB
+
+
+def cached_corpus(shape: CorpusShape, scratch: Path) -> Path:
+    """The corpus of ``shape`` under ``scratch``, generated on first use."""
+    target = scratch / shape.name
+    if not target.exists():
+        scratch.mkdir(parents=True, exist_ok=True)
+        write_corpus(shape, target)
+    return target
+
+
+def run_producer(
+    shape: CorpusShape, corpus: Path, env: dict[str, str], shard_pairs: int | None
+) -> ProducerRun:
+    """Run ``submit.py CORPUS --model MODEL`` once, in a fresh process, and measure it."""
+    command = [sys.executable, str(REPO / "scripts" / "submit.py"), str(corpus), "--model", MODEL]
+    if shard_pairs:
+        command += ["--shard-pairs", str(shard_pairs)]
+    # Output goes to files: with pipes nobody would read while the parent waits in wait4.
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+        started = time.monotonic()
+        process = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.monotonic() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        errors = stderr.read().decode(errors="replace")
+    if process.returncode != 0:
+        raise RuntimeError(f"submit.py exited with {process.returncode} on {corpus}:\n{errors[-3000:]}")
+    found = _RUN_LINE.search(errors)
+    if found is None:
+        raise RuntimeError(f"submit.py did not report its run:\n{errors[-3000:]}")
+    pairs, queries, shards = (int(group.replace(",", "")) for group in found.groups())
+    # ru_maxrss is in KiB on Linux.
+    return ProducerRun(shape, pairs, queries, shards, seconds, usage.ru_maxrss * 1024)
+
+
+_COLUMNS = (("pairs", ">12"), ("files", ">5"), ("order", "<11"), ("shards", ">6"), ("seconds", ">8"))
+_COLUMNS += (("pairs/s", ">9"), ("peak RSS MiB", ">12"))
+
+
+def results_table(runs: list[ProducerRun]) -> list[str]:
+    lines = [" ".join(f"{name:{spec}}" for name, spec in _COLUMNS)]
+    for run in runs:
+        values = (
+            f"{run.pairs:,}",
+            run.shape.files,
+            "interleaved" if run.shape.interleaved else "contiguous",
+            run.shards,
+            f"{run.seconds:.1f}",
+            f"{run.pairs_per_s:,.0f}",
+            f"{run.peak_rss_mib:,.0f}",
+        )
+        lines.append(" ".join(f"{value:{spec}}" for value, (_, spec) in zip(values, _COLUMNS, strict=True)))
+    return lines
