@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +20,10 @@ from storage.location import Location
 DEFAULT_BATCH_ROWS = 65536
 # Compressed bytes of row groups read at once; larger row groups are streamed page by page.
 _READ_BYTES = 64 << 20
+# Reads decoded while the current one is used, and the threads decoding them.
+_READS_AHEAD = 2
+_DECODE_THREADS = 2
+_DECODE_ERRORS: tuple[type[Exception], ...] = (CorpusError, *UNREADABLE_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -30,36 +37,86 @@ class RawBatch:
 
 def iter_raw_batches(corpus: Corpus, batch_rows: int) -> Iterator[RawBatch]:
     """The needed columns of every file in turn, streamed; nested files are read in fewer rows so that
-    pairs stay near batch_rows."""
-    for file in corpus.files:
-        if file.num_rows:
-            yield from _file_batches(file, corpus.layout, batch_rows)
+    pairs stay near batch_rows. The next reads are decoded in the background while a batch is used."""
+    reads = (
+        read
+        for file in corpus.files
+        if file.num_rows
+        for read in _file_reads(file, corpus.layout, batch_rows)
+    )
+    file, first_row = None, 0
+    for read, decoded in _decoded_in_order(reads):
+        if read.file is not file:
+            file, first_row = read.file, 0
+        for batch in decoded.batches:
+            for name, value in read.file.constants.items():
+                batch = batch.append_column(name, pa.repeat(value, batch.num_rows))
+            yield RawBatch(read.file, first_row, batch)
+            first_row += batch.num_rows
+        if decoded.error is not None:
+            uri = read.file.location.uri
+            raise CorpusError(
+                f"{uri} could not be read after row {first_row}: {decoded.error}"
+            ) from decoded.error
 
 
-def _file_batches(file: CorpusFile, layout: CorpusLayout, batch_rows: int) -> Iterator[RawBatch]:
+@dataclass(frozen=True)
+class _Read:
+    """Consecutive row groups of one file, read by one reader of their own."""
+
+    file: CorpusFile
+    row_groups: list[int]
+    columns: list[str]
+    batch_rows: int
+    pre_buffer: bool
+
+    def decode(self) -> _Decoded:
+        batches: list[pa.RecordBatch] = []
+        try:
+            with self.file.open(self.pre_buffer) as parquet_file:
+                for batch in parquet_file.iter_batches(
+                    batch_size=self.batch_rows, row_groups=self.row_groups, columns=self.columns
+                ):
+                    batches.append(batch)
+        except _DECODE_ERRORS as exc:
+            return _Decoded(batches, exc)
+        return _Decoded(batches, None)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """The batches of a read, and the error that ended it early, if any."""
+
+    batches: list[pa.RecordBatch]
+    error: Exception | None
+
+
+def _file_reads(file: CorpusFile, layout: CorpusLayout, batch_rows: int) -> Iterator[_Read]:
     read_rows = batch_rows if layout.form == "long" else _nested_read_rows(file, batch_rows)
     stored = [name for name in layout.file_columns if name not in file.constants]
-    reads = _reads(file, read_rows)
-    first_row = 0
-    with file.open(pre_buffer=max(file.row_group_bytes, default=0) <= _READ_BYTES) as parquet_file:
-        for row_groups in reads:
-            batches = parquet_file.iter_batches(batch_size=read_rows, row_groups=row_groups, columns=stored)
-            while True:
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    break
-                except UNREADABLE_ERRORS as exc:
-                    raise CorpusError(
-                        f"{file.location.uri} could not be read after row {first_row}: {exc}"
-                    ) from exc
-                for name, value in file.constants.items():
-                    batch = batch.append_column(name, pa.repeat(value, batch.num_rows))
-                yield RawBatch(file, first_row, batch)
-                first_row += batch.num_rows
+    pre_buffer = max(file.row_group_bytes, default=0) <= _READ_BYTES
+    for row_groups in _row_group_reads(file, read_rows):
+        yield _Read(file, row_groups, stored, read_rows, pre_buffer)
 
 
-def _reads(file: CorpusFile, read_rows: int) -> list[list[int]]:
+def _decoded_in_order(reads: Iterator[_Read]) -> Iterator[tuple[_Read, _Decoded]]:
+    """Each read with its batches, in order, decoded up to _READS_AHEAD reads ahead on a thread pool."""
+    pool = ThreadPoolExecutor(max_workers=_DECODE_THREADS, thread_name_prefix="corpus-read")
+    try:
+        pending: deque[tuple[_Read, Future[_Decoded]]] = deque()
+        for read in itertools.islice(reads, _READS_AHEAD):
+            pending.append((read, pool.submit(read.decode)))
+        while pending:
+            read, decoding = pending.popleft()
+            following = next(reads, None)
+            if following is not None:
+                pending.append((following, pool.submit(following.decode)))
+            yield read, decoding.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _row_group_reads(file: CorpusFile, read_rows: int) -> list[list[int]]:
     """Consecutive row groups read together: enough for read_rows rows, within _READ_BYTES.
 
     Each read is a reader of its own. One reader over the whole file would keep every pre-buffered

@@ -45,6 +45,22 @@ def test_column_hashes_equal_the_per_pair_definition(fingerprint: str, pairs: li
     assert pair_hashes(fingerprint, column(queries), column(texts)).tolist() == expected.tolist()
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    fingerprint=unicode_text,
+    runs=st.lists(
+        st.tuples(st.sampled_from(["", "q", "über", "x" * 200]), st.lists(unicode_text, max_size=9))
+    ),
+)
+def test_runs_of_one_query_hash_like_single_pairs(
+    fingerprint: str, runs: list[tuple[str, list[str]]]
+) -> None:
+    queries = [query for query, texts in runs for _ in texts]
+    texts = [text for _, texts in runs for text in texts]
+    expected = per_pair_hashes(fingerprint, queries, texts)
+    assert pair_hashes(fingerprint, column(queries), column(texts)).tolist() == expected.tolist()
+
+
 def test_texts_around_block_boundaries() -> None:
     # BLAKE2b works in 128-byte blocks; messages end just before, on and just after each edge.
     fingerprint = scoring_fingerprint("m", None)

@@ -20,6 +20,7 @@ import storage.corpus.keys
 import storage.corpus.pair_hashes
 import storage.corpus.queries
 import storage.corpus.validation
+import storage.shards.shard_files
 from core.errors import CorpusError
 from storage.corpus import CANONICAL_COLUMNS, CorpusColumns, CorpusSummary, iter_pairs, validate_corpus
 from storage.shards.inputs import ShardInput, read_shard_input, write_shard_inputs
@@ -308,6 +309,31 @@ def test_write_refuses_a_corpus_changed_since_validation(tmp_path: Path) -> None
     with pytest.raises(CorpusError, match="changed since it was validated"):
         write_shard_inputs(
             location(path), DEFAULT, summary, plan_shards(summary, 10), location(tmp_path / "inputs")
+        )
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_a_failed_shard_write_is_raised_by_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interleaved: bool
+) -> None:
+    """The Parquet writer thread's error reaches the caller, whatever it was doing."""
+    rows = interleaved_rows(30, 4, seed=6) if interleaved else sorted(interleaved_rows(30, 4, seed=6))
+    path = write(long_table(rows), tmp_path / "c.parquet")
+    summary = validate_corpus(location(path), DEFAULT)
+    monkeypatch.setattr(storage.shards.shard_files, "_IN_FLIGHT", 1)
+    real_writer = pq.ParquetWriter
+
+    class FailingWriter(real_writer):
+        def write_table(self, *args: object, **kwargs: object) -> None:
+            if "shard-00003" in str(self.where):
+                raise OSError("disk full")
+            super().write_table(*args, **kwargs)
+
+    monkeypatch.setattr(storage.shards.shard_files.pq, "ParquetWriter", FailingWriter)
+
+    with pytest.raises(OSError, match="disk full"):
+        write_shard_inputs(
+            location(path), DEFAULT, summary, plan_shards(summary, 4), location(tmp_path / "in")
         )
 
 

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import storage.shards.inputs
+import storage.shards.shard_files
+import storage.shards.spill
 from storage.corpus import CANONICAL_COLUMNS, CorpusColumns, validate_corpus
 from storage.shards.annotations import (
     CONTENT_HASH,
@@ -50,8 +52,8 @@ def test_each_pair_is_written_with_its_hash_and_any_reused_score(
     tmp_path: Path, interleaved: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small batches, spill runs and row groups: several row groups per shard, annotated one by one.
-    monkeypatch.setattr(storage.shards.inputs, "_ROW_GROUP_ROWS", 16)
-    monkeypatch.setattr(storage.shards.inputs, "_SPILL_RUN_BYTES", 1)
+    monkeypatch.setattr(storage.shards.shard_files, "ROW_GROUP_ROWS", 16)
+    monkeypatch.setattr(storage.shards.spill, "RUN_BYTES", 1)
     corpus = long_corpus(n_queries=30, docs_per_query=7, seed=3, shuffle=interleaved)
     earlier = _reference_hashes(corpus)[::3]  # an earlier run scored every third pair
     earlier_scores = np.arange(earlier.size, dtype=np.float32) / 7
