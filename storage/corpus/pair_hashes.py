@@ -8,13 +8,14 @@ hashes), and the disk holds 8 bytes per pair until validation ends.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-_MEMORY_HASHES = 1 << 21  # 16 MiB
+_MEMORY_HASHES = 1 << 20  # 8 MiB
 _BUCKET_BITS = 8
 
 
@@ -64,13 +65,14 @@ class PairHashes:
             return
         if self._spill_dir is None:
             self._spill_dir = Path(tempfile.mkdtemp(prefix="rerank-pair-hashes-"))
-        buckets = (hashes >> np.uint64(64 - _BUCKET_BITS)).astype(np.uint8)
-        # A stable argsort of 8-bit values is a counting sort: linear time.
-        by_bucket = hashes[np.argsort(buckets, kind="stable")]
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(buckets, minlength=1 << _BUCKET_BITS))])
-        for bucket in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
-            with open(self._spill_dir / f"{bucket:03d}", "ab") as sink:
-                by_bucket[bounds[bucket] : bounds[bucket + 1]].tofile(sink)
+        # Sorted in place, each bucket is one slice: no index or partitioned copy held beside the hashes.
+        hashes.sort()
+        edges = np.arange(1 << _BUCKET_BITS, dtype=np.uint64) << np.uint64(64 - _BUCKET_BITS)
+        bounds = [*np.searchsorted(hashes, edges).tolist(), hashes.size]
+        for bucket, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            if stop > start:
+                with open(self._spill_dir / f"{bucket:03d}", "ab") as sink:
+                    hashes[start:stop].tofile(sink)
 
     def _bucket_files(self) -> list[Path]:
         assert self._spill_dir is not None

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,16 +11,13 @@ import pyarrow.compute as pc
 
 from core.errors import CorpusError
 from storage.corpus.layout import TEXT_TYPE, CorpusColumns, CorpusLayout, plain_type
-from storage.corpus.source import UNREADABLE_ERRORS, Corpus, CorpusFile, open_corpus
+from storage.corpus.read_ahead import Read, ReadError, decoded_batches
+from storage.corpus.source import Corpus, CorpusFile, open_corpus
 from storage.location import Location
 
 DEFAULT_BATCH_ROWS = 65536
 # Compressed bytes of row groups read at once; larger row groups are streamed page by page.
-_READ_BYTES = 64 << 20
-# Reads decoded while the current one is used, and the threads decoding them.
-_READS_AHEAD = 2
-_DECODE_THREADS = 2
-_DECODE_ERRORS: tuple[type[Exception], ...] = (CorpusError, *UNREADABLE_ERRORS)
+_READ_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -37,7 +31,7 @@ class RawBatch:
 
 def iter_raw_batches(corpus: Corpus, batch_rows: int) -> Iterator[RawBatch]:
     """The needed columns of every file in turn, streamed; nested files are read in fewer rows so that
-    pairs stay near batch_rows. The next reads are decoded in the background while a batch is used."""
+    pairs stay near batch_rows. The next batches are decoded in the background (``read_ahead``)."""
     reads = (
         read
         for file in corpus.files
@@ -45,75 +39,26 @@ def iter_raw_batches(corpus: Corpus, batch_rows: int) -> Iterator[RawBatch]:
         for read in _file_reads(file, corpus.layout, batch_rows)
     )
     file, first_row = None, 0
-    for read, decoded in _decoded_in_order(reads):
-        if read.file is not file:
-            file, first_row = read.file, 0
-        for batch in decoded.batches:
+    try:
+        for read, batch in decoded_batches(reads):
+            if read.file is not file:
+                file, first_row = read.file, 0
             for name, value in read.file.constants.items():
                 batch = batch.append_column(name, pa.repeat(value, batch.num_rows))
             yield RawBatch(read.file, first_row, batch)
             first_row += batch.num_rows
-        if decoded.error is not None:
-            uri = read.file.location.uri
-            raise CorpusError(
-                f"{uri} could not be read after row {first_row}: {decoded.error}"
-            ) from decoded.error
+    except ReadError as failed:
+        rows = first_row if failed.read.file is file else 0
+        uri = failed.read.file.location.uri
+        raise CorpusError(f"{uri} could not be read after row {rows}: {failed.cause}") from failed.cause
 
 
-@dataclass(frozen=True)
-class _Read:
-    """Consecutive row groups of one file, read by one reader of their own."""
-
-    file: CorpusFile
-    row_groups: list[int]
-    columns: list[str]
-    batch_rows: int
-    pre_buffer: bool
-
-    def decode(self) -> _Decoded:
-        batches: list[pa.RecordBatch] = []
-        try:
-            with self.file.open(self.pre_buffer) as parquet_file:
-                for batch in parquet_file.iter_batches(
-                    batch_size=self.batch_rows, row_groups=self.row_groups, columns=self.columns
-                ):
-                    batches.append(batch)
-        except _DECODE_ERRORS as exc:
-            return _Decoded(batches, exc)
-        return _Decoded(batches, None)
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    """The batches of a read, and the error that ended it early, if any."""
-
-    batches: list[pa.RecordBatch]
-    error: Exception | None
-
-
-def _file_reads(file: CorpusFile, layout: CorpusLayout, batch_rows: int) -> Iterator[_Read]:
+def _file_reads(file: CorpusFile, layout: CorpusLayout, batch_rows: int) -> Iterator[Read]:
     read_rows = batch_rows if layout.form == "long" else _nested_read_rows(file, batch_rows)
     stored = [name for name in layout.file_columns if name not in file.constants]
     pre_buffer = max(file.row_group_bytes, default=0) <= _READ_BYTES
     for row_groups in _row_group_reads(file, read_rows):
-        yield _Read(file, row_groups, stored, read_rows, pre_buffer)
-
-
-def _decoded_in_order(reads: Iterator[_Read]) -> Iterator[tuple[_Read, _Decoded]]:
-    """Each read with its batches, in order, decoded up to _READS_AHEAD reads ahead on a thread pool."""
-    pool = ThreadPoolExecutor(max_workers=_DECODE_THREADS, thread_name_prefix="corpus-read")
-    try:
-        pending: deque[tuple[_Read, Future[_Decoded]]] = deque()
-        for read in itertools.islice(reads, _READS_AHEAD):
-            pending.append((read, pool.submit(read.decode)))
-        while pending:
-            read, decoding = pending.popleft()
-            following = next(reads, None)
-            if following is not None:
-                pending.append((following, pool.submit(following.decode)))
-            yield read, decoding.result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        yield Read(file, row_groups, stored, read_rows, pre_buffer)
 
 
 def _row_group_reads(file: CorpusFile, read_rows: int) -> list[list[int]]:

@@ -641,6 +641,25 @@ def test_short_strings_hash_as_long_ones_do(monkeypatch: pytest.MonkeyPatch) -> 
     assert short.tolist() == storage.corpus.keys.hash_strings(array, seed=5).tolist()
 
 
+def test_pair_hashes_spilled_in_buckets_find_every_repeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage.corpus.pair_hashes, "_MEMORY_HASHES", 1000)
+    generator = np.random.default_rng(0)
+    values = np.frombuffer(generator.bytes(8 * 10_000), dtype=np.uint64)
+    repeats = values[generator.choice(values.size, 50)]
+    stream = np.concatenate([values, repeats, repeats[:5]])
+    generator.shuffle(stream)
+
+    with storage.corpus.pair_hashes.PairHashes() as hashes:
+        for part in np.array_split(stream, 37):
+            hashes.append(part)
+        spill_dir = hashes._spill_dir
+        assert spill_dir is not None and len(list(spill_dir.iterdir())) == 256
+        found = hashes.repeated()
+
+    assert found.tolist() == np.unique(repeats).tolist()
+    assert not spill_dir.exists()
+
+
 def test_hashes_distinguish_near_identical_strings() -> None:
     strings = ["", "a", "a\x00", "ab", "ba", "abcdefgh", "abcdefgh\x00", "abcdefghi", "é", "e"]
     hashes = storage.corpus.keys.hash_strings(pa.array(strings), seed=0)
