@@ -64,11 +64,6 @@ class Corpus:
     layout: CorpusLayout
     files: tuple[CorpusFile, ...]
 
-    @property
-    def pair_slots(self) -> int:
-        """An upper bound of the number of pairs, from the footers alone."""
-        return sum(file.pair_slots for file in self.files)
-
 
 def open_corpus(location: Location, columns: CorpusColumns) -> Corpus:
     """Find the corpus's files and check their schemas; every file-level problem is a ``CorpusError``."""
@@ -210,7 +205,7 @@ def _corpus_file(
         location,
         label,
         metadata.num_rows,
-        footer_pair_slots(parquet_file, layout),
+        _footer_pair_slots(parquet_file, layout),
         tuple(group.num_rows for group in groups),
         tuple(sum(group.column(leaf).total_compressed_size for leaf in leaves) for group in groups),
         constants,
@@ -234,7 +229,7 @@ def _open_parquet(location: Location, pre_buffer: bool = False) -> Iterator[pq.P
             yield parquet_file
 
 
-def footer_pair_slots(parquet_file: pq.ParquetFile, layout: CorpusLayout) -> int:
+def _footer_pair_slots(parquet_file: pq.ParquetFile, layout: CorpusLayout) -> int:
     """An upper bound of the number of pairs in one file, from its footer alone."""
     metadata = parquet_file.metadata
     if layout.form == "long":

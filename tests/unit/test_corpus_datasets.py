@@ -97,6 +97,19 @@ def test_a_query_split_across_two_files_lands_in_one_shard(tmp_path: Path) -> No
     assert_whole_queries(inputs, pairs_of(corpus))
 
 
+def test_a_query_continued_at_the_start_of_the_next_file_stays_contiguous(tmp_path: Path) -> None:
+    first, second = rows(range(0, 2)), rows(range(2, 4))
+    files = {"a.parquet": long_table([*first, second[0]]), "b.parquet": long_table(second[1:])}
+    corpus = write_files(location(tmp_path / "corpus"), files)
+
+    summary = validate_corpus(corpus, DEFAULT)
+    inputs = write_shard_inputs(corpus, DEFAULT, summary, plan_shards(summary, 3), location(tmp_path / "in"))
+
+    assert summary.queries_contiguous and summary.query_pair_counts.tolist() == [3] * 4
+    assert read_shard_input(inputs[2].location)["doc_id"].to_pylist() == ["d2-0", "d2-1", "d2-2"]
+    assert_whole_queries(inputs, pairs_of(corpus))
+
+
 def test_hive_partitions_are_ignored_unless_they_name_a_column(tmp_path: Path) -> None:
     by_language = {
         "lang=en/part-0.parquet": long_table(rows(range(0, 2))),
