@@ -59,6 +59,12 @@ def test_runs_of_one_query_hash_like_single_pairs(
     texts = [text for _, texts in runs for text in texts]
     expected = per_pair_hashes(fingerprint, queries, texts)
     assert pair_hashes(fingerprint, column(queries), column(texts)).tolist() == expected.tolist()
+    # The same pairs with the queries interleaved: hashed query by query, then put back in place.
+    order = sorted(range(len(queries)), key=lambda index: (index % 3, index))
+    shuffled_queries, shuffled_texts = [queries[i] for i in order], [texts[i] for i in order]
+    assert pair_hashes(fingerprint, column(shuffled_queries), column(shuffled_texts)).tolist() == [
+        expected[i] for i in order
+    ]
 
 
 def test_texts_around_block_boundaries() -> None:
