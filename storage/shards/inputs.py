@@ -9,7 +9,7 @@ How rows reach their shard file without loading the corpus:
   Parquet writer open at a time.
 - Otherwise (a query's rows interleaved with others) consecutive batches are gathered into runs
   of about 32 MB; each run is stably sorted by shard and appended, as one record batch, to an
-  uncompressed Arrow IPC spill file inside inputs_dir. The spill file is then memory-mapped and
+  uncompressed Arrow IPC spill file in a local temporary directory. The spill file is then memory-mapped and
   read shard by shard: for every shard, its slice of each run, in run order. Slices of a memory
   map are zero-copy, so the process holds only pages of the file that the kernel can drop, never
   the corpus. The spill costs disk space about the size of the uncompressed pairs, and is deleted
@@ -22,6 +22,7 @@ written, so a shard file is written once and never read back by the producer.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from storage.corpus.keys import id_keys
 from storage.corpus.layout import CANONICAL_COLUMNS, CorpusColumns, pair_schema
 from storage.corpus.reader import DEFAULT_BATCH_ROWS, UNREADABLE_ERRORS, iter_pairs
 from storage.corpus.validation import CorpusSummary
+from storage.location import Location
 from storage.shards.annotations import PairAnnotations
 from storage.shards.plan import ShardPlan
 
@@ -45,11 +47,11 @@ _SPILL_RUN_BYTES = 32 << 20
 
 @dataclass(frozen=True)
 class ShardInput:
-    """One written shard; ``path`` is the Parquet file that ``read_shard_input`` reads, and
+    """One written shard; ``location`` is the Parquet file that ``read_shard_input`` reads, and
     ``reused_pairs`` how many of its pairs carry a score from an earlier run."""
 
     shard_id: int
-    path: Path
+    location: Location
     n_pairs: int
     n_queries: int
     reused_pairs: int = 0
@@ -60,11 +62,11 @@ def shard_file_name(shard_id: int) -> str:
 
 
 def write_shard_inputs(
-    path: Path,
+    corpus: Location,
     columns: CorpusColumns,
     summary: CorpusSummary,
     plans: list[ShardPlan],
-    inputs_dir: Path,
+    inputs_dir: Location,
     annotations: PairAnnotations | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> list[ShardInput]:
@@ -72,9 +74,9 @@ def write_shard_inputs(
     pair with its ``annotations`` when given (else the worker scores every pair)."""
     _check_plans(summary, plans)
     router = _ShardRouter(summary, plans)
-    inputs_dir.mkdir(parents=True, exist_ok=True)
+    inputs_dir.make_dir()
     schema = pair_schema(summary.query_id_type, summary.doc_id_type)
-    batches = iter_pairs(path, columns, batch_rows)
+    batches = iter_pairs(Path(corpus.path), columns, batch_rows)
     with _ShardFiles(inputs_dir, schema, plans, annotations) as shard_files:
         if summary.queries_contiguous:
             for batch in batches:
@@ -82,15 +84,19 @@ def write_shard_inputs(
                 for start, stop in _runs(shards):
                     shard_files.write(int(shards[start]), batch.slice(start, stop - start))
         else:
-            _write_through_spill(batches, router, shard_files, inputs_dir / _SPILL_NAME, schema)
+            with tempfile.TemporaryDirectory(prefix="bulk-rerank-spill-") as spill_dir:
+                _write_through_spill(batches, router, shard_files, Path(spill_dir) / _SPILL_NAME, schema)
         return shard_files.finish()
 
 
-def read_shard_input(path: Path) -> pa.Table:
+def read_shard_input(location: Location) -> pa.Table:
     """One shard's pairs: columns ``query_id, query, doc_id, text`` (then, as the producer writes them,
-    ``content_hash`` and ``reused_score``), in corpus order."""
+    ``content_hash`` and ``reused_score``), in corpus order. One shard is read, whole: its size is
+    bounded by the shard size, whatever the corpus."""
+    path = location.uri
     try:
-        table = pq.read_table(path)
+        with location.open_input() as handle:
+            table = pq.ParquetFile(handle).read()
     except UNREADABLE_ERRORS as exc:
         raise CorpusError(f"shard input {path} cannot be read: {exc}") from exc
     if tuple(table.column_names[: len(CANONICAL_COLUMNS)]) != CANONICAL_COLUMNS:
@@ -206,7 +212,7 @@ class _ShardFiles:
 
     def __init__(
         self,
-        inputs_dir: Path,
+        inputs_dir: Location,
         schema: pa.Schema,
         plans: list[ShardPlan],
         annotations: PairAnnotations | None,
@@ -257,7 +263,8 @@ class _ShardFiles:
         self._shard = shard
         self._shard_rows = 0
         self._shard_reused = 0
-        self._writer = pq.ParquetWriter(self._inputs_dir / shard_file_name(shard), self._file_schema)
+        target = self._inputs_dir.join(shard_file_name(shard))
+        self._writer = pq.ParquetWriter(target.path, self._file_schema, filesystem=target.filesystem)
 
     def _flush(self) -> None:
         if self._pending and self._writer is not None:
@@ -280,8 +287,8 @@ class _ShardFiles:
         plan = self._plans[self._shard]
         if self._shard_rows != plan.n_pairs:
             raise _changed_since_validation()
-        path = self._inputs_dir / shard_file_name(self._shard)
-        written = ShardInput(self._shard, path, self._shard_rows, plan.n_queries, self._shard_reused)
+        location = self._inputs_dir.join(shard_file_name(self._shard))
+        written = ShardInput(self._shard, location, self._shard_rows, plan.n_queries, self._shard_reused)
         self._written.append(written)
 
 

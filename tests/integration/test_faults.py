@@ -69,7 +69,8 @@ def _assert_exactly_once(run_dir: Path, corpus_rows: int, ledger: Ledger, run_id
     scores = pq.read_table(run_dir)
     keys = list(zip(scores.column("query_id").to_pylist(), scores.column("doc_id").to_pylist(), strict=True))
     assert len(keys) == corpus_rows and len(set(keys)) == corpus_rows
-    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")], "a partial file was left behind"
+    assert not [p for p in run_dir.rglob("*.tmp")], "a partial file was left behind"
+    assert not list(run_dir.glob("_attempts/*")), "attempt files were left behind"
     with ledger.session() as session:
         duplicates = session.execute(
             select(Usage.shard_id, Usage.attempt, Usage.request_index, func.count())
@@ -204,8 +205,8 @@ def test_unwritable_output_fails_the_attempt_cleanly_and_retries(redis_url: str,
     assert submitted.returncode == 0, submitted.stderr
     run_id = submitted.stdout.strip()
     run_dir = tmp_path / "data" / "runs" / run_id
-    blocker = run_dir / "shard-00000.parquet"
-    blocker.mkdir()  # the output location cannot take the file
+    blocker = run_dir / "_attempts"
+    blocker.write_bytes(b"")  # a file where attempts write their scores: no attempt can write
     ledger = Ledger(f"sqlite:///{tmp_path / 'data' / 'ledger.db'}")
     fleet = start_fleet(spec, 1, env, redis_url, prefix, tmp_path / "workers.log")
     try:
@@ -213,10 +214,10 @@ def test_unwritable_output_fails_the_attempt_cleanly_and_retries(redis_url: str,
         while ledger.usage_totals(run_id).failed_attempts < 1:
             assert time.monotonic() < deadline, fleet.log()[-2000:]
             time.sleep(0.1)
-        assert sorted(p.name for p in run_dir.iterdir()) == ["_inputs", "shard-00000.parquet"]
+        assert sorted(p.name for p in run_dir.iterdir()) == ["_attempts", "_inputs"]
         [shard] = ledger.shards(run_id)
-        assert "Is a directory" in (shard.error or "") or "IsADirectoryError" in (shard.error or "")
-        blocker.rmdir()
+        assert "_attempts" in (shard.error or ""), shard.error
+        blocker.unlink()
         _wait_finished(ledger, run_id, timeout_s=120)
         assert ledger.progress(run_id).status == "completed"
         _assert_exactly_once(run_dir, 50, ledger, run_id)
