@@ -111,7 +111,9 @@ class Location:
         return guarded(lambda: self.filesystem.open_input_file(self.path), self)
 
     def open_output(self) -> pa.NativeFile:
-        """A writer; on object stores the object appears only when it is closed."""
+        """A writer (local parent directories are made); on object stores the object appears only when
+        it is closed."""
+        self.parent.make_dir()
         return guarded(lambda: self.filesystem.open_output_stream(self.path), self)
 
     def read_bytes(self) -> bytes:
@@ -119,6 +121,8 @@ class Location:
             return bytes(handle.read())
 
     def write_bytes(self, data: bytes) -> None:
+        self.parent.make_dir()
+
         def write() -> None:
             with self.filesystem.open_output_stream(self.path) as handle:
                 handle.write(data)
