@@ -5,17 +5,20 @@ user gets for bad URIs, missing buckets and refused credentials, with nothing wr
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sqlalchemy import func, select
 
 from storage.ledger import Ledger
+from storage.ledger.schema import Usage
 from testkit import corpora
 from testkit.checks import assert_output_matches, reference_scores
-from testkit.fleet import clean_env, local_worker_env, run_script, start_fleet
+from testkit.fleet import clean_env, local_worker_env, run_script, start_fleet, wait_finished
 from testkit.model_factory import build_tiny_cross_encoder
 from testkit.object_store import FAKE_CREDENTIALS, S3Endpoint, refusing_s3_server, s3_server
 from testkit.services import delete_prefixed, new_prefix
@@ -42,7 +45,7 @@ def s3_fleet(
     """Two CPU workers whose data dir is s3://nightly/data; the ledger is SQLite on this machine."""
     root = tmp_path_factory.mktemp("s3-pipeline")
     prefix = new_prefix()
-    env = local_worker_env(root, redis_url, prefix, state_dir=str(root / "state"))
+    env = local_worker_env(root, redis_url, prefix, state_dir=str(root / "state"), lease_s="3")
     env.update(endpoint.env(data_dir=f"s3://{BUCKET}/data"))
     model = f"cross-encoder:{tiny_model}"
     fleet = start_fleet(model, 2, env, redis_url, prefix, root / "workers.log")
@@ -101,6 +104,65 @@ def test_a_run_on_s3_scores_every_pair_once_and_leaves_a_readable_dataset(
     assert [shard.scores_path for shard in shards] == [shard.output_path for shard in shards]
     assert ledger.usage_totals(run_id).pairs == corpus.num_rows
     assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in result.stderr + s3_fleet["fleet"].log()
+
+
+def test_a_worker_killed_mid_shard_on_s3_loses_and_duplicates_nothing(
+    s3_fleet: dict, endpoint: S3Endpoint, tmp_path: Path
+) -> None:
+    """SIGKILL while a shard is being scored: its lease expires, the reaper sends it again, another
+    attempt publishes it; the killed attempt leaves no object behind and its shard is counted once."""
+    corpus = corpora.long_corpus(n_queries=120, docs_per_query=25, seed=13)
+    submitted = run_script(
+        "submit.py",
+        str(corpora.write(corpus, tmp_path / "night-2.parquet")),
+        "--model",
+        s3_fleet["model"],
+        "--shard-pairs",
+        "250",
+        env=s3_fleet["env"],
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip().splitlines()[-1]
+    ledger = Ledger(f"sqlite:///{s3_fleet['root'] / 'state' / 'ledger.db'}")
+    fleet = s3_fleet["fleet"]
+
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, "never saw a shard running"
+        running = [shard for shard in ledger.shards(run_id, statuses=["running"]) if shard.worker]
+        if not running:
+            time.sleep(0.02)
+            continue
+        victim = fleet.worker_process(running[0].worker)
+        victim.suspend()
+        [still] = [shard for shard in ledger.shards(run_id) if shard.shard_id == running[0].shard_id]
+        if still.status == "running" and still.worker == running[0].worker:
+            break
+        victim.resume()
+    victim.kill()
+
+    wait_finished(ledger, run_id, timeout_s=180)
+    assert ledger.progress(run_id).status == "completed", fleet.log()[-3000:]
+    [killed] = [shard for shard in ledger.shards(run_id) if shard.shard_id == running[0].shard_id]
+    assert killed.attempts >= 2
+    run_dir = f"{BUCKET}/data/runs/{run_id}"
+    scores = pq.read_table(run_dir, filesystem=endpoint.filesystem())
+    keys = set(zip(scores.column("query_id").to_pylist(), scores.column("doc_id").to_pylist(), strict=True))
+    assert scores.num_rows == len(keys) == corpus.num_rows
+    settled = {f"{run_dir}/{PurePosixPath(shard.output_path).name}" for shard in ledger.shards(run_id)}
+    others = [key for key in endpoint.keys(run_dir) if key not in settled and "/_inputs/" not in key]
+    assert others == [], others  # no attempt file, no temporary
+    with ledger.session() as session:
+        duplicates = session.execute(
+            select(Usage.shard_id, Usage.attempt, Usage.request_index, func.count())
+            .where(Usage.run_id == run_id)
+            .group_by(Usage.shard_id, Usage.attempt, Usage.request_index)
+            .having(func.count() > 1)
+        ).all()
+    assert duplicates == []
+    # Every attempt has its usage row but the killed one, which died before it could write it.
+    assert ledger.usage_totals(run_id).attempts == sum(shard.attempts for shard in ledger.shards(run_id)) - 1
+    assert ledger.usage_totals(run_id).pairs == corpus.num_rows
 
 
 def _submit(env: dict[str, str], *args: str) -> tuple[int, str]:
