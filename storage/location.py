@@ -257,7 +257,7 @@ def _s3(options: S3Options) -> pafs.S3FileSystem:
         kwargs["scheme"] = endpoint.scheme
         # S3-compatible stores rarely serve virtual-hosted bucket names.
         kwargs["force_virtual_addressing"] = False
-    return pafs.S3FileSystem(**kwargs)  # type: ignore[arg-type]
+    return pafs.S3FileSystem(**kwargs)
 
 
 def _fsspec_location(text: str, scheme: str, uri: str) -> Location:

@@ -25,9 +25,10 @@ from worker.task_events import send_progress_events
 log = logging.getLogger(__name__)
 
 _settings = get_settings()
-_broker_url = _settings.resolved_broker_url
-if _broker_url is None:
+_resolved_broker_url = _settings.resolved_broker_url
+if _resolved_broker_url is None:
     raise ConfigError("RERANK_BROKER_URL is not set; start workers with scripts/workers.py")
+_broker_url: str = _resolved_broker_url
 
 app = create_app(_settings, _broker_url)
 app.conf.include = ["tasks.score_shard"]
