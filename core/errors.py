@@ -64,3 +64,7 @@ class PermanentProviderError(ProviderError):
 class StorageError(RerankError):
     """Raised when a location (local path or storage URI) cannot be parsed, reached, read or written; the
     message names the location, without credentials, and the reason: missing bucket, denied access."""
+
+
+class StorageUnreachableError(StorageError):
+    """Raised when a storage endpoint does not answer (network, DNS, TLS); the location itself may be fine."""

@@ -10,7 +10,7 @@ workers before producers when a new version appears, and old messages still in t
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from celery import Celery
@@ -65,19 +65,22 @@ class ShardRef(BaseModel):
         except ValidationError as exc:
             raise MessageError(f"shard reference is malformed: {_problems(exc)}") from None
 
-    def resolve(self, data_dir: Path, relative: str) -> Path:
-        """Absolute path of ``relative`` inside ``data_dir``; refuses anything that escapes it."""
-        root = data_dir.resolve()
-        candidate = (root / relative).resolve()
-        if Path(relative).is_absolute() or not candidate.is_relative_to(root):
+    def checked(self, relative: str) -> str:
+        """``relative`` (one of this shard's paths), refused unless it stays inside the data dir."""
+        path = PurePosixPath(relative)
+        if not path.parts or path.is_absolute() or ".." in path.parts or "\\" in relative:
             raise MessageError(f"shard {self.run_id}/{self.shard_id} points outside the data directory")
-        return candidate
+        return str(path)
 
-    def input_file(self, data_dir: Path) -> Path:
-        return self.resolve(data_dir, self.input_path)
+    @property
+    def input_key(self) -> str:
+        """The shard's input, relative to the data dir."""
+        return self.checked(self.input_path)
 
-    def output_file(self, data_dir: Path) -> Path:
-        return self.resolve(data_dir, self.output_path)
+    @property
+    def output_key(self) -> str:
+        """The shard's scores, relative to the data dir."""
+        return self.checked(self.output_path)
 
 
 class ShardResult(BaseModel):

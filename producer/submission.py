@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
-import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from celery import Celery
 
@@ -16,13 +15,14 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from storage.corpus import CorpusColumns, CorpusSummary
 from storage.ledger import Ledger, Run, RunStatus, Shard, ShardPlanRow, ShardStatus, utcnow
-from storage.location import Location, location_of
+from storage.location import Location, data_location
 from storage.shards.annotations import PairAnnotations
 from storage.shards.content_hash import scoring_fingerprint
 from storage.shards.inputs import write_shard_inputs
 from storage.shards.plan import plan_shards
 from storage.shards.reuse import PreviousScores
 
+RUNS_DIRNAME = "runs"
 INPUTS_DIRNAME = "_inputs"
 
 
@@ -39,12 +39,9 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def runs_dir(settings: Settings) -> Path:
-    return settings.resolved_data_dir / "runs"
-
-
-def run_dir(settings: Settings, run_id: str) -> Path:
-    return runs_dir(settings) / run_id
+def run_key(run_id: str) -> str:
+    """A run's directory, relative to the data dir."""
+    return f"{RUNS_DIRNAME}/{run_id}"
 
 
 def shard_output_name(shard_id: int) -> str:
@@ -65,27 +62,25 @@ def create_run(
     """Record a new run of a validated corpus, with its shard inputs written under the run dir.
 
     Each shard input is written once, with every pair's content hash and, given ``previous``, the score
-    it carries over. The inputs are written to a hidden directory that is renamed into place, and
-    everything is removed again if writing them or recording the run fails."""
+    it carries over. The inputs are written before the run is recorded, so no worker ever sees a
+    partial input; if writing them or recording the run fails, they are removed again."""
     run_id = new_run_id()
-    final_dir = run_dir(settings, run_id)
-    staging = runs_dir(settings) / f".staging-{run_id}"
+    data = data_location(settings)
+    run_location = data.join(run_key(run_id))
     try:
         plans = plan_shards(summary, shard_pairs)
         fingerprint = scoring_fingerprint(str(spec), settings.max_length)
         annotations = PairAnnotations(fingerprint, previous)
-        inputs_dir = location_of(str(staging / INPUTS_DIRNAME), settings)
+        inputs_dir = run_location.join(INPUTS_DIRNAME)
         inputs = write_shard_inputs(corpus, columns, summary, plans, inputs_dir, annotations)
         reused = sum(shard.reused_pairs for shard in inputs)
-        staging.rename(final_dir)
-        data_dir = settings.resolved_data_dir
         rows = [
             ShardPlanRow(
                 shard_id=shard.shard_id,
                 pairs=shard.n_pairs,
                 queries=shard.n_queries,
-                input_path=str((final_dir / INPUTS_DIRNAME / shard.location.name).relative_to(data_dir)),
-                output_path=str((final_dir / shard_output_name(shard.shard_id)).relative_to(data_dir)),
+                input_path=shard.location.relative_to(data),
+                output_path=f"{run_key(run_id)}/{shard_output_name(shard.shard_id)}",
             )
             for shard in inputs
         ]
@@ -108,8 +103,8 @@ def create_run(
         )
         ledger.create_run(run, rows)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(final_dir, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            run_location.delete_tree()
         raise
     return CreatedRun(run_id, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused)
 
@@ -145,7 +140,9 @@ def previous_scores(
         if run.model != str(spec):
             raise RerankError(f"--reuse {which}: that run scored {run.model}, not {spec}")
         run_id = run.run_id
-    return run_id, PreviousScores.from_run_dir(run_dir(settings, run_id))
+    return run_id, PreviousScores.from_files(
+        [data_location(settings).join(shard.published_scores) for shard in ledger.shards(run_id)]
+    )
 
 
 def failed_shards(ledger: Ledger, run_id: str) -> list[Shard]:

@@ -43,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = get_settings()
     embedded_was_running = settings.broker_url is None and embedded_broker(settings).url() is not None
-    out = settings.resolved_data_dir / "example-scores.parquet"
+    out = settings.resolved_state_dir / "example-scores.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    log_path = settings.resolved_data_dir / "demo.log"
+    log_path = settings.resolved_state_dir / "demo.log"
     with open(log_path, "wb") as log:
         workers = subprocess.Popen(
             [sys.executable, str(REPO / "scripts" / "workers.py"), "--model", MODEL, "--cpu", "1"],

@@ -17,16 +17,16 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.broker import resolve_broker_url
 from core.broker.celery_app import create_app
 from core.broker.presence import live_workers
-from core.errors import BrokerError, CorpusError, RerankError
+from core.errors import BrokerError, CorpusError, RerankError, StorageUnreachableError
 from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
+from core.reach import local_only_warning
 from core.settings import Settings, get_settings
 from producer.report import show_run_summary
 from producer.submission import (
@@ -41,7 +41,8 @@ from storage.corpus import CorpusColumns, validate_corpus
 from storage.ledger import Ledger
 from storage.ledger.schema import Run
 from storage.ledger.types import RunProgress
-from storage.location import location_of
+from storage.location import Location, data_location, location_of
+from storage.shards.publication import settle_run
 from storage.shards.scores import merge_scores, read_metadata
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -56,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "corpus",
         nargs="?",
-        help="the corpus: a Parquet file (long or nested form) or a directory of them, a local path or a "
-        "URI such as s3://bucket/prefix",
+        help="the corpus (long or nested form): a Parquet file or a directory of them (Hive-partitioned or "
+        "not), a local path or a URI such as s3://bucket/corpus/",
     )
     parser.add_argument(
         "--model",
@@ -81,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model (latest: the newest completed one) and carry its scores over for the rest",
     )
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
-    parser.add_argument("--out", type=Path, help="with --wait: merge all scores into this Parquet file")
+    parser.add_argument(
+        "--out", help="with --wait: merge all scores into this Parquet file (a local path or a URI)"
+    )
     parser.add_argument(
         "--shard-pairs", type=int, help="target pairs per shard (default: RERANK_SHARD_PAIRS)"
     )
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     except CorpusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokerError as exc:
+    except (BrokerError, StorageUnreachableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except SQLAlchemyError as exc:
@@ -146,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    if args.out is not None and not args.out.parent.is_dir():
-        raise RerankError(f"--out {args.out}: directory {args.out.parent} does not exist")
+    data = data_location(settings)
+    out = _checked_out(location_of(args.out, settings)) if args.out is not None else None
     columns = CorpusColumns(
         query_id=args.query_id_column,
         query=args.query_column,
@@ -174,6 +177,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         broker_url = resolve_broker_url(settings)
         ledger.create_schema()
         shard_pairs = args.shard_pairs or settings.shard_pairs
+        data.check_container()  # a missing bucket or denied access is told before anything is written
         created = create_run(
             corpus, summary, spec, columns, settings, ledger, shard_pairs, previous, reused_from
         )
@@ -204,6 +208,9 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if args.resume or args.retry_failed:
         print(f"run {run.run_id}: re-enqueued {sent} shard(s)", file=sys.stderr)
     _warn_if_unserved(broker_url, settings, run)
+    warning = local_only_warning(settings)
+    if warning:
+        print(warning, file=sys.stderr)
     print(run.run_id, flush=True)  # stdout carries only the run id, for scripts
     if not args.wait:
         return EXIT_OK
@@ -219,8 +226,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED_SHARDS
-    if args.out is not None:
-        _write_merged(ledger, run, settings, args.out)
+    if out is not None:
+        _write_merged(ledger, run, data, out)
     return EXIT_OK
 
 
@@ -248,13 +255,23 @@ def _warn_if_unserved(broker_url: str, settings: Settings, run: Run) -> None:
         )
 
 
-def _write_merged(ledger: Ledger, run: Run, settings: Settings, out: Path) -> None:
-    data_dir = settings.resolved_data_dir
-    files = [data_dir / shard.output_path for shard in ledger.shards(run.run_id)]
+def _checked_out(out: Location) -> Location:
+    """``--out``, checked before the run starts: its directory (bucket) exists and can be listed."""
+    if out.is_local and not out.parent.is_dir():
+        raise RerankError(f"--out {out.uri}: directory {out.parent.uri} does not exist")
+    out.parent.check_container()
+    if out.is_dir():
+        raise RerankError(f"--out {out.uri} is a directory; give the path of the Parquet file to write")
+    return out
+
+
+def _write_merged(ledger: Ledger, run: Run, data: Location, out: Location) -> None:
+    settle_run(data, ledger, run.run_id)
+    files = [data.join(shard.published_scores) for shard in ledger.shards(run.run_id)]
     metadata = {**read_metadata(files[0]), "run_id": run.run_id}
     metadata.pop("shard_id", None)
     rows = merge_scores(files, out, metadata)
-    print(f"wrote {rows:,} scores to {out}", file=sys.stderr)
+    print(f"wrote {rows:,} scores to {out.uri}", file=sys.stderr)
 
 
 def _safe(settings: Settings) -> str:

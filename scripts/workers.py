@@ -15,10 +15,12 @@ import socket
 import sys
 
 from core.broker import resolve_broker_url
-from core.errors import BrokerError, RerankError
+from core.errors import BrokerError, RerankError, StorageUnreachableError
 from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
+from core.reach import local_only_warning
 from core.settings import api_variable, get_settings
+from storage.location import data_location
 from worker.fleet.launcher import (
     Fleet,
     WorkerProcess,
@@ -102,10 +104,15 @@ def main(argv: list[str] | None = None) -> int:
 
             check_api_config(spec, settings)
         gpus = parse_gpus(args.gpus, visible_gpu_count()) if args.gpus else None
+        data_location(settings).check_container()
         broker_url = resolve_broker_url(settings)
     except RerankError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BROKER if isinstance(exc, BrokerError) else EXIT_USAGE
+        unreachable = isinstance(exc, BrokerError | StorageUnreachableError)
+        return EXIT_BROKER if unreachable else EXIT_USAGE
+    warning = local_only_warning(settings)
+    if warning:
+        print(warning, file=sys.stderr)
     processes: list[WorkerProcess]
     if spec.is_api:
         concurrency = args.concurrency or DEFAULT_API_CONCURRENCY

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from core.errors import StorageError
+from core.errors import StorageError, StorageUnreachableError
 from core.settings import Settings
 
 T = TypeVar("T")
@@ -66,7 +66,9 @@ class Location:
         if not relative or PurePosixPath(relative).is_absolute() or ".." in parts:
             raise StorageError(f"{relative!r} is not a relative path below {self.uri}")
         suffix = "/".join(parts)
-        return Location(self.filesystem, f"{self.path.rstrip('/')}/{suffix}", f"{self.uri.rstrip('/')}/{suffix}")
+        return Location(
+            self.filesystem, f"{self.path.rstrip('/')}/{suffix}", f"{self.uri.rstrip('/')}/{suffix}"
+        )
 
     def relative_to(self, base: Location) -> str:
         """This location's path relative to ``base`` (which must contain it)."""
@@ -92,9 +94,10 @@ class Location:
         if self.is_local:
             guarded(lambda: self.filesystem.create_dir(self.path, recursive=True), self)
 
-    def files(self, prefix: str = "") -> list[Location]:
-        """The files below this directory, recursively, in path order; ``prefix`` filters their names."""
-        selector = pafs.FileSelector(self.path, recursive=True, allow_not_found=True)
+    def files(self, prefix: str = "", recursive: bool = True) -> list[Location]:
+        """The files below this directory (recursively unless told), in path order; ``prefix`` filters
+        their names. A directory that does not exist has none."""
+        selector = pafs.FileSelector(self.path, recursive=recursive, allow_not_found=True)
         infos = guarded(lambda: self.filesystem.get_file_info(selector), self)
         found = [
             Location(self.filesystem, info.path, self.uri.rstrip("/") + "/" + self._below(info.path))
@@ -108,7 +111,9 @@ class Location:
         return guarded(lambda: self.filesystem.open_input_file(self.path), self)
 
     def open_output(self) -> pa.NativeFile:
-        """A writer; on object stores the object appears only when it is closed."""
+        """A writer (local parent directories are made); on object stores the object appears only when
+        it is closed."""
+        self.parent.make_dir()
         return guarded(lambda: self.filesystem.open_output_stream(self.path), self)
 
     def read_bytes(self) -> bytes:
@@ -116,8 +121,23 @@ class Location:
             return bytes(handle.read())
 
     def write_bytes(self, data: bytes) -> None:
-        with self.open_output() as handle:
-            handle.write(data)
+        self.parent.make_dir()
+
+        def write() -> None:
+            with self.filesystem.open_output_stream(self.path) as handle:
+                handle.write(data)
+
+        guarded(write, self)
+
+    def check_container(self) -> None:
+        """Fail now, with a clear error, if this location's bucket does not exist or cannot be read."""
+        if self.is_local:
+            return
+        bucket = self.path.split("/", 1)[0]
+        info = guarded(lambda: self.filesystem.get_file_info(bucket), self)
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"{self.uri}: the bucket {bucket!r} does not exist")
+        guarded(lambda: self.filesystem.get_file_info(self.path), self)
 
     def delete(self) -> bool:
         """Delete this file; False when there was none."""
@@ -185,14 +205,18 @@ def storage_error(exc: BaseException, location: Location) -> StorageError:
     """A clear error for a failed storage call: missing bucket, denied access, unreachable endpoint."""
     text = str(exc)
     lowered = text.lower()
-    if "no_such_bucket" in lowered or "nosuchbucket" in lowered or "bucket does not exist" in lowered:
+    squashed = lowered.replace("_", "")
+    if "nosuchbucket" in squashed or "bucket does not exist" in lowered:
         reason = "the bucket does not exist"
-    elif "access_denied" in lowered or "accessdenied" in lowered or "forbidden" in lowered or " 403" in text:
+    elif "invalidaccesskeyid" in squashed or "signaturedoesnotmatch" in squashed:
+        reason = "access denied: the credentials were refused (check AWS_ACCESS_KEY_ID, the profile or role)"
+    elif "accessdenied" in squashed or "forbidden" in lowered or " 403" in text:
         reason = "access denied: check the credentials and the bucket's policy"
-    elif "invalidaccesskeyid" in lowered or "signaturedoesnotmatch" in lowered:
-        reason = "the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the profile"
     elif "curl" in lowered or "connect" in lowered or "resolve" in lowered or "timed out" in lowered:
-        reason = "the storage endpoint cannot be reached: check RERANK_S3_ENDPOINT_URL and the network"
+        return StorageUnreachableError(
+            f"{location.uri}: the storage endpoint cannot be reached: check RERANK_S3_ENDPOINT_URL and the "
+            "network"
+        )
     elif isinstance(exc, FileNotFoundError) or _not_found(exc):
         reason = "not found"
     else:
@@ -233,7 +257,7 @@ def _s3(options: S3Options) -> pafs.S3FileSystem:
         kwargs["scheme"] = endpoint.scheme
         # S3-compatible stores rarely serve virtual-hosted bucket names.
         kwargs["force_virtual_addressing"] = False
-    return pafs.S3FileSystem(**kwargs)  # type: ignore[arg-type]
+    return pafs.S3FileSystem(**kwargs)
 
 
 def _fsspec_location(text: str, scheme: str, uri: str) -> Location:
@@ -248,7 +272,6 @@ def _fsspec_location(text: str, scheme: str, uri: str) -> Location:
     except ImportError as exc:
         raise StorageError(f"{uri}: the {scheme}:// filesystem is not installed: {exc}") from exc
     return Location(pafs.PyFileSystem(pafs.FSSpecHandler(filesystem)), str(path).rstrip("/"), uri)
-
 
 
 def data_location(settings: Settings) -> Location:

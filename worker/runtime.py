@@ -1,4 +1,5 @@
-"""What a worker process holds for its whole life: settings, the ledger and its one reranker."""
+"""What a worker process holds for its whole life: settings, the data dir, the ledger and its one
+reranker."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from core.errors import MessageError
 from core.model_spec import ModelSpec
 from core.settings import Settings, get_settings
 from storage.ledger import Ledger
+from storage.location import data_location
 from worker.backends import load_reranker
 from worker.backends.base import Reranker
 
@@ -22,6 +24,7 @@ class WorkerRuntime:
 
     def __init__(self, settings: Settings, reranker: Reranker | None = None) -> None:
         self.settings = settings
+        self.data = data_location(settings)
         self.ledger = Ledger(settings.resolved_ledger_url)
         self.leases = self.ledger.leases(settings.max_attempts, settings.lease_s)
         self._reranker: Reranker | None = reranker

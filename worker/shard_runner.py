@@ -12,11 +12,12 @@ from typing import Literal
 from core.errors import MessageError, PermanentProviderError, ProviderError, RerankError
 from core.messages import ShardRef
 from core.model_spec import ModelSpec
-from storage.atomic import remove_stale_temporaries, staged
+from storage.atomic import staged
 from storage.ledger.leases import Busy, Closed
 from storage.ledger.types import AttemptUsage, utcnow
-from storage.location import parse_location
+from storage.location import Location
 from storage.shards.inputs import read_shard_input
+from storage.shards.publication import attempt_key, settle
 from storage.shards.scores import scores_table, write_staged_scores
 from worker.backends.progress_sink import listening
 from worker.lease_keeper import LeaseGuard, LeaseKeeper
@@ -57,9 +58,9 @@ class ShardAttemptError(RerankError):
 def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcome:
     """Score ``ref`` unless the ledger says it is closed. Raises ``ShardBusyError`` when another
     attempt holds it and ``ShardAttemptError`` when this attempt failed."""
-    data_dir = runtime.settings.resolved_data_dir
-    input_file = ref.input_file(data_dir)
-    output_file = ref.output_file(data_dir)
+    data = runtime.data
+    input_file = data.join(ref.input_key)
+    output_key = ref.output_key
     reranker = runtime.reranker(ModelSpec.parse(ref.model))
 
     grant = runtime.leases.acquire(ref.run_id, ref.shard_id, worker)
@@ -74,11 +75,14 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     clock = time.monotonic()
     device = device_label(reranker.describe().get("device", "unknown"))
     usage = AttemptUsage(worker=worker, model=ref.model, device=device)
-    with staged(output_file) as staged_scores:
-        guard: LeaseGuard | None = None
-        try:
+    scores_key = attempt_key(output_key, attempt)
+    scores_file = data.join(scores_key)
+    publishing = False
+    guard: LeaseGuard | None = None
+    try:
+        with staged(scores_file) as staged_scores:
             with LeaseKeeper(runtime.leases, ref.run_id, ref.shard_id, attempt) as keeper:
-                pairs = read_shard_input(parse_location(str(input_file)))
+                pairs = read_shard_input(input_file)
                 guard = LeaseGuard(keeper)
                 with listening(guard):  # stops the scoring at the next batch once the lease is lost
                     scored = score_shard_pairs(reranker, pairs)
@@ -92,35 +96,56 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
                     scored.content_hashes,
                 )
                 write_staged_scores(table, staged_scores)
-            runtime.ledger.record_requests(
-                ref.run_id, ref.shard_id, attempt, worker, ref.model, result.requests
-            )
-            usage = AttemptUsage(
-                worker=worker,
-                model=ref.model,
-                device=device,
-                pairs=scored.computed,
-                # API models keep their tokens on the request rows, so that sums count them once.
-                tokens=0 if result.requests else result.tokens,
-                device_seconds=result.device_seconds,
-                wall_seconds=time.monotonic() - clock,
-            )
-            held = runtime.leases.publish(
-                ref.run_id, ref.shard_id, attempt, usage, started_at, staged_scores.publish
-            )
-        except Exception as exc:
-            if guard is not None and guard.stopped:
-                return _record_lost_lease(ref, runtime, attempt, usage, started_at, clock, guard, exc)
-            _record_failure(ref, runtime, attempt, usage, started_at, clock, exc, grant.final_try)
-            raise ShardAttemptError(
-                f"{type(exc).__name__}: {exc}", grant.final_try or isinstance(exc, PERMANENT_ERRORS), attempt
-            ) from exc
+            # The attempt's own file is whole before the ledger may choose it.
+            staged_scores.publish()
+        runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, worker, ref.model, result.requests)
+        usage = AttemptUsage(
+            worker=worker,
+            model=ref.model,
+            device=device,
+            pairs=scored.computed,
+            # API models keep their tokens on the request rows, so that sums count them once.
+            tokens=0 if result.requests else result.tokens,
+            device_seconds=result.device_seconds,
+            wall_seconds=time.monotonic() - clock,
+        )
+        publishing = True
+        held = runtime.leases.publish(ref.run_id, ref.shard_id, attempt, usage, started_at, scores_key)
+    except Exception as exc:
+        if not publishing:  # else the ledger may have chosen the file: settle_run tidies it later
+            _delete_quietly(scores_file)
+        if guard is not None and guard.stopped:
+            return _record_lost_lease(ref, runtime, attempt, usage, started_at, clock, guard, exc)
+        _record_failure(ref, runtime, attempt, usage, started_at, clock, exc, grant.final_try)
+        raise ShardAttemptError(
+            f"{type(exc).__name__}: {exc}", grant.final_try or isinstance(exc, PERMANENT_ERRORS), attempt
+        ) from exc
     if held:
-        remove_stale_temporaries(output_file)
+        try:
+            settle(data, runtime.ledger, ref.run_id, ref.shard_id, scores_key, output_key)
+        except RerankError as exc:
+            log.warning(
+                "shard %s/%s is published at %s; copying it to %s failed (settle_run finishes it): %s",
+                ref.run_id,
+                ref.shard_id,
+                scores_key,
+                output_key,
+                exc,
+            )
+    else:
+        _delete_quietly(scores_file)
     seconds = time.monotonic() - clock
     status: Literal["done", "superseded"] = "done" if held else "superseded"
     log.info("shard %s/%s %s: %d pairs in %.2fs", ref.run_id, ref.shard_id, status, pairs.num_rows, seconds)
     return ShardOutcome(status, attempt, pairs.num_rows, seconds)
+
+
+def _delete_quietly(location: Location) -> None:
+    """Delete an attempt's own scores file; a file left behind is only clutter, which settle_run sweeps."""
+    try:
+        location.delete()
+    except RerankError as exc:
+        log.warning("could not delete %s: %s", location.uri, exc)
 
 
 def device_label(device: str) -> str:

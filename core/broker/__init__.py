@@ -15,11 +15,12 @@ def embedded_broker(settings: Settings) -> EmbeddedRedis:
 def resolve_broker_url(settings: Settings) -> str:
     """The broker URL to use, starting the embedded server if none is configured. Raises
     ``BrokerError`` when a configured broker does not answer."""
-    if settings.broker_url is None:
+    broker_url = settings.resolved_broker_url
+    if broker_url is None:
         return embedded_broker(settings).ensure_running()
-    if not is_reachable(settings.broker_url):
+    if not is_reachable(broker_url):
         raise BrokerError(
-            f"the broker at {redact(settings.broker_url)} does not answer; start Redis there or unset "
+            f"the broker at {redact(broker_url)} does not answer; start Redis there or unset "
             "RERANK_BROKER_URL to use the embedded one"
         )
-    return settings.broker_url
+    return broker_url

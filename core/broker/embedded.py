@@ -37,6 +37,15 @@ class EmbeddedRedis:
         url = self.url_file.read_text().strip()
         return url if is_reachable(url) else None
 
+    def pid(self) -> int | None:
+        """The process id of the running server, or None when none runs."""
+        if self.url() is None:
+            return None
+        try:
+            return int((self.directory / "redis.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     def ensure_running(self) -> str:
         """Start the server unless one already answers; return its URL."""
         self.directory.mkdir(parents=True, exist_ok=True)

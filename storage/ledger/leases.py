@@ -3,14 +3,14 @@
 Celery with Redis delivers a shard at least once: a worker that vanished, or a shard that outlived the
 visibility timeout, comes back while the first copy may still run. Every attempt therefore takes a
 lease in the ledger. Its number is the fencing token: only the holder of the newest attempt, with its
-lease unexpired, may publish the shard's file and mark it done, and it does both inside one locked
-transaction, so a duplicate delivery neither doubles rows nor lets a stale attempt overwrite a newer
-one. Every attempt's summary usage row is written here, once, through ``usage_rows``.
+lease unexpired, may publish the shard and mark it done: inside one locked transaction it records which
+attempt's scores file is the shard's (each attempt writes its own, so nothing needs an atomic rename and
+object stores work), so a duplicate delivery neither doubles rows nor lets a stale attempt replace the
+chosen file. Every attempt's summary usage row is written here, once, through ``usage_rows``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -116,16 +116,17 @@ class ShardLeases:
         attempt: int,
         usage: AttemptUsage,
         started_at: datetime,
-        publish_file: Callable[[], None],
+        scores_path: str,
     ) -> bool:
-        """If ``attempt`` still holds the shard, call ``publish_file`` (an atomic rename) and mark the
-        shard done, under the shard's row lock. Usage is recorded either way. Returns whether it held."""
+        """If ``attempt`` still holds the shard, record ``scores_path`` (its complete scores file) as the
+        shard's scores and mark it done, under the shard's row lock. Usage is recorded either way.
+        Returns whether it held; only one attempt of a shard ever does."""
         with self._sessions() as session, session.begin():
             record_attempt_row(session, run_id, shard_id, attempt, usage, UsageOutcome.OK, started_at)
             shard = session.get(Shard, (run_id, shard_id), with_for_update=True)
             holds = shard is not None and shard.attempts == attempt and shard.status == ShardStatus.RUNNING
             if holds and shard is not None:
-                publish_file()
+                shard.scores_path = scores_path
                 shard.status = ShardStatus.DONE
                 shard.finished_at = utcnow()
                 shard.error = None
@@ -195,3 +196,20 @@ def _held_by(run_id: str, shard_id: int, attempt: int) -> tuple[ColumnElement[bo
         Shard.attempts == attempt,
         Shard.status == ShardStatus.RUNNING,
     )
+
+
+def move_scores(session: Session, run_id: str, shard_id: int, chosen: str, copy: str) -> bool:
+    """Point a done shard at ``copy``, a complete copy of the scores at ``chosen``, if it still points
+    at ``chosen``. Returns whether it did."""
+    moved = session.scalar(
+        update(Shard)
+        .where(
+            Shard.run_id == run_id,
+            Shard.shard_id == shard_id,
+            Shard.status == ShardStatus.DONE,
+            Shard.scores_path == chosen,
+        )
+        .values(scores_path=copy)
+        .returning(Shard.shard_id)
+    )
+    return moved is not None

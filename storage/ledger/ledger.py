@@ -19,7 +19,7 @@ from core.pricing import PriceTable
 from core.usage import RequestUsage
 from storage.ledger.cost_report import CostRow, Dimension, cost_report
 from storage.ledger.engine import create_ledger_engine
-from storage.ledger.leases import ShardLeases
+from storage.ledger.leases import ShardLeases, move_scores
 from storage.ledger.reports import api_usage_totals, run_progress, usage_totals
 from storage.ledger.runs import add_run, latest_completed_run_id, latest_run_id, mark_enqueued, run_shards
 from storage.ledger.schema import Run, Shard
@@ -96,6 +96,12 @@ class Ledger:
     def leases(self, max_attempts: int, lease_s: float) -> ShardLeases:
         """Attempts at shards under leases of ``lease_s`` seconds, at most ``max_attempts`` per enqueue."""
         return ShardLeases(self._sessions, max_attempts, lease_s)
+
+    def moved_scores(self, run_id: str, shard_id: int, chosen: str, copy: str) -> bool:
+        """Point a done shard's scores at ``copy`` (a complete copy of ``chosen``) if they are at
+        ``chosen``; returns whether they were."""
+        with self._sessions() as session, session.begin():
+            return move_scores(session, run_id, shard_id, chosen, copy)
 
     def record_requests(
         self,

@@ -68,6 +68,9 @@ class Shard(Base):
     queries: Mapped[int] = mapped_column(Integer)
     input_path: Mapped[str] = mapped_column(Text)
     output_path: Mapped[str] = mapped_column(Text)
+    # The attempt's key that the fenced publish chose, then output_path once copied there (None: not
+    # published yet, or published by a release that renamed its file onto output_path).
+    scores_path: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     attempts_base: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -78,6 +81,11 @@ class Shard(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (Index("ix_shards_run_status", "run_id", "status"),)
+
+    @property
+    def published_scores(self) -> str:
+        """Where this done shard's scores are, relative to the data dir."""
+        return self.scores_path or self.output_path
 
     def ref(self, model: str) -> ShardRef:
         """The message body that names this shard of a run of ``model``."""

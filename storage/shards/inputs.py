@@ -68,7 +68,8 @@ def write_shard_inputs(
 
 def read_shard_input(location: Location) -> pa.Table:
     """One shard's pairs: columns ``query_id, query, doc_id, text`` (then, as the producer writes them,
-    ``content_hash`` and ``reused_score``), in corpus order."""
+    ``content_hash`` and ``reused_score``), in corpus order. One shard is read, whole: its size is
+    bounded by the shard size, whatever the corpus."""
     try:
         with location.open_input() as source:
             table = pq.ParquetFile(source).read()

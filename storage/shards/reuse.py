@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from core.errors import RerankError
+from storage.location import Location
+from storage.shards.scores import read_scores
 
 
 class PreviousScores:
@@ -20,13 +21,13 @@ class PreviousScores:
         self._scores = scores[order]
 
     @classmethod
-    def from_run_dir(cls, run_dir: Path) -> PreviousScores:
-        files = sorted(run_dir.glob("shard-*.parquet"))
-        if not files:
-            raise RerankError(f"{run_dir} holds no score files to reuse")
+    def from_files(cls, score_files: Sequence[Location]) -> PreviousScores:
+        """The scores of an earlier run, from its shards' published score files."""
+        if not score_files:
+            raise RerankError("the run to reuse has no score files")
         hashes, scores = [], []
-        for path in files:
-            table = pq.read_table(path, columns=["content_hash", "score"])
+        for location in score_files:
+            table = read_scores(location, columns=["content_hash", "score"])
             hashes.append(table.column("content_hash").to_numpy())
             scores.append(table.column("score").to_numpy())
         return cls(np.concatenate(hashes).astype(np.uint64), np.concatenate(scores).astype(np.float32))

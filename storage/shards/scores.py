@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from core.errors import RerankError
-from storage.atomic import StagedFile, atomic_path
+from storage.atomic import StagedFile, atomic_write
+from storage.location import Location, guarded
 
 METADATA_KEY = b"bulk_rerank"
 
@@ -66,35 +66,53 @@ def scores_table(
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
 
 
-def write_scores(table: pa.Table, target: Path) -> None:
+def write_scores(table: pa.Table, target: Location) -> None:
     """Publish ``table`` at ``target`` atomically."""
-    with atomic_path(target) as temporary:
-        pq.write_table(table, temporary, compression="zstd")
+    with atomic_write(target) as temporary:
+        _write_table(table, temporary)
 
 
 def write_staged_scores(table: pa.Table, staged_file: StagedFile) -> None:
     """Write ``table`` in full to the staged file's temporary name, ready to be published."""
-    pq.write_table(table, staged_file.temporary, compression="zstd")
+    _write_table(table, staged_file.temporary)
     staged_file.seal()
 
 
-def read_metadata(path: Path) -> dict[str, object]:
-    metadata = pq.read_schema(path).metadata or {}
-    raw = metadata.get(METADATA_KEY)
+def read_scores(location: Location, columns: Sequence[str] | None = None) -> pa.Table:
+    return guarded(
+        lambda: pq.read_table(location.path, filesystem=location.filesystem, columns=columns), location
+    )
+
+
+def read_metadata(location: Location) -> dict[str, object]:
+    schema = guarded(lambda: pq.read_schema(location.path, filesystem=location.filesystem), location)
+    raw = (schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
 
 
-def merge_scores(shard_files: Sequence[Path], target: Path, metadata: Mapping[str, object]) -> int:
+def merge_scores(shard_files: Sequence[Location], target: Location, metadata: Mapping[str, object]) -> int:
     """Concatenate shard score files (in the given order) into ``target``, one file at a time, and
-    publish it atomically. Returns the number of rows written."""
+    publish it atomically: complete or not at all. Returns the number of rows written."""
     if not shard_files:
         raise ValueError("no shard score files to merge")
-    schema = pq.read_schema(shard_files[0]).remove_metadata()
+    first = shard_files[0]
+    schema = guarded(lambda: pq.read_schema(first.path, filesystem=first.filesystem), first).remove_metadata()
     schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     rows = 0
-    with atomic_path(target) as temporary, pq.ParquetWriter(temporary, schema, compression="zstd") as out:
-        for path in shard_files:
-            table = pq.read_table(path).replace_schema_metadata(schema.metadata)
+    with (
+        atomic_write(target) as temporary,
+        temporary.open_output() as sink,
+        pq.ParquetWriter(sink, schema, compression="zstd") as out,
+    ):
+        for location in shard_files:
+            table = read_scores(location).replace_schema_metadata(schema.metadata)
             out.write_table(table.cast(schema))
             rows += table.num_rows
     return rows
+
+
+def _write_table(table: pa.Table, location: Location) -> None:
+    guarded(
+        lambda: pq.write_table(table, location.path, filesystem=location.filesystem, compression="zstd"),
+        location,
+    )

@@ -49,7 +49,7 @@ def _corpus(tmp_path: Path) -> tuple[Location, pa.Table]:
 
 
 def _leftovers(settings: Settings) -> list[str]:
-    runs_dir = producer.submission.runs_dir(settings)
+    runs_dir = settings.resolved_data_dir / producer.submission.RUNS_DIRNAME
     return sorted(path.name for path in runs_dir.iterdir()) if runs_dir.exists() else []
 
 

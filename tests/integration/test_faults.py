@@ -17,28 +17,11 @@ from transformers import BertForSequenceClassification
 from storage.ledger import Ledger
 from storage.ledger.schema import Usage
 from testkit import corpora
-from testkit.fleet import Fleet, local_worker_env, run_script, start_fleet
+from testkit.fleet import Fleet, local_worker_env, run_script, start_fleet, wait_finished
 from testkit.model_factory import bert_tokenizer, build_tiny_cross_encoder
 from testkit.services import delete_prefixed, new_prefix
 
 POISON_WORD = "xylophone"
-
-
-def _wait_finished(ledger: Ledger, run_id: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ledger.progress(run_id).finished:
-        assert time.monotonic() < deadline, f"run {run_id} did not finish: {ledger.progress(run_id)}"
-        time.sleep(0.3)
-
-
-def _worker_process(fleet: Fleet, hostname: str) -> psutil.Process:
-    for child in psutil.Process(fleet.process.pid).children():
-        try:
-            if f"--hostname={hostname}" in child.cmdline():
-                return child
-        except psutil.Error:  # a worker that just died, not yet reaped by the launcher
-            continue
-    raise AssertionError(f"no worker process named {hostname}")
 
 
 def _freeze_two_running_shards(
@@ -54,7 +37,7 @@ def _freeze_two_running_shards(
         if len(held) < 2:
             time.sleep(0.05)
             continue
-        frozen = [(shard_id, worker, _worker_process(fleet, worker)) for shard_id, worker in held]
+        frozen = [(shard_id, worker, fleet.worker_process(worker)) for shard_id, worker in held]
         for _, _, process in frozen:
             process.suspend()
         still = {shard.worker: shard.shard_id for shard in ledger.shards(run_id, statuses=["running"])}
@@ -69,7 +52,8 @@ def _assert_exactly_once(run_dir: Path, corpus_rows: int, ledger: Ledger, run_id
     scores = pq.read_table(run_dir)
     keys = list(zip(scores.column("query_id").to_pylist(), scores.column("doc_id").to_pylist(), strict=True))
     assert len(keys) == corpus_rows and len(set(keys)) == corpus_rows
-    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")], "a partial file was left behind"
+    assert not [p for p in run_dir.rglob("*.tmp")], "a partial file was left behind"
+    assert not list(run_dir.glob("_attempts/*")), "attempt files were left behind"
     with ledger.session() as session:
         duplicates = session.execute(
             select(Usage.shard_id, Usage.attempt, Usage.request_index, func.count())
@@ -111,7 +95,7 @@ def test_worker_loss_sigterm_finishes_and_sigkill_is_redelivered(redis_url: str,
         termed.resume()
         termed.wait(60)  # the launcher reaps it and, as it exited cleanly, does not restart it
 
-        _wait_finished(ledger, run_id)
+        wait_finished(ledger, run_id)
         progress = ledger.progress(run_id)
         assert (progress.status, progress.pairs_done) == ("completed", corpus.num_rows)
         shards = {shard.shard_id: shard for shard in ledger.shards(run_id)}
@@ -121,7 +105,7 @@ def test_worker_loss_sigterm_finishes_and_sigkill_is_redelivered(redis_url: str,
         assert "stopped renewing its lease; sent again" in log
         assert f"{killed_worker} exited with -9; restarting it" in log
         assert f"{termed_worker} exited" not in log
-        assert _worker_process(fleet, killed_worker).pid != killed.pid
+        assert fleet.worker_process(killed_worker).pid != killed.pid
         _assert_exactly_once(tmp_path / "data" / "runs" / run_id, corpus.num_rows, ledger, run_id)
     finally:
         fleet.stop()
@@ -204,8 +188,8 @@ def test_unwritable_output_fails_the_attempt_cleanly_and_retries(redis_url: str,
     assert submitted.returncode == 0, submitted.stderr
     run_id = submitted.stdout.strip()
     run_dir = tmp_path / "data" / "runs" / run_id
-    blocker = run_dir / "shard-00000.parquet"
-    blocker.mkdir()  # the output location cannot take the file
+    blocker = run_dir / "_attempts"
+    blocker.write_bytes(b"")  # a file where attempts write their scores: no attempt can write
     ledger = Ledger(f"sqlite:///{tmp_path / 'data' / 'ledger.db'}")
     fleet = start_fleet(spec, 1, env, redis_url, prefix, tmp_path / "workers.log")
     try:
@@ -213,11 +197,11 @@ def test_unwritable_output_fails_the_attempt_cleanly_and_retries(redis_url: str,
         while ledger.usage_totals(run_id).failed_attempts < 1:
             assert time.monotonic() < deadline, fleet.log()[-2000:]
             time.sleep(0.1)
-        assert sorted(p.name for p in run_dir.iterdir()) == ["_inputs", "shard-00000.parquet"]
+        assert sorted(p.name for p in run_dir.iterdir()) == ["_attempts", "_inputs"]
         [shard] = ledger.shards(run_id)
-        assert "Is a directory" in (shard.error or "") or "IsADirectoryError" in (shard.error or "")
-        blocker.rmdir()
-        _wait_finished(ledger, run_id, timeout_s=120)
+        assert "_attempts" in (shard.error or ""), shard.error
+        blocker.unlink()
+        wait_finished(ledger, run_id, timeout_s=120)
         assert ledger.progress(run_id).status == "completed"
         _assert_exactly_once(run_dir, 50, ledger, run_id)
     finally:

@@ -52,20 +52,17 @@ def leases(ledger: Ledger) -> ShardLeases:
     return ledger.leases(max_attempts=3, lease_s=60)
 
 
-def _noop() -> None:
-    pass
+def _key(shard_id: int, attempt: int) -> str:
+    return f"runs/r/_attempts/shard-{shard_id:05d}.attempt-{attempt}.parquet"
 
 
 def test_run_completes_when_every_shard_is_published(ledger: Ledger, leases: ShardLeases) -> None:
     run_id = _new_run(ledger)
-    published: list[int] = []
     for shard_id in range(3):
         attempt = _granted(leases.acquire(run_id, shard_id, "w1"))
         assert attempt == 1
-        assert leases.publish(
-            run_id, shard_id, attempt, _usage(), utcnow(), lambda s=shard_id: published.append(s)
-        )
-    assert published == [0, 1, 2]
+        assert leases.publish(run_id, shard_id, attempt, _usage(), utcnow(), _key(shard_id, attempt))
+    assert [shard.scores_path for shard in ledger.shards(run_id)] == [_key(i, 1) for i in range(3)]
     progress = ledger.progress(run_id)
     assert (progress.shards_done, progress.pairs_done, progress.status) == (3, 30, "completed")
     totals = ledger.usage_totals(run_id)
@@ -75,7 +72,7 @@ def test_run_completes_when_every_shard_is_published(ledger: Ledger, leases: Sha
 def test_done_shard_is_closed(ledger: Ledger, leases: ShardLeases) -> None:
     run_id = _new_run(ledger, shards=1)
     attempt = _granted(leases.acquire(run_id, 0, "w1"))
-    leases.publish(run_id, 0, attempt, _usage(), utcnow(), _noop)
+    leases.publish(run_id, 0, attempt, _usage(), utcnow(), _key(0, attempt))
     assert leases.acquire(run_id, 0, "w2") == Closed("done")
     assert ledger.mark_enqueued(run_id, [0]) == []
 
@@ -96,25 +93,25 @@ def test_stale_attempt_cannot_publish_and_its_usage_counts_once(ledger: Ledger) 
     second = _granted(short.acquire(run_id, 0, "w2"))
     assert (first, second) == (1, 2)
     assert not short.renew(run_id, 0, first)
-    published: list[str] = []
-    assert not short.publish(run_id, 0, first, _usage(), utcnow(), lambda: published.append("stale"))
-    assert not short.publish(run_id, 0, first, _usage(), utcnow(), lambda: published.append("stale"))
-    assert short.publish(run_id, 0, second, _usage(), utcnow(), lambda: published.append("fresh"))
-    assert published == ["fresh"]
+    assert not short.publish(run_id, 0, first, _usage(), utcnow(), _key(0, first))
+    assert not short.publish(run_id, 0, first, _usage(), utcnow(), _key(0, first))
+    assert short.publish(run_id, 0, second, _usage(), utcnow(), _key(0, second))
+    assert not short.publish(run_id, 0, second, _usage(), utcnow(), _key(0, 99))
+    [shard] = ledger.shards(run_id)
+    assert shard.scores_path == _key(0, second)  # the fresh attempt's file, chosen once
     assert ledger.usage_totals(run_id).attempts == 2
 
 
-def test_a_failing_publish_leaves_the_shard_unpublished(ledger: Ledger, leases: ShardLeases) -> None:
+def test_moving_the_scores_to_their_copy_happens_once(ledger: Ledger, leases: ShardLeases) -> None:
     run_id = _new_run(ledger, shards=1)
     attempt = _granted(leases.acquire(run_id, 0, "w1"))
-
-    def broken() -> None:
-        raise OSError("disk full")
-
-    with pytest.raises(OSError):
-        leases.publish(run_id, 0, attempt, _usage(), utcnow(), broken)
+    assert leases.publish(run_id, 0, attempt, _usage(), utcnow(), _key(0, attempt))
     [shard] = ledger.shards(run_id)
-    assert shard.status == "running" and ledger.usage_totals(run_id).attempts == 0
+    assert not ledger.moved_scores(run_id, 0, _key(0, 7), shard.output_path)  # not the chosen file
+    assert ledger.moved_scores(run_id, 0, _key(0, attempt), shard.output_path)
+    assert not ledger.moved_scores(run_id, 0, _key(0, attempt), shard.output_path)
+    [shard] = ledger.shards(run_id)
+    assert shard.scores_path == shard.output_path == shard.published_scores
 
 
 def test_failures_are_recorded_and_the_run_ends_with_failures(ledger: Ledger, leases: ShardLeases) -> None:
@@ -122,7 +119,7 @@ def test_failures_are_recorded_and_the_run_ends_with_failures(ledger: Ledger, le
     for shard_id in range(2):
         attempt = _granted(leases.acquire(run_id, shard_id, "w1"))
         if shard_id == 0:
-            leases.publish(run_id, shard_id, attempt, _usage(), utcnow(), _noop)
+            leases.publish(run_id, shard_id, attempt, _usage(), utcnow(), _key(shard_id, attempt))
         else:
             leases.fail(run_id, shard_id, attempt, _usage(0), utcnow(), "ValueError: boom", final=True)
     progress = ledger.progress(run_id)
@@ -167,7 +164,7 @@ def _hammer(url: str, run_id: str, shard_ids: list[int]) -> None:
     leases = ledger.leases(max_attempts=3, lease_s=60)
     for shard_id in shard_ids:
         attempt = _granted(leases.acquire(run_id, shard_id, f"proc-{shard_ids[0]}"))
-        leases.publish(run_id, shard_id, attempt, _usage(), utcnow(), _noop)
+        leases.publish(run_id, shard_id, attempt, _usage(), utcnow(), _key(shard_id, attempt))
     ledger.dispose()
 
 

@@ -72,8 +72,8 @@ def _request(index: int, outcome: RequestOutcome, search_units: int, cost: float
     )
 
 
-def _noop() -> None:
-    pass
+def _key(shard_id: int) -> str:
+    return f"runs/r/_attempts/shard-{shard_id:05d}.attempt-1.parquet"
 
 
 def test_one_writer_records_each_usage_row_once(ledger: Ledger) -> None:
@@ -85,10 +85,10 @@ def test_one_writer_records_each_usage_row_once(ledger: Ledger) -> None:
     usage = AttemptUsage(worker="api0@h", model=MODEL, device="api", pairs=10, wall_seconds=2.5)
 
     assert ledger.record_requests(run_id, 0, grant.attempt, "api0@h", MODEL, requests) == 2
-    assert leases.publish(run_id, 0, grant.attempt, usage, utcnow(), _noop)
+    assert leases.publish(run_id, 0, grant.attempt, usage, utcnow(), _key(0))
     # The same attempt reported again (a redelivered message, a retried write) adds nothing.
     assert ledger.record_requests(run_id, 0, grant.attempt, "api0@h", MODEL, requests) == 0
-    assert not leases.publish(run_id, 0, grant.attempt, usage, utcnow(), _noop)
+    assert not leases.publish(run_id, 0, grant.attempt, usage, utcnow(), _key(0))
 
     with ledger.session() as session:
         query = select(Usage).where(Usage.run_id == run_id).order_by(Usage.request_index)
@@ -123,7 +123,7 @@ def test_status_columns_read_back_as_enums_and_are_stored_as_strings(ledger: Led
         grant = leases.acquire(run_id, shard_id, "w")
         assert isinstance(grant, Granted)
         if shard_id == 0:
-            leases.publish(run_id, shard_id, grant.attempt, usage, utcnow(), _noop)
+            leases.publish(run_id, shard_id, grant.attempt, usage, utcnow(), _key(shard_id))
         else:
             leases.fail(run_id, shard_id, grant.attempt, usage, utcnow(), "ValueError: boom", final=True)
 

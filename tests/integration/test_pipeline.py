@@ -14,8 +14,9 @@ import pytest
 from core.broker.url import connect
 from core.model_spec import ModelSpec
 from storage.ledger import Ledger
-from storage.shards.scores import ranks_within_queries, read_metadata
+from storage.shards.scores import read_metadata
 from testkit import corpora
+from testkit.checks import assert_output_matches, reference_scores
 from testkit.fleet import Fleet, local_worker_env, run_script, start_fleet
 from testkit.model_factory import build_tiny_cross_encoder
 from testkit.services import delete_prefixed, new_prefix
@@ -47,34 +48,6 @@ def sqlite_setup(
     delete_prefixed(redis_url, prefix)
 
 
-def _reference_scores(model_path: Path, table: pa.Table) -> np.ndarray:
-    from sentence_transformers import CrossEncoder
-
-    encoder = CrossEncoder(str(model_path), device="cpu")
-    pairs = list(zip(table.column("query").to_pylist(), table.column("text").to_pylist(), strict=True))
-    return np.asarray(encoder.predict(pairs, batch_size=64), dtype=np.float32)
-
-
-def _assert_output_matches(corpus: pa.Table, scores: pa.Table, expected: np.ndarray) -> None:
-    assert scores.num_rows == corpus.num_rows
-    keys = list(zip(scores.column("query_id").to_pylist(), scores.column("doc_id").to_pylist(), strict=True))
-    assert len(set(keys)) == len(keys)
-    position = {
-        key: i
-        for i, key in enumerate(
-            zip(corpus.column("query_id").to_pylist(), corpus.column("doc_id").to_pylist(), strict=True)
-        )
-    }
-    assert set(keys) == set(position)
-    order = np.array([position[key] for key in keys])
-    got = scores.column("score").to_numpy()
-    np.testing.assert_allclose(got, expected[order], atol=1e-4, rtol=0)
-    expected_ranks = ranks_within_queries(scores.column("query_id"), got)
-    assert scores.column("rank").to_numpy().tolist() == expected_ranks.tolist()
-    assert scores.schema.field("score").type == pa.float32()
-    assert scores.schema.field("rank").type == pa.int32()
-
-
 def test_20k_pairs_through_two_cpu_workers(sqlite_setup: dict, tiny_model: Path, tmp_path: Path) -> None:
     corpus = corpora.long_corpus(n_queries=1000, docs_per_query=20, seed=1, integer_ids=True)
     corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
@@ -98,7 +71,7 @@ def test_20k_pairs_through_two_cpu_workers(sqlite_setup: dict, tiny_model: Path,
 
     scores = pq.read_table(out)
     assert scores.schema.field("query_id").type == pa.int64()
-    _assert_output_matches(corpus, scores, _reference_scores(tiny_model, corpus))
+    assert_output_matches(corpus, scores, reference_scores(tiny_model, corpus))
     metadata = read_metadata(out)
     assert metadata["run_id"] == run_id and metadata["kind"] == "cross-encoder"
 
@@ -187,7 +160,7 @@ def test_postgres_ledger_resume_after_lost_queue(
             "text": [c["text"] for row in corpus.to_pylist() for c in row["candidates"]],
         }
     )
-    _assert_output_matches(long_form, pq.read_table(out), _reference_scores(tiny_model, long_form))
+    assert_output_matches(long_form, pq.read_table(out), reference_scores(tiny_model, long_form))
     ledger = Ledger(postgres_url)
     progress = ledger.progress(run_id)
     assert (progress.status, progress.pairs_done, progress.shards_done) == ("completed", 720, 8)
@@ -228,7 +201,7 @@ def test_flag_reranker_through_the_pipeline_matches_compute_score(
     reference = FlagReranker(str(tiny_model), use_fp16=False, devices=["cpu"])
     pairs = list(zip(corpus.column("query").to_pylist(), corpus.column("text").to_pylist(), strict=True))
     expected = np.asarray(reference.compute_score(pairs, normalize=False), dtype=np.float32)
-    _assert_output_matches(corpus, pq.read_table(out), expected)
+    assert_output_matches(corpus, pq.read_table(out), expected)
 
 
 def test_worker_refuses_pickle_and_unknown_tasks(sqlite_setup: dict, redis_url: str, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.broker.url import connect
+from core.broker.url import connect, is_reachable
 from testkit import corpora
 from testkit.fleet import clean_env, run_script, run_scripts_at_once
 
@@ -122,3 +122,26 @@ def test_help_describes_every_flag(script: str) -> None:
     assert undocumented == []
     result = run_script(script, "--help", env=clean_env())
     assert result.returncode == 0 and "--model" in result.stdout
+
+
+def test_the_embedded_broker_is_shown_by_status_and_stopped_on_request(tmp_path: Path) -> None:
+    """submit.py starts the embedded Redis, which outlives it as a daemon; status.py shows it and
+    --stop-broker stops it. submit.py names what keeps this setup to one machine."""
+    env = clean_env(data_dir=str(tmp_path / "data"))
+    corpus = corpora.write(corpora.long_corpus(3, 2), tmp_path / "corpus.parquet")
+    submitted = run_script("submit.py", str(corpus), "--model", "cross-encoder:some-model", env=env)
+    try:
+        assert submitted.returncode == 0, submitted.stderr
+        assert "workers on other machines cannot join this setup" in submitted.stderr
+        assert "embedded Redis on 127.0.0.1" in submitted.stderr and "SQLite" in submitted.stderr
+        url = (tmp_path / "data" / "redis" / "url").read_text().strip()
+
+        status = run_script("status.py", env=env)
+        assert f"broker: embedded Redis at {url} (pid " in status.stdout, status.stdout
+        assert "--stop-broker" in status.stdout
+    finally:
+        stopped = run_script("status.py", "--stop-broker", env=env)
+    assert stopped.returncode == 0 and "stopped the embedded Redis" in stopped.stdout, stopped.stderr
+    assert not is_reachable(url)
+    status = run_script("status.py", env=env)
+    assert "broker: embedded Redis (not running" in status.stdout

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.atomic import atomic_path
+from storage.atomic import atomic_write
+from storage.location import Location, parse_location
 from storage.shards.scores import (
     merge_scores,
     ranks_within_queries,
@@ -38,22 +39,35 @@ def test_scores_table_schema_and_metadata(tmp_path: Path) -> None:
         {"model": "cross-encoder:m", "dtype": "float32"},
     )
     target = tmp_path / "shard-00000.parquet"
-    write_scores(table, target)
+    write_scores(table, local(target))
     written = pq.read_table(target)
     assert written.schema.field("score").type == pa.float32()
     assert written.schema.field("rank").type == pa.int32()
     assert written.schema.field("query_id").type == pa.int64()
     assert written.column("rank").to_pylist() == [1, 2, 1]
-    assert read_metadata(target) == {"model": "cross-encoder:m", "dtype": "float32"}
+    assert read_metadata(local(target)) == {"model": "cross-encoder:m", "dtype": "float32"}
     assert [p.name for p in tmp_path.iterdir()] == ["shard-00000.parquet"]
 
 
-def test_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
-    target = tmp_path / "out.parquet"
-    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+@pytest.mark.parametrize("store", ["local", "memory"])
+def test_failed_write_leaves_nothing_behind(tmp_path: Path, store: str) -> None:
+    directory = local(tmp_path) if store == "local" else parse_location(f"memory://bucket-{tmp_path.name}")
+    target = directory.join("out.parquet")
+    with pytest.raises(RuntimeError), atomic_write(target) as temporary:
         temporary.write_bytes(b"partial")
         raise RuntimeError("disk full")
-    assert list(tmp_path.iterdir()) == []
+    assert directory.files() == []
+
+
+@pytest.mark.parametrize("store", ["local", "memory"])
+def test_a_published_write_leaves_only_the_target(tmp_path: Path, store: str) -> None:
+    directory = local(tmp_path) if store == "local" else parse_location(f"memory://bucket-{tmp_path.name}")
+    target = directory.join("out.parquet")
+    with atomic_write(target) as temporary:
+        temporary.write_bytes(b"whole")
+        assert not target.exists()
+    assert [found.name for found in directory.files()] == ["out.parquet"]
+    assert target.read_bytes() == b"whole"
 
 
 def test_merge_keeps_shard_order_and_replaces_metadata(tmp_path: Path) -> None:
@@ -62,14 +76,14 @@ def test_merge_keeps_shard_order_and_replaces_metadata(tmp_path: Path) -> None:
         table = scores_table(
             pa.array([f"q{shard}"] * 2), pa.array(["d1", "d2"]), np.array([0.1, 0.2]), {"shard_id": shard}
         )
-        files.append(tmp_path / f"shard-{shard:05d}.parquet")
+        files.append(local(tmp_path / f"shard-{shard:05d}.parquet"))
         write_scores(table, files[-1])
     out = tmp_path / "merged" / "scores.parquet"
     out.parent.mkdir()
-    assert merge_scores(files, out, {"run_id": "r1"}) == 6
+    assert merge_scores(files, local(out), {"run_id": "r1"}) == 6
     merged = pq.read_table(out)
     assert merged.column("query_id").to_pylist() == ["q0", "q0", "q1", "q1", "q2", "q2"]
-    assert read_metadata(out) == {"run_id": "r1"}
+    assert read_metadata(local(out)) == {"run_id": "r1"}
 
 
 def test_non_finite_scores_never_reach_the_output() -> None:
@@ -85,5 +99,9 @@ def test_stale_temporaries_of_killed_attempts_are_swept(tmp_path: Path) -> None:
     target = tmp_path / "shard-00001.parquet"
     (tmp_path / ".shard-00001.parquet.0a1b2c3d4e5f.tmp").write_bytes(b"half a file")
     (tmp_path / ".shard-00002.parquet.0a1b2c3d4e5f.tmp").write_bytes(b"another shard's")
-    assert remove_stale_temporaries(target) == 1
+    assert remove_stale_temporaries(local(target)) == 1
     assert [p.name for p in tmp_path.iterdir()] == [".shard-00002.parquet.0a1b2c3d4e5f.tmp"]
+
+
+def local(path: Path) -> Location:
+    return parse_location(str(path))

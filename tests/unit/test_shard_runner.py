@@ -22,6 +22,7 @@ from storage.corpus import CorpusColumns, validate_corpus
 from storage.ledger import Ledger, UsageOutcome
 from storage.ledger.schema import Run, Shard, Usage
 from storage.ledger.types import utcnow
+from storage.location import parse_location
 from storage.shards.scores import read_metadata
 from testkit import corpora
 from worker.backends.base import ScoreResult
@@ -81,9 +82,8 @@ def submit(tmp_path: Path, n_queries: int, docs_per_query: int) -> tuple[Setting
         corpora.write(corpora.long_corpus(n_queries, docs_per_query), tmp_path / "corpus.parquet")
     )
     columns = CorpusColumns()
-    created = create_run(
-        corpus, validate_corpus(corpus, columns), SPEC, columns, settings, ledger, shard_pairs=100_000
-    )
+    summary = validate_corpus(corpus, columns)
+    created = create_run(corpus, summary, SPEC, columns, settings, ledger, shard_pairs=100_000)
     [shard] = created.shards
     return settings, ledger, shard.ref(str(SPEC))
 
@@ -94,8 +94,12 @@ def attempt_rows(ledger: Ledger, run_id: str) -> list[Usage]:
 
 
 def leftovers(output_file: Path) -> list[str]:
-    """Temporary files an attempt left beside the shard's output."""
-    return [path.name for path in output_file.parent.glob(f".{output_file.name}.*.tmp")]
+    """Files other than the shard's output that attempts left in the run dir: temporaries, attempt files."""
+    return sorted(
+        str(path.relative_to(output_file.parent))
+        for path in output_file.parent.rglob("*")
+        if path.is_file() and path != output_file and path.parent.name != "_inputs"
+    )
 
 
 def test_a_shard_is_scored_published_and_recorded(tmp_path: Path) -> None:
@@ -105,7 +109,7 @@ def test_a_shard_is_scored_published_and_recorded(tmp_path: Path) -> None:
     outcome = run_shard(ref, WorkerRuntime(settings, reranker), "worker-1")
 
     assert outcome == ShardOutcome("done", 1, ref.pairs, outcome.seconds)
-    output = ref.output_file(settings.resolved_data_dir)
+    output = settings.resolved_data_dir / ref.output_key
     scores = pq.read_table(output).to_pylist()
     corpus = pq.read_table(tmp_path / "corpus.parquet").to_pylist()
     expected = {(row["query_id"], row["doc_id"]): word_overlap(row["query"], row["text"]) for row in corpus}
@@ -116,7 +120,7 @@ def test_a_shard_is_scored_published_and_recorded(tmp_path: Path) -> None:
         ranked = sorted((row for row in scores if row["query_id"] == query_id), key=lambda row: row["rank"])
         assert [row["rank"] for row in ranked] == list(range(1, len(ranked) + 1))
         assert [row["score"] for row in ranked] == sorted((row["score"] for row in ranked), reverse=True)
-    assert read_metadata(output) == {
+    assert read_metadata(parse_location(str(output))) == {
         "run_id": ref.run_id,
         "shard_id": ref.shard_id,
         **reranker.describe(),
@@ -125,6 +129,7 @@ def test_a_shard_is_scored_published_and_recorded(tmp_path: Path) -> None:
 
     [shard] = ledger.shards(ref.run_id)
     assert (shard.status, shard.attempts, shard.worker) == ("done", 1, "worker-1")
+    assert shard.scores_path == shard.output_path  # the chosen attempt file was copied there and removed
     assert shard.lease_expires_at is None
     run = ledger.get_run(ref.run_id)
     assert run is not None and run.status == "completed" and run.finished_at is not None
@@ -189,8 +194,8 @@ def test_an_attempt_whose_lease_was_taken_over_stops_at_its_next_batch_and_publi
     assert outcome.seconds < 4.0
 
     # What is published is the second attempt's, and the first left nothing behind.
-    output = ref.output_file(settings.resolved_data_dir)
-    assert read_metadata(output)["instance"] == "second"
+    output = settings.resolved_data_dir / ref.output_key
+    assert read_metadata(parse_location(str(output)))["instance"] == "second"
     assert leftovers(output) == []
     [shard] = ledger.shards(ref.run_id)
     assert (shard.status, shard.attempts, shard.worker) == ("done", 2, "worker-2")

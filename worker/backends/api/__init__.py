@@ -28,13 +28,14 @@ def load_api_reranker(spec: ModelSpec, settings: Settings) -> ApiReranker:
     provider = provider_for(spec.kind)
     credentials = load_credentials(settings.api(spec.kind))
     limits = _limits(provider.defaults, settings)
-    if settings.broker_url is None:
+    broker_url = settings.resolved_broker_url
+    if broker_url is None:
         raise ConfigError("API workers share their rate limits through Redis: set RERANK_BROKER_URL")
-    client = connect(settings.broker_url)
+    client = connect(broker_url)
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:
-        raise BrokerError(f"the Redis at {redact(settings.broker_url)} does not answer: {exc}") from None
+        raise BrokerError(f"the Redis at {redact(broker_url)} does not answer: {exc}") from None
     rate_limits = RateLimits(
         requests_per_window=settings.api_requests_per_minute,
         tokens_per_window=settings.api_tokens_per_minute,

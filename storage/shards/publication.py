@@ -1,0 +1,64 @@
+"""A shard's scores, published exactly once on any store, rename or not.
+
+Each attempt writes its scores whole to a key of its own, ``_attempts/shard-00003.attempt-2.parquet``
+beside the shard's output ``shard-00003.parquet``. The ledger's fenced publish records that key as the
+shard's scores; only the attempt holding the shard's lease succeeds, once. ``settle`` then copies the
+chosen file onto the output key (so the run's directory is a readable dataset of one file per shard),
+points the ledger at the copy and deletes the shard's attempt files. Whatever step a crash interrupts,
+the ledger names a complete file: readers and the merge go by the ledger (``Shard.published_scores``),
+never by listing, and ``settle_run`` finishes an interrupted settle.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+
+from storage.atomic import copy_atomically
+from storage.ledger import Ledger, ShardStatus
+from storage.location import Location
+
+ATTEMPTS_DIRNAME = "_attempts"
+
+
+def attempt_key(output_path: str, attempt: int) -> str:
+    """The key attempt ``attempt`` writes its scores to, relative to the data dir."""
+    output = PurePosixPath(output_path)
+    return str(output.parent / ATTEMPTS_DIRNAME / f"{output.stem}.attempt-{attempt}{output.suffix}")
+
+
+def settle(data: Location, ledger: Ledger, run_id: str, shard_id: int, chosen: str, output_path: str) -> None:
+    """Copy the chosen scores onto ``output_path``, point the ledger there, delete the attempt files."""
+    if chosen != output_path:
+        copy_atomically(data.join(chosen), data.join(output_path))
+        ledger.moved_scores(run_id, shard_id, chosen, output_path)
+    remove_attempts(data, output_path)
+
+
+def remove_attempts(data: Location, output_path: str) -> int:
+    """Delete every attempt file of one shard (stale ones, and temporaries of killed writers)."""
+    output = PurePosixPath(output_path)
+    attempts = data.join(str(output.parent / ATTEMPTS_DIRNAME))
+    stem = f"{output.stem}.attempt-"
+    removed = 0
+    for found in attempts.files(recursive=False):
+        if found.name.startswith((stem, f".{stem}")) and found.delete():
+            removed += 1
+    return removed
+
+
+def settle_run(data: Location, ledger: Ledger, run_id: str) -> int:
+    """Settle every done shard of a run that a crash left unsettled, and delete attempt files that stale
+    attempts wrote after their shard was settled. Returns how many shards it settled."""
+    done = ledger.shards(run_id, statuses=[ShardStatus.DONE])
+    settled = 0
+    for shard in done:
+        if shard.scores_path is not None and shard.scores_path != shard.output_path:
+            settle(data, ledger, run_id, shard.shard_id, shard.scores_path, shard.output_path)
+            settled += 1
+    if done:
+        attempts = data.join(str(PurePosixPath(done[0].output_path).parent / ATTEMPTS_DIRNAME))
+        stems = tuple(f"{PurePosixPath(shard.output_path).stem}.attempt-" for shard in done)
+        for found in attempts.files(recursive=False):
+            if found.name.lstrip(".").startswith(stems):
+                found.delete()
+    return settled

@@ -1,0 +1,103 @@
+"""Publishing a shard's scores without rename: the ledger chooses an attempt's file, ``settle`` copies it
+to the shard's output and deletes every attempt file, and ``settle_run`` finishes what a crash left."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import pytest
+
+from storage.ledger import AttemptUsage, Granted, Ledger, Run, ShardPlanRow, utcnow
+from storage.location import Location, parse_location
+from storage.shards.publication import attempt_key, settle, settle_run
+
+
+def test_each_attempt_has_a_key_of_its_own_beside_the_output() -> None:
+    assert attempt_key("runs/r1/shard-00003.parquet", 2) == "runs/r1/_attempts/shard-00003.attempt-2.parquet"
+
+
+@pytest.fixture(params=["local", "memory"])
+def data(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    if request.param == "local":
+        return parse_location(str(tmp_path / "data"))
+    return parse_location(f"memory://publication-{secrets.token_hex(4)}/data")
+
+
+def _run(ledger: Ledger, shards: int) -> str:
+    run_id = f"r-{secrets.token_hex(3)}"
+    run = Run(
+        run_id=run_id,
+        model="m:m",
+        queue="q",
+        corpus_path="c",
+        status="queued",
+        n_shards=shards,
+        n_pairs=shards,
+        n_queries=shards,
+        options={},
+        created_at=utcnow(),
+    )
+    rows = [
+        ShardPlanRow(
+            i, 1, 1, f"runs/{run_id}/_inputs/shard-{i:05d}.parquet", f"runs/{run_id}/shard-{i:05d}.parquet"
+        )
+        for i in range(shards)
+    ]
+    ledger.create_run(run, rows)
+    ledger.mark_enqueued(run_id, range(shards))
+    return run_id
+
+
+def _publish(ledger: Ledger, data: Location, run_id: str, shard_id: int, stale: int = 0) -> tuple[str, str]:
+    """Attempts 1..stale write files and lose; the next one writes and is chosen. Returns (chosen, output)."""
+    leases = ledger.leases(max_attempts=9, lease_s=60)
+    output = f"runs/{run_id}/shard-{shard_id:05d}.parquet"
+    for attempt in range(1, stale + 1):
+        data.join(attempt_key(output, attempt)).write_bytes(b"stale attempt")
+    grant = leases.acquire(run_id, shard_id, "w")
+    assert isinstance(grant, Granted)
+    with ledger.session() as session, session.begin():  # earlier attempts were used up by dead workers
+        from storage.ledger.schema import Shard
+
+        shard = session.get(Shard, (run_id, shard_id))
+        assert shard is not None
+        shard.attempts = grant.attempt + stale
+    attempt = grant.attempt + stale
+    chosen = attempt_key(output, attempt)
+    data.join(chosen).write_bytes(f"scores of attempt {attempt}".encode())
+    usage = AttemptUsage(worker="w", model="m:m", device="cpu", pairs=1)
+    assert leases.publish(run_id, shard_id, attempt, usage, utcnow(), chosen)
+    return chosen, output
+
+
+def test_settle_leaves_only_the_chosen_scores_at_the_output(tmp_path: Path, data: Location) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.create_schema()
+    run_id = _run(ledger, 1)
+    chosen, output = _publish(ledger, data, run_id, 0, stale=2)
+
+    settle(data, ledger, run_id, 0, chosen, output)
+
+    assert [found.relative_to(data) for found in data.files()] == [output]
+    assert data.join(output).read_bytes() == b"scores of attempt 3"
+    [shard] = ledger.shards(run_id)
+    assert shard.published_scores == output
+
+
+def test_settle_run_finishes_a_settle_that_a_crash_interrupted(tmp_path: Path, data: Location) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.create_schema()
+    run_id = _run(ledger, 2)
+    first_chosen, first_output = _publish(ledger, data, run_id, 0)
+    settle(data, ledger, run_id, 0, first_chosen, first_output)
+    data.join(attempt_key(first_output, 7)).write_bytes(b"a stale attempt that wrote after the settle")
+    _publish(ledger, data, run_id, 1, stale=1)  # its worker died before settling
+
+    assert settle_run(data, ledger, run_id) == 1
+
+    outputs = [shard.output_path for shard in ledger.shards(run_id)]
+    assert [found.relative_to(data) for found in data.files()] == outputs
+    assert [shard.published_scores for shard in ledger.shards(run_id)] == outputs
+    assert data.join(outputs[1]).read_bytes() == b"scores of attempt 2"
+    assert settle_run(data, ledger, run_id) == 0
