@@ -138,11 +138,13 @@ def start_workers(
     prefix: str,
     log_path: Path,
     timeout: float = 180,
+    wrapper: Sequence[str] = (),
 ) -> Fleet:
-    """Start ``scripts/workers.py ARGS`` and wait until ``expected`` workers serve ``spec``'s queue."""
+    """Start ``scripts/workers.py ARGS`` and wait until ``expected`` workers serve ``spec``'s queue.
+    ``wrapper`` runs it through a command (``ip netns exec NAME``, say)."""
     log_file = open(log_path, "wb")  # noqa: SIM115 - the child writes to it for its whole life
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "workers.py"), *args],
+        [*wrapper, sys.executable, str(SCRIPTS / "workers.py"), *args],
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,

