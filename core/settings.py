@@ -149,6 +149,12 @@ class Settings(_ApiKindSettings):
         description="Seconds a shard attempt's lease lasts without renewal (renewed every third of it); "
         "a worker that dies mid-shard loses its shard to another after this long.",
     )
+    stranded_s: float = Field(
+        default=300.0,
+        ge=1,
+        description="Seconds a shard may stay queued, with its queue in Redis empty, before a worker's "
+        "reaper sends it again (its message was lost with a host before any attempt leased it).",
+    )
     device: Device = Field(default="auto", description="Device for local models: auto, cpu or cuda.")
     dtype: Dtype = Field(
         default="auto",

@@ -14,6 +14,7 @@ from celery.signals import worker_init, worker_shutdown
 
 from core.broker.celery_app import create_app
 from core.broker.presence import PresenceBeat
+from core.broker.url import connect
 from core.errors import ConfigError
 from core.model_spec import ModelSpec
 from core.settings import get_settings
@@ -35,6 +36,15 @@ app.conf.include = ["tasks.score_shard"]
 send_progress_events(_settings.progress_event_s)
 
 _background: list[PresenceBeat | Reaper] = []
+
+
+def _queue_length(queue: str) -> int:
+    """Messages waiting in ``queue`` (kombu keeps a queue as one Redis list under the key prefix)."""
+    client = connect(_broker_url)
+    try:
+        return int(client.llen(f"{_settings.redis_key_prefix}{queue}"))
+    finally:
+        client.close()
 
 
 @worker_init.connect
@@ -59,7 +69,14 @@ def _load_model_and_announce(hostname: str) -> None:
     log.info("loaded %s in %.1fs", spec, time.monotonic() - started)
     beat = PresenceBeat(_broker_url, _settings.redis_key_prefix, spec.queue, hostname, _settings.heartbeat_s)
     beat.start()
-    reaper = Reaper(runtime.leases, runtime.ledger, app, interval_s=_settings.lease_s / 2)
+    reaper = Reaper(
+        runtime.leases,
+        runtime.ledger,
+        app,
+        interval_s=_settings.lease_s / 2,
+        queue_length=_queue_length,
+        stranded_s=_settings.stranded_s,
+    )
     reaper.start()
     _background.extend([beat, reaper])
 

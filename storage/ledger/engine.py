@@ -11,12 +11,37 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 BUSY_TIMEOUT_S = 60.0
+# A worker whose host vanished mid-transaction would hold its row locks until the server noticed the dead
+# connection (hours, by TCP defaults) and block every reaper meanwhile; ledger transactions are short.
+IDLE_IN_TRANSACTION_S = 30.0
+# libpq's TCP keepalives, so that a client notices a vanished server (and the server a vanished client)
+# within a minute or so rather than hours.
+POSTGRES_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
-def create_ledger_engine(url: str) -> Engine:
+def create_ledger_engine(url: str, idle_in_transaction_s: float = IDLE_IN_TRANSACTION_S) -> Engine:
     """An engine for ``url``. SQLite gets WAL, a long busy timeout and ``BEGIN IMMEDIATE`` so that
-    several worker processes can write without "database is locked" errors."""
+    several worker processes can write without "database is locked" errors. PostgreSQL sessions end
+    a transaction left idle for ``idle_in_transaction_s`` (its locks with it) and use TCP keepalives."""
     parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        keepalives = {key: value for key, value in POSTGRES_KEEPALIVES.items() if key not in parsed.query}
+        engine = create_engine(url, pool_pre_ping=True, future=True, connect_args=keepalives)
+
+        @event.listens_for(engine, "connect")
+        def _on_postgres_connect(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            milliseconds = int(idle_in_transaction_s * 1000)
+            cursor.execute(f"SET idle_in_transaction_session_timeout = {milliseconds}")
+            cursor.close()
+            dbapi_connection.commit()
+
+        return engine
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, future=True)
     if parsed.database and parsed.database != ":memory:":

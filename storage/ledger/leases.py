@@ -155,6 +155,8 @@ class ShardLeases:
                     error=error[:4000],
                     finished_at=utcnow() if final else None,
                     lease_expires_at=None,
+                    # A retry is on its way: a shard counts as waiting for its message from now.
+                    enqueued_at=Shard.enqueued_at if final else utcnow(),
                 )
             )
             close_run_if_finished(session, run_id)
@@ -176,6 +178,37 @@ class ShardLeases:
                 .limit(limit)
             )
             return list(session.scalars(query))
+
+    def stranded(self, older_than_s: float, limit: int = 100) -> list[Shard]:
+        """Shards queued for longer than ``older_than_s`` with no attempt running: their message may
+        have been lost with a host (taken from the queue, never leased)."""
+        with self._sessions() as session:
+            query = (
+                select(Shard)
+                .where(
+                    Shard.status == ShardStatus.QUEUED,
+                    Shard.enqueued_at < utcnow() - timedelta(seconds=older_than_s),
+                )
+                .limit(limit)
+            )
+            return list(session.scalars(query))
+
+    def resend_stranded(self, run_id: str, shard_id: int, enqueued_at: datetime) -> bool:
+        """Claim a stranded shard for sending again (once, whoever asks first): its enqueue time moves
+        to now if it is still queued since ``enqueued_at``."""
+        with self._sessions() as session, session.begin():
+            claimed = session.scalar(
+                update(Shard)
+                .where(
+                    Shard.run_id == run_id,
+                    Shard.shard_id == shard_id,
+                    Shard.status == ShardStatus.QUEUED,
+                    Shard.enqueued_at == enqueued_at,
+                )
+                .values(enqueued_at=utcnow())
+                .returning(Shard.shard_id)
+            )
+            return claimed is not None
 
     def requeue_expired(self, run_id: str, shard_id: int, attempt: int) -> bool:
         """Move an expired attempt's shard back to queued (once, whoever asks first)."""

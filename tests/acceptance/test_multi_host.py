@@ -158,15 +158,14 @@ def cut_off_while_holding_a_lease(
     held. w1's processes are stopped while the ledger is read, so that what it holds cannot change under
     the look; they go on (unable to reach anything) once its link is down.
 
-    Two moments are avoided, because the product does not recover from a host lost there yet:
-    - between taking a shard's message and leasing it: the reaper re-sends only expired leases, so the
-      shard waits for Redis's visibility timeout (6 h by default), or for ever if the host went after
-      Redis popped the message and before kombu recorded it as unacknowledged. With one prefetched
-      message and late acks, a worker that holds a lease holds no other message, so a cut made while
-      w1 holds a lease is clear of this.
-    - inside one of w1's ledger transactions: its row locks stay held in PostgreSQL until the server
-      notices the dead connection (TCP keepalive, hours by default; the ledger sets no
-      idle_in_transaction_session_timeout), and every worker's reaper waits on them."""
+    Two moments are avoided, not because the product would lose anything there but because recovering
+    from them takes minutes (tests/integration/test_stranded_shards.py shows each):
+    - between taking a shard's message and leasing it: no lease expires, so the shard is sent again only
+      once it has waited RERANK_STRANDED_S (300 s) with its queue empty. With one prefetched message and
+      late acks, a worker that holds a lease holds no other message, so a cut made while w1 holds a
+      lease is clear of this.
+    - inside one of w1's ledger transactions: its row locks stay held until PostgreSQL ends the idle
+      transaction (after 30 s, storage/ledger/engine.py), and the reapers wait on them meanwhile."""
     w1, name = network.hosts["w1"], node(network, "w1")
     while time.monotonic() < deadline:
         if ledger.progress(run_id).shards_done < DONE_BEFORE_CUT:
@@ -208,11 +207,17 @@ def test_a_host_cut_off_mid_run_loses_and_duplicates_nothing(
     ledger = Ledger(site.local_ledger_url)
     submit: subprocess.Popen[bytes] | None = None
     try:
+        # The retrieval job's output: a Hive-partitioned dataset of three files on the S3 endpoint.
         corpus = corpora.long_corpus(N_QUERIES, DOCS_PER_QUERY, seed=13)
-        corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
+        part_rows = -(-corpus.num_rows // 3)
+        for part in range(3):
+            key = f"{BUCKET}/candidates/day=2026-12-02/part={part}/candidates.parquet"
+            pq.write_table(
+                corpus.slice(part * part_rows, part_rows), key, filesystem=site.endpoint.filesystem()
+            )
         producer_env = host_env(site, tmp_path / "producer-state", prefix)
         out = f"s3://{BUCKET}/out/scores.parquet"
-        argv = [sys.executable, str(SCRIPTS / "submit.py"), str(corpus_path), "--model", model]
+        argv = [sys.executable, str(SCRIPTS / "submit.py"), f"s3://{BUCKET}/candidates/", "--model", model]
         argv += ["--shard-pairs", str(SHARD_PAIRS), "--wait", "--timeout", str(RUN_TIMEOUT_S), "--out", out]
         stdout, stderr = tmp_path / "submit.out", tmp_path / "submit.err"
         with stdout.open("wb") as out_file, stderr.open("wb") as err_file:
