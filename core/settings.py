@@ -281,11 +281,6 @@ class Settings(_ApiKindSettings):
         return "://" not in self.data_dir or self.data_dir.startswith("file://")
 
     @property
-    def resolved_data_dir(self) -> Path:
-        """The data dir as a local path (only meaningful when ``data_is_local``)."""
-        return Path(self.data_dir.removeprefix("file://")).expanduser().resolve()
-
-    @property
     def resolved_state_dir(self) -> Path:
         if self.state_dir is not None:
             return self.state_dir.expanduser().resolve()

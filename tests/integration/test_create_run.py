@@ -19,7 +19,7 @@ from core.settings import Settings
 from producer.submission import create_run
 from storage.corpus import CorpusColumns, validate_corpus
 from storage.ledger import Ledger, RunStatus, ShardStatus
-from storage.location import Location
+from storage.location import Location, data_location
 from storage.shards.annotations import CONTENT_HASH, REUSED_SCORE
 from storage.shards.content_hash import scoring_fingerprint
 from storage.shards.inputs import read_shard_input
@@ -49,7 +49,7 @@ def _corpus(tmp_path: Path) -> tuple[Location, pa.Table]:
 
 
 def _leftovers(settings: Settings) -> list[str]:
-    runs_dir = settings.resolved_data_dir / producer.submission.RUNS_DIRNAME
+    runs_dir = Path(data_location(settings).path) / producer.submission.RUNS_DIRNAME
     return sorted(path.name for path in runs_dir.iterdir()) if runs_dir.exists() else []
 
 
@@ -72,7 +72,7 @@ def test_each_shard_input_is_written_with_hashes_and_reused_scores(
     reused = 0
     for shard in created.shards:
         assert shard.status is ShardStatus.QUEUED
-        pairs = read_shard_input(location(settings.resolved_data_dir / shard.input_path))
+        pairs = read_shard_input(location(Path(data_location(settings).path) / shard.input_path))
         queries, texts = pairs.column("query").to_pylist(), pairs.column("text").to_pylist()
         assert pairs.column(CONTENT_HASH).to_pylist() == per_pair_hashes(fingerprint, queries, texts).tolist()
         reused += pairs.num_rows - pairs.column(REUSED_SCORE).null_count

@@ -18,6 +18,7 @@ from storage.corpus import CorpusColumns, validate_corpus
 from storage.ledger import Ledger, UsageOutcome
 from storage.ledger.schema import Shard, Usage
 from storage.ledger.types import utcnow
+from storage.location import data_location
 from storage.shards.scores import read_metadata
 from testkit import corpora
 from testkit.api_servers import FakeRerankServer, running
@@ -86,7 +87,7 @@ def test_an_api_attempt_whose_lease_was_taken_over_stops_at_its_next_request(
     assert stall.second is not None and stall.second.status == "done"
     assert outcome.status == "superseded" and outcome.attempt == 1
     assert 0 < first_requests < 16, "the first attempt stopped long before its last request"
-    output = ref.output_file(first_settings.resolved_data_dir)
+    output = data_location(first_settings).join(ref.output_key)
     assert str(read_metadata(output)["endpoint"]).startswith(second_server.url)
 
     with ledger.session() as session:

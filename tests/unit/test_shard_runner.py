@@ -22,7 +22,7 @@ from storage.corpus import CorpusColumns, validate_corpus
 from storage.ledger import Ledger, UsageOutcome
 from storage.ledger.schema import Run, Shard, Usage
 from storage.ledger.types import utcnow
-from storage.location import parse_location
+from storage.location import data_location, parse_location
 from storage.shards.scores import read_metadata
 from testkit import corpora
 from worker.backends.base import ScoreResult
@@ -109,7 +109,7 @@ def test_a_shard_is_scored_published_and_recorded(tmp_path: Path) -> None:
     outcome = run_shard(ref, WorkerRuntime(settings, reranker), "worker-1")
 
     assert outcome == ShardOutcome("done", 1, ref.pairs, outcome.seconds)
-    output = settings.resolved_data_dir / ref.output_key
+    output = Path(data_location(settings).path) / ref.output_key
     scores = pq.read_table(output).to_pylist()
     corpus = pq.read_table(tmp_path / "corpus.parquet").to_pylist()
     expected = {(row["query_id"], row["doc_id"]): word_overlap(row["query"], row["text"]) for row in corpus}
@@ -194,7 +194,7 @@ def test_an_attempt_whose_lease_was_taken_over_stops_at_its_next_batch_and_publi
     assert outcome.seconds < 4.0
 
     # What is published is the second attempt's, and the first left nothing behind.
-    output = settings.resolved_data_dir / ref.output_key
+    output = Path(data_location(settings).path) / ref.output_key
     assert read_metadata(parse_location(str(output)))["instance"] == "second"
     assert leftovers(output) == []
     [shard] = ledger.shards(ref.run_id)
