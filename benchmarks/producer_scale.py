@@ -26,6 +26,7 @@ class ProducerRun:
     """One ``submit.py`` run: its corpus, wall seconds and peak RSS, and what it recorded."""
 
     shape: CorpusShape
+    store: str  # "local disk" or "S3 endpoint": where the corpus and the data dir were
     pairs: int
     queries: int
     shards: int
@@ -51,9 +52,10 @@ def cached_corpus(shape: CorpusShape, scratch: Path) -> Path:
 
 
 def run_producer(
-    shape: CorpusShape, corpus: Path, env: dict[str, str], shard_pairs: int | None
+    shape: CorpusShape, corpus: str, env: dict[str, str], shard_pairs: int | None, store: str = "local disk"
 ) -> ProducerRun:
-    """Run ``submit.py CORPUS --model MODEL`` once, in a fresh process, and measure it."""
+    """Run ``submit.py CORPUS --model MODEL`` once, in a fresh process, and measure it; ``corpus`` is a
+    local path or a URI."""
     command = [sys.executable, str(REPO / "scripts" / "submit.py"), str(corpus), "--model", MODEL]
     if shard_pairs:
         command += ["--shard-pairs", str(shard_pairs)]
@@ -73,10 +75,11 @@ def run_producer(
         raise RuntimeError(f"submit.py did not report its run:\n{errors[-3000:]}")
     pairs, queries, shards = (int(group.replace(",", "")) for group in found.groups())
     # ru_maxrss is in KiB on Linux.
-    return ProducerRun(shape, pairs, queries, shards, seconds, usage.ru_maxrss * 1024)
+    return ProducerRun(shape, store, pairs, queries, shards, seconds, usage.ru_maxrss * 1024)
 
 
-_COLUMNS = (("pairs", ">12"), ("files", ">5"), ("order", "<11"), ("shards", ">6"), ("seconds", ">8"))
+_COLUMNS = (("store", "<12"), ("pairs", ">12"), ("files", ">5"), ("order", "<11"), ("shards", ">6"))
+_COLUMNS += (("seconds", ">8"),)
 _COLUMNS += (("pairs/s", ">9"), ("peak RSS MiB", ">12"))
 
 
@@ -84,6 +87,7 @@ def results_table(runs: list[ProducerRun]) -> list[str]:
     lines = [" ".join(f"{name:{spec}}" for name, spec in _COLUMNS)]
     for run in runs:
         values = (
+            run.store,
             f"{run.pairs:,}",
             run.shape.files,
             "interleaved" if run.shape.interleaved else "contiguous",

@@ -14,11 +14,17 @@ Examples:
   python scripts/bench_submit.py --sizes 2M,5M --files 16  # corpora of 16 files each
   python scripts/bench_submit.py --interleaved             # each query's rows spread out (the spill path)
   python scripts/bench_submit.py --smoke                   # seconds: 3k and 30k pairs
+  python scripts/bench_submit.py --sizes 1M --s3           # also from an S3 endpoint on loopback
+
+With --s3 every corpus also runs with the corpus and the data dir on an S3 endpoint on loopback (moto's
+server, in this process, which holds the objects in memory), right after its local-disk run, and the
+target adds: from S3 within 2x of the local figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import secrets
@@ -27,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from benchmarks.machine import cpu_kind, usable_cpus
 from benchmarks.producer_corpus import CorpusShape
@@ -34,6 +41,7 @@ from benchmarks.producer_scale import MIB, ProducerRun, cached_corpus, results_t
 from core.broker import embedded_broker
 from core.settings import Settings
 from testkit.fleet import clean_env
+from testkit.object_store import S3Endpoint, s3_server
 from testkit.services import delete_prefixed
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,6 +49,7 @@ SMOKE_SIZES = "3k,30k"
 RSS_SPREAD = 0.15
 RSS_LIMIT_BYTES = 1 << 30
 PAIRS_PER_S = 150_000
+S3_BUCKET = "bench"
 
 
 def parse_size(text: str) -> int:
@@ -72,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=REPO / "data" / "bench-corpora",
         help="where generated corpora are cached (default data/bench-corpora; a temporary one with --smoke)",
     )
+    parser.add_argument(
+        "--s3", action="store_true", help="also run each corpus from an S3 endpoint on loopback (moto)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny corpora, seconds; targets not judged")
     return parser
 
@@ -100,16 +112,34 @@ def _bench(args: argparse.Namespace, sizes: list[int], corpora: Path, root: Path
     prefix = f"rerank-bench-submit-{secrets.token_hex(4)}:"
     runs: list[ProducerRun] = []
     try:
-        for size in sizes:
-            shape = CorpusShape(size, args.files, args.interleaved)
-            corpus = cached_corpus(shape, corpora)
-            with tempfile.TemporaryDirectory(prefix="run-", dir=root) as work:
-                env = clean_env(
-                    data_dir=str(Path(work) / "data"), broker_url=broker_url, redis_key_prefix=prefix
-                )
-                runs.append(run_producer(shape, corpus, env, args.shard_pairs))
-            delete_prefixed(broker_url, prefix)
-            print(f"  {runs[-1].pairs:,} pairs: {runs[-1].seconds:.1f}s", file=sys.stderr, flush=True)
+        with s3_server() if args.s3 else contextlib.nullcontext() as endpoint:
+            if endpoint is not None:
+                endpoint.create_bucket(S3_BUCKET)
+            for size in sizes:
+                shape = CorpusShape(size, args.files, args.interleaved)
+                corpus = cached_corpus(shape, corpora)
+                places: list[tuple[str, str, dict[str, str]]] = [("local disk", str(corpus), {})]
+                if endpoint is not None:
+                    places.append(("S3 endpoint", _uploaded(endpoint, corpus), endpoint.env()))
+                for store, corpus_location, store_env in places:
+                    with tempfile.TemporaryDirectory(prefix="run-", dir=root) as work:
+                        data_dir = str(Path(work) / "data")
+                        if store_env:
+                            data_dir = f"s3://{S3_BUCKET}/runs-{secrets.token_hex(4)}"
+                        env = clean_env(
+                            data_dir=data_dir,
+                            state_dir=str(Path(work) / "state"),
+                            broker_url=broker_url,
+                            redis_key_prefix=prefix,
+                        )
+                        env.update(store_env)
+                        runs.append(run_producer(shape, corpus_location, env, args.shard_pairs, store))
+                    delete_prefixed(broker_url, prefix)
+                    print(
+                        f"  {runs[-1].pairs:,} pairs from {store}: {runs[-1].seconds:.1f}s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     finally:
         delete_prefixed(broker_url, prefix)
         if embedded is not None:
@@ -120,10 +150,18 @@ def _bench(args: argparse.Namespace, sizes: list[int], corpora: Path, root: Path
     return _judge(runs, args.smoke)
 
 
+def _uploaded(endpoint: S3Endpoint, corpus: Path) -> str:
+    """The corpus (a file or a directory of files) copied to the endpoint; its s3:// URI."""
+    key = f"{S3_BUCKET}/corpora/{corpus.name}"
+    pafs.copy_files(str(corpus), key, destination_filesystem=endpoint.filesystem())
+    return f"s3://{key}"
+
+
 def _judge(runs: list[ProducerRun], smoke: bool) -> int:
-    peaks = [run.peak_rss_bytes for run in runs]
+    local = [run for run in runs if run.store == "local disk"]
+    peaks = [run.peak_rss_bytes for run in local]
     spread = max(peaks) / min(peaks) - 1
-    slowest = min(run.pairs_per_s for run in runs)
+    slowest = min(run.pairs_per_s for run in local)
     targets = [
         (f"peak RSS within {RSS_SPREAD:.0%} across sizes", f"{spread:.1%}", spread <= RSS_SPREAD),
         (
@@ -137,6 +175,13 @@ def _judge(runs: list[ProducerRun], smoke: bool) -> int:
             slowest >= PAIRS_PER_S,
         ),
     ]
+    by_corpus = {run.shape: run for run in local}
+    for run in runs:
+        if run.store != "local disk":
+            ratio = by_corpus[run.shape].pairs_per_s / run.pairs_per_s
+            targets.append(
+                (f"{run.pairs:,} pairs from S3 within 2x of local disk", f"{ratio:.2f}x slower", ratio <= 2)
+            )
     for name, figure, met in targets:
         verdict = "not judged in a smoke run" if smoke else ("met" if met else "MISSED")
         print(f"target  {name}: {figure}: {verdict}")

@@ -98,18 +98,26 @@ def test_bench_api_smoke_keeps_under_the_limit_and_scores_every_pair_once() -> N
 
 
 def test_bench_submit_smoke_times_the_producer_on_each_corpus() -> None:
-    result = run_script("bench_submit.py", "--smoke", "--files", "3", env=clean_env(), timeout=300)
+    result = run_script("bench_submit.py", "--smoke", "--files", "3", "--s3", env=clean_env(), timeout=300)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr[-3000:]
     _figure(r"^machine\s+CPU .+ \(family .+\), \d+ usable CPUs; ", out)
     rows = re.findall(
-        r"^\s+([\d,]+)\s+3 contiguous\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+)$", out, re.MULTILINE
+        r"^(local disk|S3 endpoint)\s+([\d,]+)\s+3 contiguous\s+(\d+)\s+([\d.]+)\s+([\d,]+)\s+([\d,]+)$",
+        out,
+        re.MULTILINE,
     )
-    assert [_number(row[0]) for row in rows] == [3_000, 30_000]
-    for pairs, shards, seconds, pairs_per_s, peak_mib in rows:
+    assert [(row[0], _number(row[1])) for row in rows] == [
+        ("local disk", 3_000),
+        ("S3 endpoint", 3_000),
+        ("local disk", 30_000),
+        ("S3 endpoint", 30_000),
+    ]
+    for _, pairs, shards, seconds, pairs_per_s, peak_mib in rows:
         assert int(shards) >= 1 and float(seconds) > 0 and 50 < _number(peak_mib) < 4096
         assert _number(pairs_per_s) == pytest.approx(_number(pairs) / float(seconds), rel=0.05, abs=1)
-    assert out.count("not judged in a smoke run") == 3
+    assert out.count("not judged in a smoke run") == 5
+    assert "pairs from S3 within 2x of local disk" in out
 
 
 def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> None:

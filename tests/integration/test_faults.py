@@ -11,12 +11,11 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 import torch
-from sqlalchemy import func, select
 from transformers import BertForSequenceClassification
 
 from storage.ledger import Ledger
-from storage.ledger.schema import Usage
 from testkit import corpora
+from testkit.checks import assert_usage_counted_once
 from testkit.fleet import Fleet, local_worker_env, run_script, start_fleet, wait_finished
 from testkit.model_factory import bert_tokenizer, build_tiny_cross_encoder
 from testkit.services import delete_prefixed, new_prefix
@@ -54,14 +53,7 @@ def _assert_exactly_once(run_dir: Path, corpus_rows: int, ledger: Ledger, run_id
     assert len(keys) == corpus_rows and len(set(keys)) == corpus_rows
     assert not [p for p in run_dir.rglob("*.tmp")], "a partial file was left behind"
     assert not list(run_dir.glob("_attempts/*")), "attempt files were left behind"
-    with ledger.session() as session:
-        duplicates = session.execute(
-            select(Usage.shard_id, Usage.attempt, Usage.request_index, func.count())
-            .where(Usage.run_id == run_id)
-            .group_by(Usage.shard_id, Usage.attempt, Usage.request_index)
-            .having(func.count() > 1)
-        ).all()
-    assert duplicates == []
+    assert_usage_counted_once(ledger, run_id)
 
 
 def test_worker_loss_sigterm_finishes_and_sigkill_is_redelivered(redis_url: str, tmp_path: Path) -> None:

@@ -12,12 +12,10 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from sqlalchemy import func, select
 
 from storage.ledger import Ledger
-from storage.ledger.schema import Usage
 from testkit import corpora
-from testkit.checks import assert_output_matches, reference_scores
+from testkit.checks import assert_output_matches, assert_usage_counted_once, reference_scores
 from testkit.fleet import clean_env, local_worker_env, run_script, start_fleet, wait_finished
 from testkit.model_factory import build_tiny_cross_encoder
 from testkit.object_store import FAKE_CREDENTIALS, S3Endpoint, refusing_s3_server, s3_server
@@ -152,14 +150,7 @@ def test_a_worker_killed_mid_shard_on_s3_loses_and_duplicates_nothing(
     settled = {f"{run_dir}/{PurePosixPath(shard.output_path).name}" for shard in ledger.shards(run_id)}
     others = [key for key in endpoint.keys(run_dir) if key not in settled and "/_inputs/" not in key]
     assert others == [], others  # no attempt file, no temporary
-    with ledger.session() as session:
-        duplicates = session.execute(
-            select(Usage.shard_id, Usage.attempt, Usage.request_index, func.count())
-            .where(Usage.run_id == run_id)
-            .group_by(Usage.shard_id, Usage.attempt, Usage.request_index)
-            .having(func.count() > 1)
-        ).all()
-    assert duplicates == []
+    assert_usage_counted_once(ledger, run_id)
     # Every attempt has its usage row but the killed one, which died before it could write it.
     assert ledger.usage_totals(run_id).attempts == sum(shard.attempts for shard in ledger.shards(run_id)) - 1
     assert ledger.usage_totals(run_id).pairs == corpus.num_rows

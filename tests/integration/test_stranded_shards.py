@@ -4,8 +4,7 @@ its queue empty; a transaction left open by a vanished host ends on the server, 
 
 from __future__ import annotations
 
-import secrets
-import threading
+import contextlib
 import time
 from datetime import timedelta
 
@@ -14,30 +13,11 @@ from sqlalchemy import select, update
 from core.broker.celery_app import create_app
 from core.broker.url import connect
 from core.settings import Settings
-from storage.ledger import Ledger, Run, ShardPlanRow, utcnow
+from storage.ledger import Ledger, utcnow
 from storage.ledger.engine import create_ledger_engine
 from storage.ledger.schema import Shard
+from testkit.checks import record_run
 from worker.reaper import resend_stranded_shards
-
-
-def _run(ledger: Ledger, shards: int) -> str:
-    run_id = f"stranded-{secrets.token_hex(3)}"
-    run = Run(
-        run_id=run_id,
-        model="cross-encoder:m",
-        queue=f"rerank.test-{secrets.token_hex(3)}",
-        corpus_path="c",
-        status="queued",
-        n_shards=shards,
-        n_pairs=shards,
-        n_queries=shards,
-        options={},
-        created_at=utcnow(),
-    )
-    rows = [ShardPlanRow(i, 1, 1, f"runs/{run_id}/_inputs/{i}", f"runs/{run_id}/{i}") for i in range(shards)]
-    ledger.create_run(run, rows)
-    ledger.mark_enqueued(run_id, range(shards))
-    return run_id
 
 
 def _age(ledger: Ledger, run_id: str, shard_id: int, seconds: float) -> None:
@@ -55,7 +35,7 @@ def test_a_stranded_shard_is_sent_again_once_and_only_while_its_queue_is_empty(
     ledger = Ledger(ledger_url)
     ledger.create_schema()
     leases = ledger.leases(max_attempts=3, lease_s=60)
-    run_id = _run(ledger, 3)
+    run_id = record_run(ledger, 3)
     run = ledger.get_run(run_id)
     assert run is not None
     _age(ledger, run_id, 0, 600)  # its message went with a lost host ten minutes ago
@@ -75,29 +55,22 @@ def test_a_stranded_shard_is_sent_again_once_and_only_while_its_queue_is_empty(
     [shard] = [shard for shard in ledger.shards(run_id) if shard.shard_id == 0]
     assert shard.status == "queued" and shard.enqueued_at is not None
     client.delete(key)
+    client.close()
 
 
 def test_a_transaction_left_open_by_a_lost_host_ends_and_frees_its_row(postgres_url: str) -> None:
     ledger = Ledger(postgres_url)
     ledger.create_schema()
-    run_id = _run(ledger, 1)
+    run_id = record_run(ledger, 1)
     lost_host = create_ledger_engine(postgres_url, idle_in_transaction_s=1.0)
-    locked = threading.Event()
-
-    def lock_and_vanish() -> None:
-        connection = lost_host.connect()
-        transaction = connection.begin()
-        connection.execute(select(Shard).where(Shard.run_id == run_id).with_for_update())
-        locked.set()
-        time.sleep(6)  # the host is gone: nothing commits, nothing closes the connection
-        del transaction
-
-    holder = threading.Thread(target=lock_and_vanish, daemon=True)
-    holder.start()
-    assert locked.wait(10)
+    connection = lost_host.connect()
+    connection.begin()
+    connection.execute(select(Shard).where(Shard.run_id == run_id).with_for_update())
+    # The host is gone: nothing commits, nothing closes the connection.
     started = time.monotonic()
     with ledger.session() as session, session.begin():  # as a reaper's requeue would: it needs the row
         session.execute(update(Shard).where(Shard.run_id == run_id).values(error="reaped"))
     assert time.monotonic() - started < 5, "the open transaction held its lock past the idle timeout"
-    holder.join(10)
+    with contextlib.suppress(Exception):  # the server has ended that session
+        connection.close()
     lost_host.dispose()

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from storage.ledger import AttemptUsage, Granted, Ledger, Run, ShardPlanRow, utcnow
+from storage.ledger import AttemptUsage, Granted, Ledger, utcnow
 from storage.location import Location, parse_location
 from storage.shards.publication import attempt_key, settle, settle_run
+from testkit.checks import record_run
 
 
 def test_each_attempt_has_a_key_of_its_own_beside_the_output() -> None:
@@ -22,31 +23,6 @@ def data(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
     if request.param == "local":
         return parse_location(str(tmp_path / "data"))
     return parse_location(f"memory://publication-{secrets.token_hex(4)}/data")
-
-
-def _run(ledger: Ledger, shards: int) -> str:
-    run_id = f"r-{secrets.token_hex(3)}"
-    run = Run(
-        run_id=run_id,
-        model="m:m",
-        queue="q",
-        corpus_path="c",
-        status="queued",
-        n_shards=shards,
-        n_pairs=shards,
-        n_queries=shards,
-        options={},
-        created_at=utcnow(),
-    )
-    rows = [
-        ShardPlanRow(
-            i, 1, 1, f"runs/{run_id}/_inputs/shard-{i:05d}.parquet", f"runs/{run_id}/shard-{i:05d}.parquet"
-        )
-        for i in range(shards)
-    ]
-    ledger.create_run(run, rows)
-    ledger.mark_enqueued(run_id, range(shards))
-    return run_id
 
 
 def _publish(ledger: Ledger, data: Location, run_id: str, shard_id: int, stale: int = 0) -> tuple[str, str]:
@@ -74,7 +50,7 @@ def _publish(ledger: Ledger, data: Location, run_id: str, shard_id: int, stale: 
 def test_settle_leaves_only_the_chosen_scores_at_the_output(tmp_path: Path, data: Location) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.create_schema()
-    run_id = _run(ledger, 1)
+    run_id = record_run(ledger, 1)
     chosen, output = _publish(ledger, data, run_id, 0, stale=2)
 
     settle(data, ledger, run_id, 0, chosen, output)
@@ -88,7 +64,7 @@ def test_settle_leaves_only_the_chosen_scores_at_the_output(tmp_path: Path, data
 def test_settle_run_finishes_a_settle_that_a_crash_interrupted(tmp_path: Path, data: Location) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger.create_schema()
-    run_id = _run(ledger, 2)
+    run_id = record_run(ledger, 2)
     first_chosen, first_output = _publish(ledger, data, run_id, 0)
     settle(data, ledger, run_id, 0, first_chosen, first_output)
     data.join(attempt_key(first_output, 7)).write_bytes(b"a stale attempt that wrote after the settle")
