@@ -72,7 +72,7 @@ def test_20k_pairs_through_two_cpu_workers(sqlite_setup: dict, tiny_model: Path,
     scores = pq.read_table(out)
     assert scores.schema.field("query_id").type == pa.int64()
     assert_output_matches(corpus, scores, reference_scores(tiny_model, corpus))
-    metadata = read_metadata(out)
+    metadata = read_metadata(corpora.location(out))
     assert metadata["run_id"] == run_id and metadata["kind"] == "cross-encoder"
 
     ledger = Ledger(sqlite_setup["ledger_url"])
