@@ -1,10 +1,11 @@
 """The producer at scale: ``scripts/submit.py`` without workers (validate, plan, write the shard inputs,
 record the run, enqueue its shards) in a fresh process per corpus, timed from launch to exit, with the
-process's peak resident memory from the kernel (``wait4``'s ``ru_maxrss``)."""
+process's peak resident memory from the kernel: its ``VmHWM``, read while it runs. (``wait4``'s
+``ru_maxrss`` would not do: Linux carries the forking parent's peak over into the child at exec, and
+the benchmark process may be large: it generates corpora and may host the S3 endpoint.)"""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -63,9 +64,11 @@ def run_producer(
     with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
         started = time.monotonic()
         process = subprocess.Popen(command, env=env, stdout=stdout, stderr=stderr)
-        _, status, usage = os.wait4(process.pid, 0)
+        peak_rss_bytes = 0
+        while process.poll() is None:
+            peak_rss_bytes = max(peak_rss_bytes, _high_water_mark(process.pid))
+            time.sleep(0.02)
         seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         stderr.seek(0)
         errors = stderr.read().decode(errors="replace")
     if process.returncode != 0:
@@ -74,8 +77,19 @@ def run_producer(
     if found is None:
         raise RuntimeError(f"submit.py did not report its run:\n{errors[-3000:]}")
     pairs, queries, shards = (int(group.replace(",", "")) for group in found.groups())
-    # ru_maxrss is in KiB on Linux.
-    return ProducerRun(shape, store, pairs, queries, shards, seconds, usage.ru_maxrss * 1024)
+    return ProducerRun(shape, store, pairs, queries, shards, seconds, peak_rss_bytes)
+
+
+def _high_water_mark(pid: int) -> int:
+    """The process's peak resident memory so far (``VmHWM``), in bytes; 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
 
 
 _COLUMNS = (("store", "<12"), ("pairs", ">12"), ("files", ">5"), ("order", "<11"), ("shards", ">6"))
