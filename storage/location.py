@@ -120,7 +120,7 @@ class Location:
         with self.open_input() as handle:
             return bytes(handle.read())
 
-    def write_bytes(self, data: bytes) -> None:
+    def write_bytes(self, data: bytes | pa.Buffer) -> None:
         self.parent.make_dir()
 
         def write() -> None:

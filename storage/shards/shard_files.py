@@ -5,6 +5,10 @@ hashes, reused scores: Python-bound work); a background thread encodes and write
 which runs outside the GIL, so the two overlap on two cores. A bounded queue between them keeps at most
 a few row groups in flight. Shard inputs are read whole by one worker each, so they carry no statistics
 and only the repeated columns are dictionary-encoded.
+
+On an object store each file is encoded into memory and uploaded, whole, by a small pool of threads, so
+that several uploads are in flight at once: one PUT after another would leave the producer waiting on the
+store's latency for every shard.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -24,6 +29,7 @@ from storage.shards.plan import ShardPlan
 
 ROW_GROUP_ROWS = 65536
 _IN_FLIGHT = 4
+_UPLOADS_IN_FLIGHT = 8
 # Repeated values only: dictionary pages for unique texts and ids are built and then thrown away.
 _DICTIONARY_COLUMNS = ["query_id", "query"]
 
@@ -140,6 +146,7 @@ class _ParquetWriterThread:
         self._jobs: queue.Queue[_Job | _Stop] = queue.Queue(maxsize=_IN_FLIGHT)
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._error: BaseException | None = None
+        self._uploads = _Uploads()
 
     def start(self) -> None:
         self._thread.start()
@@ -155,7 +162,10 @@ class _ParquetWriterThread:
         if self._thread.is_alive():
             self._jobs.put(_STOP)
             self._thread.join()
+        upload_error = self._uploads.finish()
         self._raise_failure()
+        if upload_error is not None:
+            raise upload_error
 
     def _put(self, job: _Job) -> None:
         self._raise_failure()
@@ -168,19 +178,25 @@ class _ParquetWriterThread:
 
     def _run(self) -> None:
         writer: pq.ParquetWriter | None = None
+        target: Location | None = None
+        in_memory: pa.BufferOutputStream | None = None
         try:
             while not isinstance(job := self._jobs.get(), _Stop):
                 if job is None:
                     if writer is not None:
                         writer.close()
-                    writer = None
+                        if in_memory is not None and target is not None:
+                            self._uploads.submit(target, in_memory.getvalue())
+                    writer, target, in_memory = None, None, None
                     continue
                 location, table = job
                 if writer is None:
+                    target = location
+                    in_memory = None if location.is_local else pa.BufferOutputStream()
                     writer = pq.ParquetWriter(
-                        location.path,
+                        location.path if in_memory is None else in_memory,
                         self._schema,
-                        filesystem=location.filesystem,
+                        filesystem=location.filesystem if in_memory is None else None,
                         compression=_compression(location),
                         use_dictionary=_DICTIONARY_COLUMNS,
                         write_statistics=False,
@@ -188,12 +204,39 @@ class _ParquetWriterThread:
                 writer.write_table(table, row_group_size=max(1, table.num_rows))
             if writer is not None:
                 writer.close()
+                if in_memory is not None and target is not None:
+                    self._uploads.submit(target, in_memory.getvalue())
         except BaseException as exc:  # handed to the caller's thread
             self._error = exc
             if writer is not None:
                 _close_quietly(writer)
             while self._jobs.get() is not _STOP:
                 pass
+
+
+class _Uploads:
+    """Whole files put on an object store by a few threads, at most ``_UPLOADS_IN_FLIGHT`` at a time."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.Semaphore(_UPLOADS_IN_FLIGHT)
+        self._futures: list[Future[None]] = []
+
+    def submit(self, target: Location, content: pa.Buffer) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=_UPLOADS_IN_FLIGHT, thread_name_prefix="shard-upload")
+        self._slots.acquire()
+        future = self._pool.submit(target.write_bytes, content)
+        future.add_done_callback(lambda _: self._slots.release())
+        self._futures.append(future)
+
+    def finish(self) -> BaseException | None:
+        """Wait for every upload; the first error, if any."""
+        if self._pool is None:
+            return None
+        self._pool.shutdown(wait=True)
+        errors = [future.exception() for future in self._futures]
+        return next((error for error in errors if error is not None), None)
 
 
 def _compression(location: Location) -> str:
