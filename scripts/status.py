@@ -42,11 +42,11 @@ def broker_line(settings: Settings) -> str:
     if settings.broker_url is not None:
         return f"broker: {redact(settings.broker_url)}"
     embedded = embedded_broker(settings)
-    url, pid = embedded.url(), embedded.pid()
+    url = embedded.url()
     if url is None:
         return f"broker: embedded Redis (not running; state in {embedded.directory})"
     return (
-        f"broker: embedded Redis at {url} (pid {pid}, state in {embedded.directory}); "
+        f"broker: embedded Redis at {url} (pid {embedded.pid()}, state in {embedded.directory}); "
         "stop it with: python scripts/status.py --stop-broker"
     )
 

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIAFAKEFORTESTS0001",
@@ -53,6 +55,10 @@ class S3Endpoint:
 
     def create_bucket(self, name: str) -> None:
         self.filesystem().create_dir(name)
+
+    def read_table(self, key: str) -> pa.Table:
+        """The Parquet object ``bucket/key``, read whole."""
+        return pq.read_table(key, filesystem=self.filesystem())
 
     def keys(self, prefix: str) -> list[str]:
         """Every object below ``bucket/prefix``, as ``bucket/key``."""

@@ -38,9 +38,7 @@ class EmbeddedRedis:
         return url if is_reachable(url) else None
 
     def pid(self) -> int | None:
-        """The process id of the running server, or None when none runs."""
-        if self.url() is None:
-            return None
+        """The process id the server last recorded (ask ``url()`` first whether it runs), or None."""
         try:
             return int((self.directory / "redis.pid").read_text().strip())
         except (OSError, ValueError):

@@ -11,6 +11,7 @@ never by listing, and ``settle_run`` finishes an interrupted settle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 from storage.atomic import copy_atomically
@@ -28,20 +29,20 @@ def attempt_key(output_path: str, attempt: int) -> str:
 
 def settle(data: Location, ledger: Ledger, run_id: str, shard_id: int, chosen: str, output_path: str) -> None:
     """Copy the chosen scores onto ``output_path``, point the ledger there, delete the attempt files."""
-    if chosen != output_path:
-        copy_atomically(data.join(chosen), data.join(output_path))
-        ledger.moved_scores(run_id, shard_id, chosen, output_path)
-    remove_attempts(data, output_path)
+    _copy_chosen(data, ledger, run_id, shard_id, chosen, output_path)
+    remove_attempts(data, [output_path])
 
 
-def remove_attempts(data: Location, output_path: str) -> int:
-    """Delete every attempt file of one shard (stale ones, and temporaries of killed writers)."""
-    output = PurePosixPath(output_path)
-    attempts = data.join(str(output.parent / ATTEMPTS_DIRNAME))
-    stem = f"{output.stem}.attempt-"
+def remove_attempts(data: Location, output_paths: Sequence[str]) -> int:
+    """Delete every attempt file (stale ones, and temporaries of killed writers) of these shards of one
+    run, in one listing of the run's attempts directory. Returns how many it deleted."""
+    if not output_paths:
+        return 0
+    attempts = data.join(str(PurePosixPath(output_paths[0]).parent / ATTEMPTS_DIRNAME))
+    stems = tuple(f"{PurePosixPath(output_path).stem}.attempt-" for output_path in output_paths)
     removed = 0
     for found in attempts.files(recursive=False):
-        if found.name.startswith((stem, f".{stem}")) and found.delete():
+        if found.name.lstrip(".").startswith(stems) and found.delete():
             removed += 1
     return removed
 
@@ -53,12 +54,15 @@ def settle_run(data: Location, ledger: Ledger, run_id: str) -> int:
     settled = 0
     for shard in done:
         if shard.scores_path is not None and shard.scores_path != shard.output_path:
-            settle(data, ledger, run_id, shard.shard_id, shard.scores_path, shard.output_path)
+            _copy_chosen(data, ledger, run_id, shard.shard_id, shard.scores_path, shard.output_path)
             settled += 1
-    if done:
-        attempts = data.join(str(PurePosixPath(done[0].output_path).parent / ATTEMPTS_DIRNAME))
-        stems = tuple(f"{PurePosixPath(shard.output_path).stem}.attempt-" for shard in done)
-        for found in attempts.files(recursive=False):
-            if found.name.lstrip(".").startswith(stems):
-                found.delete()
+    remove_attempts(data, [shard.output_path for shard in done])
     return settled
+
+
+def _copy_chosen(
+    data: Location, ledger: Ledger, run_id: str, shard_id: int, chosen: str, output_path: str
+) -> None:
+    if chosen != output_path:
+        copy_atomically(data.join(chosen), data.join(output_path))
+        ledger.moved_scores(run_id, shard_id, chosen, output_path)

@@ -12,7 +12,6 @@ Needs root for ``ip netns``; skipped with the reason elsewhere, except on CI whe
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -24,7 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select, text
@@ -193,11 +191,6 @@ def not_done(ledger: Ledger, run_id: str) -> str:
     return f"shards not done: {', '.join(described) or 'none'}"
 
 
-def read_object(endpoint: S3Endpoint, key: str) -> pa.Table:
-    with endpoint.filesystem().open_input_file(key) as handle:
-        return pq.read_table(io.BytesIO(handle.read()))
-
-
 def test_a_host_cut_off_mid_run_loses_and_duplicates_nothing(
     network: PrivateNetwork, site: Site, tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -239,7 +232,7 @@ def test_a_host_cut_off_mid_run_loses_and_duplicates_nothing(
         network.hosts["w1"].kill_processes()
 
         # 0 lost, 0 duplicated: the merged output has one row per pair, each with the reference score.
-        scores = read_object(site.endpoint, f"{BUCKET}/out/scores.parquet")
+        scores = site.endpoint.read_table(f"{BUCKET}/out/scores.parquet")
         assert_output_matches(corpus, scores, reference_scores(tiny_model, corpus))
         check_ledger(ledger, run_id, corpus.num_rows, held, node(network, "w2"), cut_at)
         check_run_dir(site.endpoint, run_id, len(ledger.shards(run_id)))

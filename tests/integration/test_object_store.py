@@ -4,7 +4,6 @@ user gets for bad URIs, missing buckets and refused credentials, with nothing wr
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -52,11 +51,6 @@ def s3_fleet(
     delete_prefixed(redis_url, prefix)
 
 
-def read_object(endpoint: S3Endpoint, key: str) -> pa.Table:
-    with endpoint.filesystem().open_input_file(key) as handle:
-        return pq.read_table(io.BytesIO(handle.read()))
-
-
 def upload(endpoint: S3Endpoint, table: pa.Table, key: str) -> None:
     pq.write_table(table, key, filesystem=endpoint.filesystem())
 
@@ -85,7 +79,7 @@ def test_a_run_on_s3_scores_every_pair_once_and_leaves_a_readable_dataset(
     assert result.returncode == 0, result.stderr + s3_fleet["fleet"].log()[-3000:]
     run_id = result.stdout.strip().splitlines()[-1]
 
-    scores = read_object(endpoint, f"{BUCKET}/out/night-1-scores.parquet")
+    scores = endpoint.read_table(f"{BUCKET}/out/night-1-scores.parquet")
     assert_output_matches(corpus, scores, reference_scores(tiny_model, corpus))
 
     # The run dir holds the inputs, one settled score file per shard and nothing else: no attempt
