@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,7 +29,10 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-KINDS = ("ours", "sentence-transformers", "flagembedding")
+# sentence-transformers' accelerated backends, run from their own environment (``benchmarks.peers``):
+# ONNX Runtime as exported, its O3-optimized graph and its dynamically quantized int8 graph, and OpenVINO.
+PEER_KINDS = ("st-onnx", "st-onnx-o3", "st-onnx-int8", "st-openvino")
+KINDS = ("ours", "sentence-transformers", "flagembedding", *PEER_KINDS)
 WARMUP_PAIRS = 16  # untimed, the same pairs for every contender: first-call costs stay out of the rounds
 MARK = "BENCH:"
 
@@ -48,6 +52,7 @@ class ContenderRun:
     baseline_rss_bytes: int  # after imports, before the model
     peak_rss_bytes: int  # the process's high-water mark, loading included
     gpu_peak_bytes: int | None
+    padded_ratio: float | None = None  # ours: padded over real tokens of its last call
 
     @property
     def seconds(self) -> float:
@@ -69,18 +74,22 @@ class Contender:
         cpus: list[int],
         timeout_s: float,
         compile_mode: str = "auto",
+        python: Path | None = None,
     ) -> None:
+        """``python``: the interpreter to run the contender with (default: this one)."""
         work_dir.mkdir(parents=True, exist_ok=True)
         self.kind = kind
+        self.dtype = dtype
         self.timeout_s = timeout_s
         self.scores_file = work_dir / f"{kind}-{dtype}-scores.npy"
         self.log_file = work_dir / f"{kind}-{dtype}.log"
         self.round_seconds: list[float] = []
+        self.events: dict[str, dict[str, Any]] = {}  # the last message of each event, e.g. "tuning"
         self._ready: dict[str, Any] | None = None
         with open(self.log_file, "wb") as log:
             self.process = subprocess.Popen(
                 [
-                    sys.executable,
+                    str(python or sys.executable),
                     "-m",
                     "benchmarks.contender",
                     kind,
@@ -90,6 +99,7 @@ class Contender:
                     f"--device={device}",
                     f"--dtype={dtype}",
                     f"--cpus={','.join(map(str, cpus))}",
+                    f"--work={work_dir}",
                 ],
                 cwd=REPO,
                 env=child_env(len(cpus), device, compile_mode),
@@ -112,6 +122,12 @@ class Contender:
         if record:
             self.round_seconds.append(seconds)
         return seconds
+
+    def batch_composition_change(self) -> float:
+        """The largest change of a pair's score when its pairs are scored in other batch compositions."""
+        self.wait_ready()
+        self._send("invariance")
+        return float(self._receive("invariance")["max_change"])
 
     def best_seconds(self) -> float:
         """The fastest recorded round."""
@@ -158,6 +174,7 @@ class Contender:
             line = self.process.stdout.readline()
             if line.startswith(MARK):
                 message: dict[str, Any] = json.loads(line[len(MARK) :])
+                self.events[message["event"]] = message
                 if message["event"] == event:
                     return message
             elif line == "":  # end of output: the process has exited
@@ -216,9 +233,19 @@ def load_ours(model_dir: Path, device: str, dtype: str) -> tuple[Scorer, str]:
     )
 
     def score(pairs: Pairs) -> np.ndarray:
-        return reranker.score([query for query, _ in pairs], [text for _, text in pairs]).scores
+        batcher = reranker.batcher
+        real, padded = batcher.real_tokens, batcher.padded_tokens
+        scores = reranker.score([query for query, _ in pairs], [text for _, text in pairs]).scores
+        OURS_TOKENS.update(real=batcher.real_tokens - real, padded=batcher.padded_tokens - padded)
+        return scores
 
-    return score, reranker.describe()["dtype"]
+    description = reranker.describe()
+    say("tuning", tuning=description.get("calibration", description.get("tuning", "")))
+    return score, description["dtype"]
+
+
+# Real and padded tokens of ours' last call: padding waste is work the FLOP count does not see.
+OURS_TOKENS: dict[str, int] = {}
 
 
 def load_sentence_transformers(model_dir: Path, device: str) -> tuple[Scorer, str]:
@@ -232,6 +259,60 @@ def load_sentence_transformers(model_dir: Path, device: str) -> tuple[Scorer, st
     return score, str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
+def load_peer(kind: str, model_dir: Path, work_dir: Path) -> tuple[Scorer, str]:
+    """A sentence-transformers ``CrossEncoder`` on its ONNX Runtime or OpenVINO backend, exported from a
+    private copy of the model (the exports are written next to the weights)."""
+    import shutil
+
+    from sentence_transformers import CrossEncoder
+
+    copy = work_dir / f"{kind}-model"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(model_dir, copy)
+    if kind == "st-openvino":
+        model = CrossEncoder(str(copy), backend="openvino")
+        dtype = openvino_precision(model)
+    else:
+        model = CrossEncoder(str(copy), backend="onnx")
+        dtype = "float32"
+        if kind != "st-onnx":
+            from sentence_transformers import export_dynamic_quantized_onnx_model, export_optimized_onnx_model
+
+            model.save_pretrained(str(copy))
+            if kind == "st-onnx-o3":
+                export_optimized_onnx_model(model, "O3", str(copy))
+                file_name = "onnx/model_O3.onnx"
+            else:
+                isa = "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
+                export_dynamic_quantized_onnx_model(model, isa, str(copy))
+                file_name, dtype = f"onnx/model_qint8_{isa}.onnx", "int8"
+            model = CrossEncoder(str(copy), backend="onnx", model_kwargs={"file_name": file_name})
+
+    def score(pairs: Pairs) -> np.ndarray:
+        return np.asarray(model.predict(pairs, show_progress_bar=False), dtype=np.float32)
+
+    return score, dtype
+
+
+def openvino_precision(model: Any) -> str:
+    """The inference precision OpenVINO chose for the compiled model (bf16 where the CPU has it)."""
+    try:
+        request = model.model.request  # optimum-intel keeps the compiled model (or a request of it)
+        compiled = request if hasattr(request, "get_property") else request.get_compiled_model()
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except Exception:  # the attribute layout of optimum-intel's wrapper differs between versions
+        return "ov-auto"
+    name = str(precision.get_type_name())
+    return {"bf16": "bfloat16", "f32": "float32", "f16": "float16"}.get(name, name)
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
 def load_flagembedding(model_dir: Path, device: str) -> tuple[Scorer, str]:
     from FlagEmbedding import FlagReranker
 
@@ -242,6 +323,25 @@ def load_flagembedding(model_dir: Path, device: str) -> tuple[Scorer, str]:
 
     dtype = "float16" if model.use_fp16 and device != "cpu" else "float32"
     return score, dtype
+
+
+# Calls of these sizes, in turn, score the shuffled pairs in the second composition.
+RECOMPOSED_CALL_SIZES = (1, 7, 33, 2, 150, 19)
+
+
+def batch_composition_change(scorer: Scorer, pairs: Pairs, seed: int = 5) -> float:
+    """The largest change of a pair's score between two batch compositions: all pairs in one call
+    (length-sorted batches of the usual budget), and the pairs shuffled and scored in calls of other
+    sizes, so each pair meets other neighbours, other padding and other batch widths."""
+    whole = np.asarray(scorer(pairs), dtype=np.float64)
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    recomposed = np.empty(len(pairs), dtype=np.float64)
+    start, turn = 0, 0
+    while start < len(pairs):
+        rows = order[start : start + RECOMPOSED_CALL_SIZES[turn % len(RECOMPOSED_CALL_SIZES)]]
+        recomposed[rows] = scorer([pairs[row] for row in rows])
+        start, turn = start + len(rows), turn + 1
+    return float(np.abs(whole - recomposed).max())
 
 
 def say(event: str, **fields: Any) -> None:
@@ -257,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--cpus", required=True)
+    parser.add_argument("--work", type=Path, required=True, help="scratch space (the peers' model exports)")
     args = parser.parse_args(argv)
 
     threads = pin([int(cpu) for cpu in args.cpus.split(",")])
@@ -267,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         import FlagEmbedding  # noqa: F401 - imported before the baseline, like the other libraries
     import sentence_transformers  # noqa: F401
 
+    if args.kind in PEER_KINDS:
+        import optimum  # noqa: F401 - their backend library, also before the baseline
+
     table = pq.read_table(args.corpus, columns=["query", "text"])
     pairs = list(zip(table.column("query").to_pylist(), table.column("text").to_pylist(), strict=True))
     baseline = current_rss_bytes()
@@ -275,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours": lambda: load_ours(args.model, args.device, args.dtype),
         "sentence-transformers": lambda: load_sentence_transformers(args.model, args.device),
         "flagembedding": lambda: load_flagembedding(args.model, args.device),
+        **{kind: partial(load_peer, kind, args.model, args.work) for kind in PEER_KINDS},
     }[args.kind]()
     load_seconds = time.perf_counter() - started
     scorer(pairs[:WARMUP_PAIRS])
@@ -284,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     scores = None  # of the last call that scored every pair
     for command in sys.stdin:
         verb, _, count = command.strip().partition(" ")
+        if verb == "invariance":
+            say("invariance", max_change=batch_composition_change(scorer, pairs))
+            continue
         if verb != "score":
             break
         batch = pairs[: int(count)] if count else pairs
@@ -302,13 +410,14 @@ def main(argv: list[str] | None = None) -> int:
     run = {
         "kind": args.kind,
         "dtype": dtype,
-        "output": "logit" if args.kind == "flagembedding" else "sigmoid",
+        "output": "logit" if args.kind == "flagembedding" else "sigmoid",  # the peers: CrossEncoder's
         "pairs": len(pairs),
         "load_seconds": load_seconds,
         "threads": threads,
         "baseline_rss_bytes": baseline,
         "peak_rss_bytes": peak_rss_bytes(),
         "gpu_peak_bytes": int(torch.cuda.max_memory_allocated()) if on_cuda else None,
+        "padded_ratio": OURS_TOKENS["padded"] / OURS_TOKENS["real"] if OURS_TOKENS.get("real") else None,
     }
     say("done", run=run)
     return 0

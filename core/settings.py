@@ -167,6 +167,13 @@ class Settings(_ApiKindSettings):
         "AVX-512 (on AVX2 eager float32 is as fast), falling back to eager PyTorch (with a warning) where "
         "it cannot compile; on: everywhere, failing the load if it cannot; off: never.",
     )
+    calibrate: bool = Field(
+        default=True,
+        description="Measure at model load which token budget, and whether compiling, scores fastest "
+        "on this machine (a few seconds, plus a compile where one is tried), for what RERANK_TOKEN_BUDGET "
+        "and RERANK_COMPILE leave open; cached per model and machine kind under the state dir. "
+        "false: the fixed defaults.",
+    )
     token_budget: int | None = Field(
         default=None,
         ge=64,

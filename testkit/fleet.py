@@ -28,10 +28,11 @@ SCRIPTS = REPO / "scripts"
 
 def clean_env(**rerank: str) -> dict[str, str]:
     """The current environment without any RERANK_* variable, plus ``rerank`` (keys without prefix).
-    Models are not compiled unless ``rerank`` says so (see tests/conftest.py)."""
+    Models are neither compiled nor calibrated unless ``rerank`` says so (see tests/conftest.py)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("RERANK_")}
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     env["RERANK_COMPILE"] = "off"
+    env["RERANK_CALIBRATE"] = "false"
     env.update({f"RERANK_{key.upper()}": value for key, value in rerank.items()})
     return env
 

@@ -13,6 +13,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Compiling costs ~10-30 s per model load; tests/integration/test_compiled.py covers the compiled path.
 os.environ.setdefault("RERANK_COMPILE", "off")
+# Calibrating costs a few seconds per model load; tests/unit/test_calibration.py covers it.
+os.environ.setdefault("RERANK_CALIBRATE", "false")
 
 
 TIERS = ("unit", "integration", "acceptance")

@@ -73,7 +73,7 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     attempt = grant.attempt
     started_at = utcnow()
     clock = time.monotonic()
-    device = device_label(reranker.describe().get("device", "unknown"))
+    device = device_label(reranker.describe())
     usage = AttemptUsage(worker=worker, model=ref.model, device=device)
     scores_key = attempt_key(output_key, attempt)
     scores_file = data.join(scores_key)
@@ -148,14 +148,17 @@ def _delete_quietly(location: Location) -> None:
         log.warning("could not delete %s: %s", location.uri, exc)
 
 
-def device_label(device: str) -> str:
-    """The device as the ledger records it; on CUDA with the GPU's name, which the price table's
-    GPU-hour entries match."""
-    if not device.startswith("cuda"):
-        return device
-    import torch
+def device_label(described: dict[str, str]) -> str:
+    """The device as the ledger records it, from a reranker's ``describe()``: on CUDA with the GPU's
+    name, which the price table's GPU-hour entries match, then the dtype and the tuning of a local model."""
+    device = described.get("device", "unknown")
+    if device.startswith("cuda"):
+        import torch
 
-    return f"cuda:{torch.cuda.get_device_name()}"[:64]
+        device = f"cuda:{torch.cuda.get_device_name()}"
+    if "tuning" in described:
+        device += f" {described.get('dtype', '')} {described['tuning']}"
+    return device[:64]
 
 
 def _record_lost_lease(

@@ -209,3 +209,34 @@ def test_matmul_peak_leaves_out_sizes_too_slow_for_the_dtype() -> None:
 def test_bench_corpus_slices_follow_query_ids() -> None:
     corpus = BenchCorpus(np.array([0, 0, 1, 2, 2, 2]), ["a"] * 6, ["t"] * 6, np.zeros(6))
     assert corpus.query_slices() == [slice(0, 2), slice(2, 3), slice(3, 6)]
+
+
+def test_batch_composition_change_sees_a_score_that_depends_on_its_neighbours() -> None:
+    from benchmarks.contender import batch_composition_change
+
+    pairs = [(f"q{index % 3}", f"document {index}") for index in range(40)]
+
+    def independent(batch: list[tuple[str, str]]) -> np.ndarray:
+        return np.array([len(text) * 0.1 for _, text in batch])
+
+    def neighbourly(batch: list[tuple[str, str]]) -> np.ndarray:
+        return np.array([len(text) * 0.1 + 1e-3 * len(batch) for _, text in batch])
+
+    assert batch_composition_change(independent, pairs) == 0.0
+    assert batch_composition_change(neighbourly, pairs) == pytest.approx(1e-3 * 39, rel=0.05)
+
+
+def test_the_peers_environment_follows_the_dependency_group(tmp_path: Path) -> None:
+    from benchmarks import peers
+
+    requirements = peers.peer_requirements()
+    names = " ".join(requirements)
+    assert "optimum-onnx" in names and "optimum-intel" in names and "sentence-transformers" in names
+    first = peers.environment_dir(requirements, "torch==2.13.0")
+    assert first == peers.environment_dir(list(requirements), "torch==2.13.0")
+    assert first != peers.environment_dir([*requirements, "extra"], "torch==2.13.0")
+    assert first != peers.environment_dir(requirements, "torch==2.12.0")
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[dependency-groups]\nbench-peers = ["onnxruntime==1.0"]\n')
+    assert peers.peer_requirements(pyproject) == ["onnxruntime==1.0"]
+    assert peers.installed_python(["a-requirement-never-installed==0"]) is None

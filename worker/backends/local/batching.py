@@ -51,6 +51,9 @@ class TokenBudgetBatcher:
         self.grow_after = grow_after
         self.grow_factor = grow_factor
         self.oom_count = 0
+        # Tokens of the items scored, and of the padded batches they ran in (rows x longest item).
+        self.real_tokens = 0
+        self.padded_tokens = 0
         self._clean_batches = 0
         self._history: deque[BudgetChange] = deque(maxlen=history_size)
         self._record("start")
@@ -90,6 +93,8 @@ class TokenBudgetBatcher:
                 results = np.empty((len(lengths), *batch_result.shape[1:]), dtype=batch_result.dtype)
             results[batch] = batch_result
             start += len(batch)
+            self.real_tokens += int(lengths[batch].sum())
+            self.padded_tokens += len(batch) * max(int(lengths[batch].max()), 1)
             report_progress(len(batch), int(lengths[batch].sum()))
             self._after_clean_batch()
         if results is None:

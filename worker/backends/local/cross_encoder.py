@@ -25,6 +25,7 @@ import torch
 from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
+from worker.backends.local.calibration import Tuning, cache_key, candidate_budgets, tune
 from worker.backends.local.compiled import CompiledLogits, wants_compile
 from worker.backends.local.cpu_attention import attention_of, restore_attention, use_batched_matmul_attention
 from worker.backends.local.cross_encoder_paths import (
@@ -107,6 +108,9 @@ class CrossEncoderModel:
 class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
     """The shared pipeline around a ``CrossEncoderModel``, which it can compile."""
 
+    tuning: Tuning | None = None  # set at load: the calibration's choice of budget and compiling
+    _compiled_logits: CompiledLogits | None = None
+
     @property
     def path(self) -> ForwardPath:
         return self.model.path
@@ -114,6 +118,32 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
     @property
     def compiled(self) -> bool:
         return self.model.compiled
+
+    def use_compiled(self, compiled: bool, *, required: bool) -> bool:
+        """Switch to the compiled forward pass (compiling it the first time) or back to eager; returns
+        whether it is compiled now. Compiling follows ``compile``'s rules for ``required``."""
+        path = self.model.path
+        if not compiled:
+            if isinstance(path, DirectPath) and path.compiled is not None:
+                self._compiled_logits = path.compiled  # kept: switching back costs no second compile
+                path.compiled = None
+                restore_attention(path.model)
+            return False
+        if isinstance(path, DirectPath) and path.compiled is None and self._compiled_logits is not None:
+            if self.target.device.type == "cpu" and self.target.dtype != torch.float32:
+                use_batched_matmul_attention(path.model)
+            path.compiled = self._compiled_logits
+            return True
+        if not self.compiled:
+            self.compile(required=required)
+        return self.compiled
+
+    def describe(self) -> dict[str, str]:
+        described = super().describe()
+        if self.tuning is not None:
+            described["tuning"] = self.tuning.choice()
+            described["calibration"] = self.tuning.summary()
+        return described
 
     def compile(self, *, required: bool) -> None:
         """Compile the forward pass now, on a warm-up batch. When it cannot be compiled: raise
@@ -192,9 +222,44 @@ def load_cross_encoder(spec: ModelSpec, settings: Settings) -> CrossEncoderReran
         )
     prepare_for_scoring(model, target.dtype)
     reranker = CrossEncoderReranker(spec, CrossEncoderModel(model, target), target)
-    if wants_compile(settings.compile, target.device):
-        reranker.compile(required=settings.compile == "on")
+    reranker.tuning = tune_reranker(reranker, settings, path)
     return reranker
+
+
+def tune_reranker(reranker: CrossEncoderReranker, settings: Settings, model_path: str) -> Tuning:
+    """Choose the token budget and eager vs compiled: what the settings fix, else by measurement
+    (``calibration``), cached per model and machine kind under the state dir."""
+    target = reranker.target
+    measuring = settings.calibrate
+    can_compile = isinstance(reranker.model.path, DirectPath)
+    if settings.compile == "auto" and measuring and can_compile and target.device.type == "cpu":
+        compile_choices = [False, True]
+    else:
+        compile_choices = [wants_compile(settings.compile, target.device)]
+    if settings.token_budget is not None or not measuring:
+        budgets = [target.token_budget]
+    else:
+        budgets = candidate_budgets(target.device, torch.get_num_threads())
+    cache_file = None
+    if measuring:
+        key = cache_key(
+            model_path,
+            target.device,
+            target.dtype,
+            torch.get_num_threads(),
+            f"{budgets}{compile_choices}{reranker.model.max_length}",
+        )
+        cache_file = settings.resolved_state_dir / "calibration" / f"{key}.json"
+    tuning = tune(
+        reranker,
+        reranker.model.cross_encoder.tokenizer,
+        budgets=budgets,
+        compile_choices=compile_choices,
+        compile_required=settings.compile == "on",
+        cache_file=cache_file,
+    )
+    log.info("cross-encoder %r runs with %s", reranker.spec.name, tuning.summary())
+    return tuning
 
 
 def prepare_for_scoring(model: Any, dtype: torch.dtype) -> None:

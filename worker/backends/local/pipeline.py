@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import closing
+from dataclasses import replace
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -164,6 +165,12 @@ class LocalReranker(Generic[ModelT]):
             first_chunk=self.first_chunk,
             overlap=self.overlap,
         )
+
+    def use_budget(self, budget: int) -> None:
+        """Batch under ``budget`` padded tokens from now on (a new batcher learns from there)."""
+        self.target = replace(self.target, token_budget=budget)
+        self.batcher = TokenBudgetBatcher(budget)
+        self.first_chunk = first_chunk_size(budget)
 
     def describe(self) -> dict[str, str]:
         return {

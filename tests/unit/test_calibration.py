@@ -1,0 +1,101 @@
+"""The load-time calibration: what it measures, what it chooses, what it caches and what settings fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from core.model_spec import ModelSpec
+from core.settings import Settings
+from testkit.model_factory import build_tiny_cross_encoder
+from worker.backends import load_reranker
+from worker.backends.local import calibration
+from worker.backends.local.calibration import Candidate, Tuning, calibration_pairs, choose
+from worker.shard_runner import device_label
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("calibrated"))
+
+
+@pytest.fixture(autouse=True)
+def short_trials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(calibration, "SECONDS_PER_TRIAL", 0.02)
+    monkeypatch.setattr(calibration, "MAX_PAIRS", 64)
+
+
+def load(model_dir: Path, state_dir: Path, **settings: Any) -> Any:
+    values: dict[str, Any] = {"device": "cpu", "dtype": "float32", "compile": "off", "calibrate": True}
+    return load_reranker(
+        ModelSpec.parse(f"cross-encoder:{model_dir}"), Settings(state_dir=state_dir, **(values | settings))
+    )
+
+
+def test_the_fastest_budget_is_measured_then_read_back_from_the_cache(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    first = load(model_dir, tmp_path)
+
+    tuning: Tuning = first.tuning
+    assert tuning.source == "measured"
+    budgets = calibration.candidate_budgets(first.target.device, torch.get_num_threads())
+    assert set(tuning.trials) == {f"eager {budget}" for budget in budgets}
+    assert first.target.token_budget == tuning.token_budget == first.batcher.max_budget
+    assert tuning.trials[f"eager {tuning.token_budget}"] >= 0.98 * max(tuning.trials.values())
+    cached = list((tmp_path / "calibration").glob("*.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text())["token_budget"] == tuning.token_budget
+
+    again = load(model_dir, tmp_path)
+    assert again.tuning.source == "cached"
+    assert again.tuning.token_budget == tuning.token_budget and again.tuning.trials == tuning.trials
+    described = again.describe()
+    assert described["token_budget"] == str(tuning.token_budget)
+    assert described["tuning"] == f"budget {tuning.token_budget}, eager (cached)"
+    assert "pairs/s of the calibration pairs" in described["calibration"]
+    assert device_label(described) == f"cpu float32 budget {tuning.token_budget}, eager (cached)"
+
+
+def test_settings_fix_what_they_name_and_nothing_is_measured(model_dir: Path, tmp_path: Path) -> None:
+    fixed = load(model_dir, tmp_path, token_budget=700)
+
+    assert fixed.tuning == Tuning(700, False, "settings")
+    assert fixed.batcher.max_budget == 700
+    assert not (tmp_path / "calibration").exists()
+    off = load(model_dir, tmp_path, calibrate=False)
+    assert off.tuning.source == "settings" and not (tmp_path / "calibration").exists()
+
+
+def test_a_cache_for_other_candidates_or_a_damaged_one_is_measured_again(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    first = load(model_dir, tmp_path)
+    (cache_file,) = (tmp_path / "calibration").glob("*.json")
+    cache_file.write_text("{not json")
+
+    assert load(model_dir, tmp_path).tuning.source == "measured"
+    assert json.loads(cache_file.read_text())["token_budget"] == load(model_dir, tmp_path).tuning.token_budget
+    assert first.tuning.source == "measured"
+
+
+def test_choose_prefers_the_smaller_budget_within_two_percent() -> None:
+    candidates = [Candidate(512, False), Candidate(1024, False), Candidate(2048, False)]
+
+    assert choose(candidates, {"eager 512": 90.0, "eager 1024": 100.0, "eager 2048": 99.0}).budget == 1024
+    assert choose(candidates, {"eager 512": 99.0, "eager 1024": 100.0, "eager 2048": 80.0}).budget == 512
+
+
+def test_calibration_pairs_are_deterministic_and_spread_in_length(model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    queries, texts = calibration_pairs(tokenizer, 50)
+
+    assert (queries, texts) == calibration_pairs(tokenizer, 50)
+    lengths = sorted(len(text.split()) for text in texts)
+    assert lengths[0] < 60 and lengths[-1] > 100
+    assert all(1 <= len(query.split()) <= 12 for query in queries)

@@ -1,0 +1,261 @@
+"""Tuning measured on the machine at hand: the token budget and eager vs compiled, chosen at model load.
+
+The best padded-token budget, and whether TorchInductor beats eager PyTorch, differ between CPU kinds
+(AMX, AVX512-BF16, AVX2 only), thread counts, GPUs and models, so no constant carries from one machine
+to another. At load, ``calibrate`` times the candidates the settings leave open on the same synthetic
+pairs (short queries, passages of spread lengths, words from the model's own vocabulary), in
+interleaved rounds, and keeps the fastest. The choice is cached as JSON per model, device kind, dtype,
+thread count and library versions under ``<state dir>/calibration/``, so later loads on such a machine
+read it back in milliseconds (and skip a compile that did not pay). ``RERANK_TOKEN_BUDGET`` and
+``RERANK_COMPILE=on|off`` fix their part; ``RERANK_CALIBRATE=false`` turns the measuring off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from worker.backends.local.device import cpu_flags, describe_dtype
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+# Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
+CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
+CUDA_BUDGETS = (16384, 32768, 65536, 131072)
+# Each candidate scores pairs for about this long per round; the pairs are sized from a first timing.
+SECONDS_PER_TRIAL = 0.4
+ROUNDS = 2
+MIN_PAIRS, MAX_PAIRS = 32, 1024
+QUERY_WORDS = (3, 12)
+PASSAGE_WORDS = (16, 220)
+SEED = 20261203
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What the scorer runs with, and how it was decided."""
+
+    token_budget: int
+    compiled: bool
+    source: str  # "measured", "cached" or "settings"
+    # pairs/s per candidate ("eager 1024", "compiled 2048", ...), when measured (also when cached)
+    trials: dict[str, float] = field(default_factory=dict)
+    measured_at: str = ""
+
+    def choice(self) -> str:
+        """The choice in a few words, for ``describe()`` and the ledger's device column."""
+        return f"budget {self.token_budget}, {'compiled' if self.compiled else 'eager'} ({self.source})"
+
+    def summary(self) -> str:
+        """The choice and the measured pairs/s of every candidate, for logs and ``describe()``."""
+        if not self.trials:
+            return self.choice()
+        when = f" on {self.measured_at[:10]}" if self.measured_at else ""
+        rates = ", ".join(f"{name} {rate:.0f}" for name, rate in sorted(self.trials.items()))
+        return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A way of running the scorer that the calibration can switch to and time."""
+
+    budget: int
+    compiled: bool
+
+    @property
+    def name(self) -> str:
+        return f"{'compiled' if self.compiled else 'eager'} {self.budget}"
+
+
+class Tunable(Protocol):
+    """A scorer the calibration can reconfigure: ``CrossEncoderReranker``."""
+
+    def use_budget(self, budget: int) -> None: ...
+
+    def use_compiled(self, compiled: bool, *, required: bool) -> bool:
+        """Switch to (or from) the compiled forward pass; returns whether it is compiled now."""
+        ...
+
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> object: ...
+
+
+def calibration_pairs(tokenizer: Any, count: int, seed: int = SEED) -> tuple[list[str], list[str]]:
+    """``count`` synthetic pairs: queries of a few words, passages of spread lengths, drawn from the
+    whole words of ``tokenizer``'s vocabulary (so their token counts follow the words)."""
+    vocabulary = [
+        token
+        for token in tokenizer.get_vocab()
+        if token.isascii() and token.isalpha() and token.islower() and len(token) > 2
+    ] or ["calibration", "pair", "token", "passage", "query"]
+    words = np.array(sorted(vocabulary))
+    random = np.random.default_rng(seed)
+    queries, passages = [], []
+    for _ in range(count):
+        query_words = random.integers(*QUERY_WORDS, endpoint=True)
+        passage_words = int(random.triangular(PASSAGE_WORDS[0], PASSAGE_WORDS[0] * 3, PASSAGE_WORDS[1]))
+        queries.append(" ".join(random.choice(words, query_words)))
+        passages.append(" ".join(random.choice(words, passage_words)))
+    return queries, passages
+
+
+def device_kind(device: torch.device) -> str:
+    """The device as calibration keys it: the GPU's name, or the CPU's model and matrix features."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    features = sorted(cpu_flags() & {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2", "avx512_vnni"})
+    return f"cpu {model} [{' '.join(features)}] {torch.backends.cpu.get_cpu_capability()}"
+
+
+def cache_key(model_path: str, device: torch.device, dtype: torch.dtype, threads: int, extra: str) -> str:
+    """A file name for the tuning of this model on this kind of device, dtype and thread count."""
+    path = Path(model_path)
+    identity = str(path.resolve()) if path.exists() else model_path
+    stamps = [
+        f"{name}:{(path / name).stat().st_size}:{(path / name).stat().st_mtime_ns}"
+        for name in ("config.json", "model.safetensors", "pytorch_model.bin")
+        if (path / name).is_file()
+    ]
+    text = json.dumps(
+        [
+            CACHE_VERSION,
+            identity,
+            stamps,
+            device_kind(device),
+            describe_dtype(dtype),
+            threads,
+            extra,
+            torch.__version__,
+        ]
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def read_cached(cache_file: Path) -> Tuning | None:
+    try:
+        values = json.loads(cache_file.read_text())
+        return Tuning(**{**values, "source": "cached"})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def write_cached(cache_file: Path, tuning: Tuning) -> None:
+    """Atomically, so that two workers starting at once never read half a file."""
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache_file.with_name(f".{cache_file.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(asdict(tuning), indent=2))
+        temporary.replace(cache_file)
+    except OSError as error:  # a read-only state dir costs the next load a calibration, nothing more
+        log.warning("cannot cache the calibration in %s: %s", cache_file, error)
+
+
+def candidate_budgets(device: torch.device, threads: int) -> list[int]:
+    if device.type == "cuda":
+        return list(CUDA_BUDGETS)
+    return [per_thread * max(2, threads) for per_thread in CPU_TOKENS_PER_THREAD]
+
+
+def measure(
+    tunable: Tunable, candidates: list[Candidate], queries: list[str], texts: list[str]
+) -> dict[str, float]:
+    """Pairs/s of every candidate (all compiled alike), best of ``ROUNDS`` interleaved rounds."""
+    rates: dict[str, float] = {}
+    for round_index in range(ROUNDS):
+        order = candidates if round_index % 2 == 0 else list(reversed(candidates))
+        for candidate in order:
+            tunable.use_budget(candidate.budget)
+            started = time.perf_counter()
+            tunable.score(queries, texts)
+            rate = len(queries) / max(time.perf_counter() - started, 1e-9)
+            rates[candidate.name] = max(rates.get(candidate.name, 0.0), rate)
+    return rates
+
+
+def trial_pairs(tunable: Tunable, tokenizer: Any) -> tuple[list[str], list[str]]:
+    """The pairs every candidate scores: about ``SECONDS_PER_TRIAL`` of work at a first timing's rate."""
+    queries, texts = calibration_pairs(tokenizer, MIN_PAIRS)
+    tunable.score(queries[:2], texts[:2])  # first-call costs stay out of the timing
+    started = time.perf_counter()
+    tunable.score(queries, texts)
+    rate = MIN_PAIRS / max(time.perf_counter() - started, 1e-9)
+    return calibration_pairs(
+        tokenizer, int(min(MAX_PAIRS, max(MIN_PAIRS, rate * SECONDS_PER_TRIAL))), SEED + 1
+    )
+
+
+def tune(
+    tunable: Tunable,
+    tokenizer: Any,
+    *,
+    budgets: list[int],
+    compile_choices: list[bool],
+    compile_required: bool,
+    cache_file: Path | None,
+) -> Tuning:
+    """Measure the candidates (every budget, eager and/or compiled), switch ``tunable`` to the fastest
+    and return it; with ``cache_file``, reuse a cached choice and cache a new one."""
+    if len(budgets) == 1 and len(compile_choices) == 1:
+        compiled = tunable.use_compiled(compile_choices[0], required=compile_required)
+        tunable.use_budget(budgets[0])
+        return Tuning(budgets[0], compiled, "settings")
+    cached = read_cached(cache_file) if cache_file is not None else None
+    if cached is not None and cached.token_budget in budgets and cached.compiled in compile_choices:
+        compiled = tunable.use_compiled(cached.compiled, required=compile_required)
+        tunable.use_budget(cached.token_budget)
+        if compiled == cached.compiled:
+            return cached
+    started = time.perf_counter()
+    rates: dict[str, float] = {}
+    candidates: list[Candidate] = []
+    queries: list[str] = []
+    texts: list[str] = []
+    for compiled in sorted(compile_choices):  # eager first: compiling is the one change not undone cheaply
+        if tunable.use_compiled(compiled, required=compile_required) != compiled:
+            continue  # it could not compile: the eager candidates stand
+        group = [Candidate(budget, compiled) for budget in budgets]
+        if not queries:
+            tunable.use_budget(budgets[0])
+            queries, texts = trial_pairs(tunable, tokenizer)
+        rates.update(measure(tunable, group, queries, texts))
+        candidates += group
+    best = choose(candidates, rates)
+    tunable.use_compiled(best.compiled, required=compile_required)
+    tunable.use_budget(best.budget)
+    tuning = Tuning(best.budget, best.compiled, "measured", rates, now())
+    log.info(
+        "calibrated in %.1fs on %d pairs: %s", time.perf_counter() - started, len(queries), tuning.summary()
+    )
+    if cache_file is not None:
+        write_cached(cache_file, tuning)
+    return tuning
+
+
+def choose(candidates: list[Candidate], rates: dict[str, float]) -> Candidate:
+    """The fastest candidate; within 2% of it, the smaller budget (less memory, same speed)."""
+    best = max(rates.values())
+    close = [candidate for candidate in candidates if rates[candidate.name] >= 0.98 * best]
+    return min(close, key=lambda candidate: (not candidate.compiled, candidate.budget))
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
