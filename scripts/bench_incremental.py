@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the corpus and the changes")
     parser.add_argument(
         "--dtype",
-        default="float32",
-        help="RERANK_DTYPE of the workers (default float32: in bfloat16 a score depends on the batch it "
-        "was scored in, so reused and re-scored scores differ by more than the 1e-5 the check allows)",
+        default="auto",
+        help="RERANK_DTYPE of the workers (default auto: bf16 where the CPU multiplies it natively; its "
+        "batches keep fixed shapes, so a reused score equals a re-scored one within the 1e-5 the check "
+        "allows, see RERANK_BATCH_INVARIANT)",
     )
     parser.add_argument("--shard-pairs", type=int, help="pairs per shard (default: RERANK_SHARD_PAIRS)")
     parser.add_argument(
@@ -137,7 +138,12 @@ def _bench(args: argparse.Namespace, root: Path) -> int:
     prefix = f"rerank-bench-{secrets.token_hex(4)}:"
     shared = {"data_dir": str(root / "data"), "broker_url": broker_url, "redis_key_prefix": prefix}
     # The tiny model has no time for a TorchInductor compile; the real one compiles as workers do.
-    env = clean_env(**shared, dtype=args.dtype, compile="off" if args.smoke else "auto")
+    env = clean_env(
+        **shared,
+        dtype=args.dtype,
+        compile="off" if args.smoke else "auto",
+        calibrate="false" if args.smoke else "true",
+    )
     ledger = Ledger(Settings(data_dir=root / "data").resolved_ledger_url)
     submit_args = ["--model", model] + (["--shard-pairs", str(shard_pairs)] if shard_pairs else [])
     try:

@@ -334,3 +334,46 @@ def test_avx512_detection(monkeypatch: pytest.MonkeyPatch, capability: str, avx5
         assert cpu_has_avx512() is avx512
     finally:
         cpu_has_avx512.cache_clear()
+
+
+def test_fixed_shapes_keep_batches_in_one_length_bucket_with_an_even_row_count() -> None:
+    from worker.backends.local.batch_shapes import FixedShapes
+
+    shapes = FixedShapes(length_step=16, row_step=2)
+    lengths = random_lengths(301, seed=3)
+    forward = RecordingForward(lengths)
+    batcher = TokenBudgetBatcher(512, shapes=shapes)
+
+    results = batcher.run(lengths, forward)
+
+    assert np.array_equal(results, np.arange(301, dtype=np.float32) * 10 + 0.5)
+    for batch in forward.batches:
+        assert len(batch) % 2 == 0
+        assert len({shapes.width(length) for length in lengths[batch]}) == 1
+    # Each item once, plus at most one copy per batch (of the batch's last item) to even the rows.
+    real = [item for batch in forward.batches for item in dict.fromkeys(batch.tolist())]
+    assert sorted(real) == list(range(301))
+    assert batcher.real_tokens == int(lengths.sum())
+    widths = [shapes.width(lengths[batch].max()) for batch in forward.batches]
+    assert batcher.padded_tokens == sum(len(b) * w for b, w in zip(forward.batches, widths, strict=True))
+
+
+def test_fixed_shapes_are_given_up_under_memory_pressure() -> None:
+    from worker.backends.local.batch_shapes import FixedShapes
+
+    lengths = np.full(8, 100)
+    forward = RecordingForward(lengths, oom_above=150)  # only single items fit
+    batcher = TokenBudgetBatcher(1024, shapes=FixedShapes(), grow_after=1000)
+
+    results = batcher.run(lengths, forward)
+
+    assert np.array_equal(results, np.arange(8, dtype=np.float32) * 10 + 0.5)
+    assert batcher.shapes is None
+    assert all(len(batch) == 1 for batch in forward.batches)
+
+
+def test_batch_invariance_is_the_default_below_float32_only() -> None:
+    assert resolve_compute(Settings(device="cpu", dtype="bfloat16")).shapes is not None
+    assert resolve_compute(Settings(device="cpu", dtype="float32")).shapes is None
+    assert resolve_compute(Settings(device="cpu", dtype="float32", batch_invariant="on")).shapes is not None
+    assert resolve_compute(Settings(device="cpu", dtype="bfloat16", batch_invariant="off")).shapes is None

@@ -99,3 +99,21 @@ def test_calibration_pairs_are_deterministic_and_spread_in_length(model_dir: Pat
     lengths = sorted(len(text.split()) for text in texts)
     assert lengths[0] < 60 and lengths[-1] > 100
     assert all(1 <= len(query.split()) <= 12 for query in queries)
+
+
+def test_bf16_batches_reach_the_model_in_fixed_shapes(model_dir: Path, tmp_path: Path) -> None:
+    reranker = load(model_dir, tmp_path, dtype="bfloat16", calibrate=False, token_budget=256)
+    shapes: list[tuple[int, ...]] = []
+    model = reranker.model.path.model
+    hook = model.register_forward_pre_hook(
+        lambda _module, _args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    queries, texts = calibration_pairs(reranker.model.cross_encoder.tokenizer, 45)
+    try:
+        result = reranker.score(queries, texts)
+    finally:
+        hook.remove()
+
+    assert len(result.scores) == 45
+    assert shapes and all(rows % 2 == 0 and width % 16 == 0 for rows, width in shapes)
+    assert reranker.describe()["batch_shapes"] == "fixed: lengths in steps of 16, rows in steps of 2"

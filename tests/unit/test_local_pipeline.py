@@ -306,6 +306,7 @@ def test_a_local_reranker_scores_on_the_compute_thread_and_describes_itself() ->
         ("name", "fake"),
         ("device", "cpu"),
         ("dtype", "float32"),
+        ("batch_shapes", "free"),
         ("activation", "none"),
         ("token_budget", "64"),
     ]

@@ -8,6 +8,7 @@ The learned budget lives on the batcher, so it persists for as long as the loade
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +18,10 @@ import numpy as np
 import torch
 
 from core.errors import DeviceOutOfMemoryError
+from worker.backends.local.batch_shapes import FixedShapes
 from worker.backends.progress_sink import report_progress
+
+log = logging.getLogger(__name__)
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -41,13 +45,17 @@ class TokenBudgetBatcher:
         grow_after: int = 20,
         grow_factor: float = 1.25,
         history_size: int = 1000,
+        shapes: FixedShapes | None = None,
     ) -> None:
+        """``shapes``: batch shapes that keep a score independent of its batch (``batch_shapes``); they
+        are given up, with a warning, once out-of-memory forces batches below ``shapes.row_step`` rows."""
         if max_budget < 1:
             raise ValueError(f"max_budget must be at least 1 token, got {max_budget}")
         if grow_after < 1 or grow_factor <= 1.0:
             raise ValueError("grow_after must be >= 1 and grow_factor > 1")
         self.max_budget = max_budget
         self.budget = max_budget
+        self.shapes = shapes
         self.grow_after = grow_after
         self.grow_factor = grow_factor
         self.oom_count = 0
@@ -74,10 +82,11 @@ class TokenBudgetBatcher:
         results: np.ndarray | None = None
         start = 0
         while start < len(order):
-            batch = next_batch(order, lengths, start, self.budget)
+            batch = next_batch(order, lengths, start, self.budget, self.shapes)
+            padded = batch if self.shapes is None else self.shapes.padded_rows(batch)
             oom_message = None
             try:
-                batch_result = np.asarray(forward(batch))
+                batch_result = np.asarray(forward(padded))[: len(batch)]
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
@@ -94,7 +103,9 @@ class TokenBudgetBatcher:
             results[batch] = batch_result
             start += len(batch)
             self.real_tokens += int(lengths[batch].sum())
-            self.padded_tokens += len(batch) * max(int(lengths[batch].max()), 1)
+            longest = max(int(lengths[batch].max()), 1)
+            width = longest if self.shapes is None else self.shapes.width(longest)
+            self.padded_tokens += len(padded) * width
             report_progress(len(batch), int(lengths[batch].sum()))
             self._after_clean_batch()
         if results is None:
@@ -106,6 +117,12 @@ class TokenBudgetBatcher:
             torch.cuda.empty_cache()
         self.oom_count += 1
         longest = int(lengths[failed_batch].max())
+        if self.shapes is not None:
+            log.warning(
+                "out of memory with batch shapes fixed for batch-invariant scores; batching freely from now "
+                "on, so scores may depend on their batch by a rounding step"
+            )
+            self.shapes = None
         if len(failed_batch) == 1:
             raise DeviceOutOfMemoryError(
                 f"a single item of {longest} tokens does not fit in device memory ({oom_message}); "
@@ -133,12 +150,26 @@ def length_order(lengths: np.ndarray) -> np.ndarray:
     return np.argsort(-lengths, kind="stable")
 
 
-def next_batch(order: np.ndarray, lengths: np.ndarray, start: int, budget: int) -> np.ndarray:
-    """The longest run of ``order[start:]`` with ``count * longest <= budget``, at least one item."""
+def next_batch(
+    order: np.ndarray, lengths: np.ndarray, start: int, budget: int, shapes: FixedShapes | None = None
+) -> np.ndarray:
+    """The longest run of ``order[start:]`` with ``count * longest <= budget``, at least one item.
+
+    With ``shapes``, the width is the longest item's bucket, the run stays in that bucket, and its count is
+    a multiple of ``shapes.row_step`` (at least one step) unless the bucket runs out first."""
     # Sorted longest first, so the first item is the batch's longest and sets its padded width.
     longest = max(int(lengths[order[start]]), 1)
-    count = max(1, budget // longest)
-    return order[start : start + count]
+    if shapes is None:
+        count = max(1, budget // longest)
+        return order[start : start + count]
+    width = shapes.width(longest)
+    count = max(shapes.row_step, budget // width // shapes.row_step * shapes.row_step)
+    candidates = order[start : start + count]
+    in_bucket = np.fromiter(
+        (shapes.width(length) == width for length in lengths[candidates]), dtype=bool, count=len(candidates)
+    )
+    stop = len(candidates) if in_bucket.all() else int(np.argmin(in_bucket))
+    return candidates[: max(1, stop)]
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -64,6 +64,10 @@ class CrossEncoderModel:
             if hf_model is not None
             else LibraryPath(cross_encoder, self.max_length, target.device)
         )
+        # Only the direct path pads lengths itself; the library's pipeline pads to each batch's longest.
+        self.pads_to_fixed_shapes = isinstance(self.path, DirectPath)
+        if isinstance(self.path, DirectPath) and target.shapes is not None:
+            self.path.length_step = target.shapes.length_step
 
     def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[Pair]:
         return distinct_pairs(queries, texts)

@@ -71,6 +71,7 @@ class DirectPath:
         self.device = device
         self.tokenizer = PairTokenizer(tokenizer, max_length)  # its own Rust backend, shared with no one
         self.compiled: CompiledLogits | None = None  # set by ``CrossEncoderReranker.compile``
+        self.length_step = 1  # padded lengths are multiples of it (``batch_shapes.FixedShapes``)
 
     def tokenize(self, pairs: list[Pair]) -> TokenizedPairs:
         return self.tokenizer(pairs)
@@ -78,7 +79,7 @@ class DirectPath:
     def collate(self, chunk: TokenizedPairs, rows: np.ndarray) -> Features:
         return {
             name: torch.from_numpy(values).to(self.device)
-            for name, values in pad_rows(chunk, rows, self.tokenizer.padding).items()
+            for name, values in pad_rows(chunk, rows, self.tokenizer.padding, self.length_step).items()
         }
 
     def logits(self, features: Features) -> torch.Tensor:

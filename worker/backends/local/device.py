@@ -13,6 +13,7 @@ import torch
 
 from core.errors import ConfigError, NoDeviceError
 from core.settings import Settings
+from worker.backends.local.batch_shapes import FixedShapes
 
 # Padded tokens per batch when RERANK_TOKEN_BUDGET is unset. On CPU each thread works through its share
 # of a batch's rows, so the budget grows with the thread count (counted as at least two). Measured on 2
@@ -36,16 +37,22 @@ class ComputeTarget:
     device: torch.device
     dtype: torch.dtype
     token_budget: int
+    # Batch shapes that keep a score independent of its batch; None: batches padded to their longest.
+    shapes: FixedShapes | None = None
 
 
 def resolve_compute(settings: Settings) -> ComputeTarget:
     """Resolve ``device``, ``dtype`` and ``token_budget`` from the settings; raise on impossible choices."""
     device = resolve_device(settings)
     dtype = resolve_dtype(settings, device)
+    invariant = settings.batch_invariant == "on" or (
+        settings.batch_invariant == "auto" and dtype != torch.float32
+    )
     return ComputeTarget(
         device=device,
         dtype=dtype,
         token_budget=settings.token_budget or default_token_budget(device),
+        shapes=FixedShapes() if invariant else None,
     )
 
 

@@ -80,10 +80,13 @@ class PairTokenizer:
         return TokenizedPairs(ids=_flatten(ids, total), type_ids=type_ids, offsets=offsets)
 
 
-def pad_rows(tokens: TokenizedPairs, rows: np.ndarray, padding: Padding) -> dict[str, np.ndarray]:
-    """``input_ids``, ``attention_mask`` (and ``token_type_ids``) of ``rows``, padded to their longest."""
+def pad_rows(
+    tokens: TokenizedPairs, rows: np.ndarray, padding: Padding, length_step: int = 1
+) -> dict[str, np.ndarray]:
+    """``input_ids``, ``attention_mask`` (and ``token_type_ids``) of ``rows``, padded to their longest
+    rounded up to a multiple of ``length_step``."""
     lengths = tokens.lengths[rows]
-    width = int(lengths.max())
+    width = -(-int(lengths.max()) // length_step) * length_step
     columns = np.arange(width)
     if padding.left:
         mask = columns >= (width - lengths)[:, None]

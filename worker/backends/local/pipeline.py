@@ -149,7 +149,9 @@ class LocalReranker(Generic[ModelT]):
         self.spec = spec
         self.model = model
         self.target = target
-        self.batcher = TokenBudgetBatcher(target.token_budget)
+        # Fixed shapes need a model that pads lengths as told; the others batch freely.
+        self.shapes = target.shapes if getattr(model, "pads_to_fixed_shapes", False) else None
+        self.batcher = TokenBudgetBatcher(target.token_budget, shapes=self.shapes)
         self.overlap = overlap
         self.first_chunk = first_chunk_size(target.token_budget)
 
@@ -169,7 +171,7 @@ class LocalReranker(Generic[ModelT]):
     def use_budget(self, budget: int) -> None:
         """Batch under ``budget`` padded tokens from now on (a new batcher learns from there)."""
         self.target = replace(self.target, token_budget=budget)
-        self.batcher = TokenBudgetBatcher(budget)
+        self.batcher = TokenBudgetBatcher(budget, shapes=self.shapes)
         self.first_chunk = first_chunk_size(budget)
 
     def describe(self) -> dict[str, str]:
@@ -178,6 +180,7 @@ class LocalReranker(Generic[ModelT]):
             "name": self.spec.name,
             "device": str(self.target.device),
             "dtype": describe_dtype(self.target.dtype),
+            "batch_shapes": "free" if self.batcher.shapes is None else self.batcher.shapes.describe(),
             **self.model.describe(self.batcher.max_budget),
         }
 
