@@ -84,7 +84,6 @@ class Contender:
         self.scores_file = work_dir / f"{kind}-{dtype}-scores.npy"
         self.log_file = work_dir / f"{kind}-{dtype}.log"
         self.round_seconds: list[float] = []
-        self.events: dict[str, dict[str, Any]] = {}  # the last message of each event, e.g. "tuning"
         self._ready: dict[str, Any] | None = None
         with open(self.log_file, "wb") as log:
             self.process = subprocess.Popen(
@@ -102,12 +101,23 @@ class Contender:
                     f"--work={work_dir}",
                 ],
                 cwd=REPO,
-                env=child_env(len(cpus), device, compile_mode),
+                # Ours calibrates afresh in every benchmark run (the state dir holds its cache).
+                env={
+                    **child_env(len(cpus), device, compile_mode),
+                    "RERANK_STATE_DIR": str(work_dir / "state"),
+                },
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=log,
                 text=True,
             )
+
+    @property
+    def tuning(self) -> str | None:
+        """Ours' tuning as it reported it when ready (None for the others)."""
+        self.wait_ready()
+        assert self._ready is not None
+        return self._ready.get("tuning")
 
     def wait_ready(self) -> None:
         if self._ready is None:
@@ -128,6 +138,12 @@ class Contender:
         self.wait_ready()
         self._send("invariance")
         return float(self._receive("invariance")["max_change"])
+
+    def onednn_kernels(self) -> dict[str, int]:
+        """oneDNN primitive and implementation -> calls, while scoring a few pairs."""
+        self.wait_ready()
+        self._send("kernels")
+        return {str(name): int(count) for name, count in self._receive("kernels")["kernels"].items()}
 
     def best_seconds(self) -> float:
         """The fastest recorded round."""
@@ -174,7 +190,6 @@ class Contender:
             line = self.process.stdout.readline()
             if line.startswith(MARK):
                 message: dict[str, Any] = json.loads(line[len(MARK) :])
-                self.events[message["event"]] = message
                 if message["event"] == event:
                     return message
             elif line == "":  # end of output: the process has exited
@@ -240,8 +255,13 @@ def load_ours(model_dir: Path, device: str, dtype: str) -> tuple[Scorer, str]:
         return scores
 
     description = reranker.describe()
-    say("tuning", tuning=description.get("calibration", description.get("tuning", "")))
+    OURS_TUNING.append(description.get("calibration", description.get("tuning", "")))
     return score, description["dtype"]
+
+
+# Ours' tuning (the calibration's choice), sent with the ready message: one message per request, as a
+# line read ahead into the pipe's buffer would be missed by the parent's select().
+OURS_TUNING: list[str] = []
 
 
 # Real and padded tokens of ours' last call: padding waste is work the FLOP count does not see.
@@ -325,6 +345,37 @@ def load_flagembedding(model_dir: Path, device: str) -> tuple[Scorer, str]:
     return score, dtype
 
 
+def onednn_kernels(scorer: Scorer, pairs: Pairs) -> dict[str, int]:
+    """How many times each oneDNN primitive and implementation ran while scoring ``pairs``
+    (``matmul brg_matmul:avx512_core_amx`` on AMX, for example), from oneDNN's verbose log, which it
+    writes to the process's standard output: that is sent to a file meanwhile."""
+    import tempfile
+    from collections import Counter
+
+    import torch
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                scorer(pairs)
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = log.read().decode(errors="replace").splitlines()
+    counts: Counter[str] = Counter()
+    for line in lines:
+        fields = line.split(",")
+        if "exec" in fields and len(fields) > fields.index("exec") + 3:
+            at = fields.index("exec")
+            counts[f"{fields[at + 2]} {fields[at + 3]}"] += 1
+    return dict(counts.most_common())
+
+
 # Calls of these sizes, in turn, score the shuffled pairs in the second composition.
 RECOMPOSED_CALL_SIZES = (1, 7, 33, 2, 150, 19)
 
@@ -384,11 +435,14 @@ def main(argv: list[str] | None = None) -> int:
     load_seconds = time.perf_counter() - started
     scorer(pairs[:WARMUP_PAIRS])
     on_cuda = args.device.startswith("cuda")
-    say("ready")
+    say("ready", tuning=OURS_TUNING[0] if OURS_TUNING else None)
 
     scores = None  # of the last call that scored every pair
     for command in sys.stdin:
         verb, _, count = command.strip().partition(" ")
+        if verb == "kernels":
+            say("kernels", kernels=onednn_kernels(scorer, pairs[:64]))
+            continue
         if verb == "invariance":
             say("invariance", max_change=batch_composition_change(scorer, pairs))
             continue

@@ -335,14 +335,20 @@ def bench_model(
             for kind, dtype, label in variants
             if kind == "ours"
         }
-        tunings = {
-            dtype: str(contenders[label].events.get("tuning", {}).get("tuning", "unknown"))
+        kernels = {
+            dtype: contenders[label].onednn_kernels() if setup.device == "cpu" else {}
             for kind, dtype, label in variants
             if kind == "ours"
         }
+        tunings = {dtype: str(contenders[label].tuning) for kind, dtype, label in variants if kind == "ours"}
         runs = {label: contender.finish() for label, contender in contenders.items()}
     figures = report_model(built, corpus, lengths, flops, runs, peaks)
     figures["tuning"] = tunings
+    figures["onednn_kernels"] = kernels
+    for dtype, counts in kernels.items():
+        if setup.device == "cpu":
+            listed = ", ".join(f"{name} x{count}" for name, count in counts.items()) or "none (MKL or ATen)"
+            print(f"   oneDNN kernels, ours at {dtype} (ONEDNN_VERBOSE over 64 pairs): {listed}")
     for dtype, tuning in tunings.items():
         print(f"   ours at {dtype}: {tuning}")
     padding = {
