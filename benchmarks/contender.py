@@ -52,7 +52,7 @@ class ContenderRun:
     baseline_rss_bytes: int  # after imports, before the model
     peak_rss_bytes: int  # the process's high-water mark, loading included
     gpu_peak_bytes: int | None
-    padded_ratio: float | None = None  # ours: padded over real tokens of its last call
+    padded_ratio: float | None = None  # ours: padded over real tokens of its last call of every pair
 
     @property
     def seconds(self) -> float:
@@ -264,7 +264,7 @@ def load_ours(model_dir: Path, device: str, dtype: str) -> tuple[Scorer, str]:
 OURS_TUNING: list[str] = []
 
 
-# Real and padded tokens of ours' last call: padding waste is work the FLOP count does not see.
+# Real and padded tokens of ours' latest call: padding waste is work the FLOP count does not see.
 OURS_TOKENS: dict[str, int] = {}
 
 
@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     say("ready", tuning=OURS_TUNING[0] if OURS_TUNING else None)
 
     scores = None  # of the last call that scored every pair
+    timed_tokens: dict[str, int] = {}  # ours' real and padded tokens in that call
     for command in sys.stdin:
         verb, _, count = command.strip().partition(" ")
         if verb == "kernels":
@@ -458,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         say("scored", seconds=time.perf_counter() - started)
         if len(batch) == len(pairs):
             scores = batch_scores
+            timed_tokens = dict(OURS_TOKENS)
 
     if scores is not None:
         np.save(args.scores, np.asarray(scores, dtype=np.float32))
@@ -471,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline_rss_bytes": baseline,
         "peak_rss_bytes": peak_rss_bytes(),
         "gpu_peak_bytes": int(torch.cuda.max_memory_allocated()) if on_cuda else None,
-        "padded_ratio": OURS_TOKENS["padded"] / OURS_TOKENS["real"] if OURS_TOKENS.get("real") else None,
+        "padded_ratio": timed_tokens["padded"] / timed_tokens["real"] if timed_tokens.get("real") else None,
     }
     say("done", run=run)
     return 0

@@ -285,8 +285,9 @@ def bench_model(
     if setup.peers_python is not None:
         variants += [(kind, "auto", LABELS[kind]) for kind in PEER_KINDS]
     work = setup.work / built.shape.key
+    left_out: dict[str, str] = {}
     with ExitStack() as stack:
-        contenders = {}
+        contenders: dict[str, Contender] = {}
         progress(f"starting {len(variants)} contender processes{' at once' if plan.concurrent_start else ''}")
         for kind, dtype, label in variants:
             contenders[label] = stack.enter_context(
@@ -304,7 +305,7 @@ def bench_model(
                 )
             )
             if not plan.concurrent_start:
-                contenders[label].wait_ready()
+                ready_or_left_out(contenders, label, left_out)
         pipeline = None
         if pipeline_pairs is not None:
             # Equal sizes mean the same pairs (one seed), so the in-process side reuses ours from above.
@@ -312,8 +313,8 @@ def bench_model(
             pipeline = stack.enter_context(
                 PipelineSection(setup, built, pipeline_pairs, plan.shard_pairs, in_process=shared)
             )
-        for contender in contenders.values():
-            contender.wait_ready()
+        for label in list(contenders):
+            ready_or_left_out(contenders, label, left_out)
         if pipeline is not None:
             pipeline.wait_ready()
         labels = list(contenders)
@@ -344,6 +345,7 @@ def bench_model(
         runs = {label: contender.finish() for label, contender in contenders.items()}
     figures = report_model(built, corpus, lengths, flops, runs, peaks)
     figures["tuning"] = tunings
+    figures["left_out"] = left_out
     figures["onednn_kernels"] = kernels
     for dtype, counts in kernels.items():
         if setup.device == "cpu":
@@ -390,6 +392,28 @@ def peer_interpreter(args: argparse.Namespace, mode: str, device: str) -> Path |
             "installs it, as does --peers)"
         )
     return found
+
+
+def ready_or_left_out(contenders: dict[str, Contender], label: str, left_out: dict[str, str]) -> None:
+    """Wait until the contender ``label`` is ready. A peer that fails to load (an export its library
+    cannot do for this model, say) is left out of the run with its reason; any other failure is raised."""
+    contender = contenders[label]
+    try:
+        contender.wait_ready()
+    except RuntimeError as error:
+        if contender.kind not in PEER_KINDS:
+            raise
+        contender.close()
+        del contenders[label]
+        reason = failure_line(str(error))
+        left_out[label] = reason
+        print(f"   {label}: left out, it failed to load: {reason} (log: {contender.log_file})")
+
+
+def failure_line(log: str) -> str:
+    """The line of a traceback that names the error (its last non-empty line)."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
 
 
 def bf16_is_emulated(device: str) -> bool:
@@ -651,6 +675,8 @@ def print_targets(figures: dict[str, object], key: str | None) -> None:
             f"Spearman: ours {ours['agreement']['spearman_mean']:.5f}, "
             f"{SHORT[fastest['kind']]} {fastest['agreement']['spearman_mean']:.5f})"
         )
+    for label, reason in model.get("left_out", {}).items():
+        print(f"  ({label} left out of this verdict: it failed to load: {reason})")
     others = [row for row in rows if row["kind"] != "ours"]
     quickest = max(others, key=lambda row: row["pairs_per_s"])
     print(

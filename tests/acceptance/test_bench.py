@@ -20,7 +20,7 @@ from benchmarks.models import HEAD_LOGIT_STD, HEAD_SEED, TINY, ModelShape, build
 from benchmarks.oom_demo import OomDemo, adapt_under_pressure
 from benchmarks.peak import affordable_sizes
 from benchmarks.report import ContenderRow, contender_table, oom_lines
-from benchmarks.suite import PLANS, parse_cpus, pipeline_size, utilization_line
+from benchmarks.suite import PLANS, parse_cpus, pipeline_size, ready_or_left_out, utilization_line
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from testkit.model_factory import bert_tokenizer, build_tiny_cross_encoder
@@ -125,10 +125,32 @@ def test_a_contender_runs_in_its_own_process(tiny_dir: Path, words: list[str], t
     assert len(run.round_seconds) == 2 and run.seconds > 0 and len(scores) == 20
     assert run.peak_rss_bytes >= run.baseline_rss_bytes > 0
     assert run.gpu_peak_bytes is None
+    assert run.padded_ratio is not None and run.padded_ratio >= 1.0
     in_process = load_reranker(
         ModelSpec.parse(f"cross-encoder:{tiny_dir}"), Settings(device="cpu", dtype="float32")
     ).score(corpus.queries, corpus.texts)
     np.testing.assert_allclose(scores, in_process.scores, atol=1e-6, rtol=0)
+
+
+def test_a_peer_that_fails_to_load_is_left_out_with_its_reason(tmp_path: Path) -> None:
+    corpus_file = tmp_path / "corpus.parquet"
+    missing = tmp_path / "no-such-model"
+    contenders = {"peer": Contender("st-onnx", missing, corpus_file, tmp_path, "cpu", "auto", [0], 120)}
+    left_out: dict[str, str] = {}
+
+    ready_or_left_out(contenders, "peer", left_out)
+
+    assert contenders == {}
+    assert "Error" in left_out["peer"]  # the traceback's last line: here the peers' packages are missing
+
+
+def test_ours_failing_to_load_stops_the_run(tmp_path: Path) -> None:
+    corpus_file = tmp_path / "corpus.parquet"
+    contender = Contender(
+        "ours", tmp_path / "no-such-model", corpus_file, tmp_path, "cpu", "float32", [0], 120
+    )
+    with contender, pytest.raises(RuntimeError, match="stopped before 'ready'"):
+        ready_or_left_out({"ours": contender}, "ours", {})
 
 
 def test_budget_shrinks_on_out_of_memory_and_grows_back(

@@ -117,3 +117,47 @@ def test_bf16_batches_reach_the_model_in_fixed_shapes(model_dir: Path, tmp_path:
     assert len(result.scores) == 45
     assert shapes and all(rows % 2 == 0 and width % 16 == 0 for rows, width in shapes)
     assert reranker.describe()["batch_shapes"] == "fixed: lengths in steps of 16, rows in steps of 2"
+
+
+class ClockedTunable:
+    """A tunable whose scoring takes a fixed time per budget on a fake clock, counting its calls."""
+
+    def __init__(self, seconds_per_budget: dict[int, float]) -> None:
+        self.seconds_per_budget = seconds_per_budget
+        self.now = 0.0
+        self.budget = 0
+        self.calls: dict[int, int] = {}
+
+    def use_budget(self, budget: int) -> None:
+        self.budget = budget
+
+    def use_compiled(self, compiled: bool, *, required: bool) -> bool:
+        return compiled
+
+    def score(self, queries: Any, texts: Any) -> None:
+        self.now += self.seconds_per_budget.get(self.budget, 1.0)
+        self.calls[self.budget] = self.calls.get(self.budget, 0) + 1
+
+
+def test_candidates_close_to_the_best_get_deciding_rounds(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 512 and 1024 are within 10% of each other; 2048 is far behind and is not timed again.
+    tunable = ClockedTunable({512: 1.05, 1024: 1.0, 2048: 2.0})
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-fake").model.cross_encoder.tokenizer
+
+    tuning = calibration.tune(
+        tunable,
+        tokenizer,
+        budgets=[512, 1024, 2048],
+        compile_choices=[False],
+        compile_required=False,
+        cache_file=None,
+    )
+
+    assert tuning.token_budget == 1024
+    rounds, deciding = calibration.ROUNDS, calibration.DECIDING_ROUNDS
+    assert tunable.calls[2048] == rounds
+    assert tunable.calls[1024] == rounds + deciding
+    assert tunable.calls[512] == 2 + rounds + deciding  # trial_pairs timed the first budget twice first

@@ -37,6 +37,10 @@ CUDA_BUDGETS = (16384, 32768, 65536, 131072)
 # Each candidate scores pairs for about this long per round; the pairs are sized from a first timing.
 SECONDS_PER_TRIAL = 0.4
 ROUNDS = 2
+# Candidates within this share of the best after ``ROUNDS`` get ``DECIDING_ROUNDS`` more: round-to-round
+# noise on a shared machine is ~10%, larger than the gaps between the best budgets.
+CLOSE_SHARE = 0.9
+DECIDING_ROUNDS = 3
 MIN_PAIRS, MAX_PAIRS = 32, 1024
 QUERY_WORDS = (3, 12)
 PASSAGE_WORDS = (16, 220)
@@ -176,11 +180,11 @@ def candidate_budgets(device: torch.device, threads: int) -> list[int]:
 
 
 def measure(
-    tunable: Tunable, candidates: list[Candidate], queries: list[str], texts: list[str]
+    tunable: Tunable, candidates: list[Candidate], queries: list[str], texts: list[str], rounds: int = ROUNDS
 ) -> dict[str, float]:
-    """Pairs/s of every candidate (all compiled alike), best of ``ROUNDS`` interleaved rounds."""
+    """Pairs/s of each candidate (all compiled alike), best of ``rounds`` rounds in alternating order."""
     rates: dict[str, float] = {}
-    for round_index in range(ROUNDS):
+    for round_index in range(rounds):
         order = candidates if round_index % 2 == 0 else list(reversed(candidates))
         for candidate in order:
             tunable.use_budget(candidate.budget)
@@ -238,6 +242,12 @@ def tune(
             queries, texts = trial_pairs(tunable, tokenizer)
         rates.update(measure(tunable, group, queries, texts))
         candidates += group
+    close = [
+        candidate for candidate in candidates if rates[candidate.name] >= CLOSE_SHARE * max(rates.values())
+    ]
+    if len(close) > 1 and all(candidate.compiled == candidates[-1].compiled for candidate in close):
+        more = measure(tunable, close, queries, texts, DECIDING_ROUNDS)
+        rates.update({name: max(rate, rates[name]) for name, rate in more.items()})
     best = choose(candidates, rates)
     tunable.use_compiled(best.compiled, required=compile_required)
     tunable.use_budget(best.budget)
