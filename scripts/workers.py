@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 
@@ -120,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
             spec, args.processes or 1, concurrency, broker_url, args.hostname, settings.log_level
         )
     else:
-        processes = plan_fleet(spec, gpus, args.cpu or 0, broker_url, args.hostname, settings.log_level)
+        processes = plan_fleet(
+            spec,
+            gpus,
+            args.cpu or 0,
+            broker_url,
+            args.hostname,
+            settings.log_level,
+            inherited_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
     print(
         f"starting {len(processes)} worker(s) for {spec} on queue {spec.queue}: "
         + ", ".join(p.name for p in processes),

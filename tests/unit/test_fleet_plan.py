@@ -37,3 +37,22 @@ def test_parse_gpus() -> None:
         parse_gpus("0,5", 2)
     with pytest.raises(ConfigError, match="expected 'all'"):
         parse_gpus("first", 2)
+
+
+def test_gpus_are_mapped_through_an_inherited_cuda_visible_devices() -> None:
+    # Under Slurm's CUDA_VISIBLE_DEVICES=2,3 torch shows the launcher GPUs 0 and 1: they are physical 2 and 3.
+    fleet = plan_fleet(SPEC, [0, 1], 0, "redis://h:1/0", "host", "INFO", inherited_devices="2,3")
+    assert [p.env["CUDA_VISIBLE_DEVICES"] for p in fleet] == ["2", "3"]
+    uuids = "GPU-8f1c7d2e-0000-0000-0000-000000000001,GPU-8f1c7d2e-0000-0000-0000-000000000002"
+    fleet = plan_fleet(SPEC, [1], 0, "redis://h:1/0", "host", "INFO", inherited_devices=uuids)
+    assert fleet[0].env["CUDA_VISIBLE_DEVICES"] == uuids.split(",")[1]
+    with pytest.raises(ConfigError, match="not among the 2"):
+        plan_fleet(SPEC, [2], 0, "redis://h:1/0", "host", "INFO", inherited_devices="2,3")
+
+
+def test_gpu_workers_get_thread_limits() -> None:
+    fleet = plan_fleet(SPEC, [0, 1], 0, "redis://h:1/0", "host", "INFO")
+    for process in fleet:
+        threads = int(process.env["OMP_NUM_THREADS"])
+        assert threads >= 1
+        assert process.env["MKL_NUM_THREADS"] == process.env["RAYON_NUM_THREADS"] == str(threads)

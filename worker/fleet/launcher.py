@@ -61,30 +61,52 @@ def plan_fleet(
     broker_url: str,
     hostname: str,
     log_level: str,
+    inherited_devices: str | None = None,
 ) -> list[WorkerProcess]:
     """One Celery worker per GPU (pinned with CUDA_VISIBLE_DEVICES) or ``cpu_workers`` CPU workers
     sharing the cores. Each runs one task at a time in a thread, so heartbeats and control commands
-    keep flowing while a shard is scored."""
+    keep flowing while a shard is scored. ``inherited_devices``: the launcher's own CUDA_VISIBLE_DEVICES,
+    through which ``gpus`` (the indices torch shows the launcher) are mapped."""
     processes: list[WorkerProcess] = []
     base_env = {"RERANK_BROKER_URL": broker_url, "RERANK_WORKER_MODEL": str(spec)}
     if gpus:
+        # The GPU workers share the cores for tokenizing, padding and writing.
+        threads = thread_limits(max(1, (os.cpu_count() or 1) // len(gpus)))
         for gpu in gpus:
             name = f"gpu{gpu}@{hostname}"
-            env = {**base_env, "CUDA_VISIBLE_DEVICES": str(gpu), "RERANK_DEVICE": "cuda"}
+            device = physical_device(gpu, inherited_devices)
+            env = {**base_env, **threads, "CUDA_VISIBLE_DEVICES": device, "RERANK_DEVICE": "cuda"}
             processes.append(WorkerProcess(name, _celery_argv(spec, name, log_level), env))
         return processes
-    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+    threads = thread_limits(max(1, (os.cpu_count() or 1) // max(1, cpu_workers)))
     for index in range(cpu_workers):
         name = f"cpu{index}@{hostname}"
-        env = {
-            **base_env,
-            "CUDA_VISIBLE_DEVICES": "",
-            "RERANK_DEVICE": "cpu",
-            "OMP_NUM_THREADS": str(threads),
-            "MKL_NUM_THREADS": str(threads),
-        }
+        env = {**base_env, **threads, "CUDA_VISIBLE_DEVICES": "", "RERANK_DEVICE": "cpu"}
         processes.append(WorkerProcess(name, _celery_argv(spec, name, log_level), env))
     return processes
+
+
+def physical_device(index: int, inherited_devices: str | None) -> str:
+    """The CUDA_VISIBLE_DEVICES entry of the launcher's GPU ``index``.
+
+    torch numbers only the GPUs the launcher may see: under an inherited ``CUDA_VISIBLE_DEVICES=2,3``
+    (Slurm, say) its GPU 0 is physical GPU 2, and a child told ``0`` would land on a GPU the job was not
+    given. Entries may also be UUIDs or MIG names; they are passed on as written."""
+    if inherited_devices is None or not inherited_devices.strip():
+        return str(index)
+    entries = [entry.strip() for entry in inherited_devices.split(",") if entry.strip()]
+    if index >= len(entries):
+        raise ConfigError(
+            f"GPU {index} is not among the {len(entries)} this launcher may use "
+            f"(CUDA_VISIBLE_DEVICES={inherited_devices})"
+        )
+    return entries[index]
+
+
+def thread_limits(threads: int) -> dict[str, str]:
+    """Environment that caps a worker's OpenMP, MKL and tokenizer (Rayon) threads at ``threads``."""
+    count = str(threads)
+    return {"OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count, "RAYON_NUM_THREADS": count}
 
 
 def plan_api_fleet(
