@@ -27,7 +27,7 @@ DEMO_SECONDS = 60.0
 class BudgetPoint:
     seconds: float  # since the batcher started
     budget: int
-    reason: str  # "start", "oom" or "grow"
+    reason: str  # "start", "oom", "grow" or "probe"
 
 
 @dataclass(frozen=True)

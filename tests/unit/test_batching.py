@@ -138,17 +138,32 @@ def test_out_of_memory_halves_the_budget_and_retries_the_same_items() -> None:
         assert len(batch) * 16 <= 256
 
 
-def test_budget_grows_back_to_the_maximum_after_clean_batches() -> None:
+def test_budget_settles_below_the_smallest_batch_that_failed() -> None:
+    lengths = np.full(2000, 8)
+    forward = RecordingForward(lengths, oom_above=300)  # a lasting limit: 37 items of 8 tokens fit
+    batcher = TokenBudgetBatcher(1024, grow_after=4, grow_factor=1.25)
+
+    results = batcher.run(lengths, forward)
+
+    assert np.array_equal(results, np.arange(2000, dtype=np.float32) * 10 + 0.5)
+    # 1024 and 512 fail, then each regrowth stops at 0.9 x the last failure, so a few more failures close
+    # in on the limit and the budget stays below it: 250 batches, no sawtooth.
+    assert [len(batch) for batch in forward.failed][:2] == [128, 64]
+    assert batcher.oom_count <= 6
+    assert batcher.ceiling is not None and 256 <= batcher.budget <= batcher.ceiling <= 300
+
+
+def test_budget_grows_back_to_the_maximum_once_the_failure_is_forgotten() -> None:
     lengths = np.full(1000, 8)
     forward = RecordingForward(lengths, oom_above=32, oom_calls=3)  # a transient memory squeeze
-    batcher = TokenBudgetBatcher(256, grow_after=4, grow_factor=1.25)
+    batcher = TokenBudgetBatcher(256, grow_after=4, grow_factor=1.25, probe_after=10)
 
     results = batcher.run(lengths, forward)
 
     assert np.array_equal(results, np.arange(1000, dtype=np.float32) * 10 + 0.5)
     reasons = [change.reason for change in batcher.history]
     assert reasons[:4] == ["start", "oom", "oom", "oom"]
-    assert "grow" in reasons[4:]
+    assert "grow" in reasons[4:] and "probe" in reasons[4:]
     assert batcher.budget == 256
     budgets = [change.budget for change in batcher.history]
     assert budgets[3] == 32  # 256 halved three times
@@ -172,6 +187,7 @@ def test_learned_budget_persists_across_runs() -> None:
 def test_runtime_error_mentioning_out_of_memory_counts_as_out_of_memory() -> None:
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory."))
+    assert is_out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling cublasCreate"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
     lengths = np.full(8, 4)

@@ -50,9 +50,17 @@ def test_gpus_are_mapped_through_an_inherited_cuda_visible_devices() -> None:
         plan_fleet(SPEC, [2], 0, "redis://h:1/0", "host", "INFO", inherited_devices="2,3")
 
 
-def test_gpu_workers_get_thread_limits() -> None:
+def test_gpu_workers_get_thread_limits_and_expandable_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     fleet = plan_fleet(SPEC, [0, 1], 0, "redis://h:1/0", "host", "INFO")
+    assert all(p.env["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True" for p in fleet)
     for process in fleet:
         threads = int(process.env["OMP_NUM_THREADS"])
         assert threads >= 1
         assert process.env["MKL_NUM_THREADS"] == process.env["RAYON_NUM_THREADS"] == str(threads)
+
+
+def test_a_users_allocator_setting_stands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:512")
+    fleet = plan_fleet(SPEC, [0], 0, "redis://h:1/0", "host", "INFO")
+    assert fleet[0].env["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # A worker exits with this code when it cannot load its model or ledger; starting it again would fail
 # the same way, so the launcher does not.
 STARTUP_FAILED_EXIT = 3
+ALLOCATOR_SETTING = "PYTORCH_CUDA_ALLOC_CONF"
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,14 @@ def plan_fleet(
         for gpu in gpus:
             name = f"gpu{gpu}@{hostname}"
             device = physical_device(gpu, inherited_devices)
-            env = {**base_env, **threads, "CUDA_VISIBLE_DEVICES": device, "RERANK_DEVICE": "cuda"}
+            env = {
+                **base_env,
+                **threads,
+                "CUDA_VISIBLE_DEVICES": device,
+                "RERANK_DEVICE": "cuda",
+                # Batch shapes vary, so fixed-size segments would fragment; a user's own setting stands.
+                ALLOCATOR_SETTING: os.environ.get(ALLOCATOR_SETTING, "expandable_segments:True"),
+            }
             processes.append(WorkerProcess(name, _celery_argv(spec, name, log_level), env))
         return processes
     threads = thread_limits(max(1, (os.cpu_count() or 1) // max(1, cpu_workers)))

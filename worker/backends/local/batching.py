@@ -2,8 +2,11 @@
 
 Items are sorted longest first and cut into consecutive batches whose padded size
 (``len(batch) * longest item``) stays within a budget of tokens. On CUDA out-of-memory the budget is
-halved and the same items are retried; after a run of clean batches it grows back towards the maximum.
-The learned budget lives on the batcher, so it persists for as long as the loaded model does.
+halved and the same items are retried; after a run of clean batches it grows back, but only to just
+below the smallest batch that failed, so it settles there instead of failing again every few batches.
+After ``probe_after`` clean batches at that ceiling it is forgotten and growth resumes (memory another
+process held may have been freed). The learned budget lives on the batcher, so it persists for as long
+as the loaded model does.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ log = logging.getLogger(__name__)
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
+# The budget grows back to at most this share of the smallest padded batch that ran out of memory.
+SETTLE_SHARE = 0.9
+# What a failed device allocation says, whichever library hit it first.
+OUT_OF_MEMORY_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
 
 @dataclass(frozen=True)
 class BudgetChange:
@@ -32,7 +40,7 @@ class BudgetChange:
 
     at: float
     budget: int
-    reason: str  # "start", "oom" or "grow"
+    reason: str  # "start", "oom", "grow" or "probe" (the remembered failure forgotten)
 
 
 class TokenBudgetBatcher:
@@ -44,6 +52,7 @@ class TokenBudgetBatcher:
         *,
         grow_after: int = 20,
         grow_factor: float = 1.25,
+        probe_after: int = 1000,
         history_size: int = 1000,
         shapes: FixedShapes | None = None,
     ) -> None:
@@ -58,6 +67,10 @@ class TokenBudgetBatcher:
         self.shapes = shapes
         self.grow_after = grow_after
         self.grow_factor = grow_factor
+        self.probe_after = probe_after
+        # Below the smallest padded batch that ran out of memory; None: no failure remembered.
+        self.ceiling: int | None = None
+        self._batches_at_ceiling = 0
         self.oom_count = 0
         # Tokens of the items scored, and of the padded batches they ran in (rows x longest item).
         self.real_tokens = 0
@@ -117,6 +130,11 @@ class TokenBudgetBatcher:
             torch.cuda.empty_cache()
         self.oom_count += 1
         longest = int(lengths[failed_batch].max())
+        width = longest if self.shapes is None else self.shapes.width(longest)
+        failed_tokens = len(failed_batch) * width
+        settled = max(longest, int(failed_tokens * SETTLE_SHARE))
+        self.ceiling = settled if self.ceiling is None else min(self.ceiling, settled)
+        self._batches_at_ceiling = 0
         if self.shapes is not None:
             log.warning(
                 "out of memory with batch shapes fixed for batch-invariant scores; batching freely from now "
@@ -136,8 +154,14 @@ class TokenBudgetBatcher:
 
     def _after_clean_batch(self) -> None:
         self._clean_batches += 1
-        if self._clean_batches >= self.grow_after and self.budget < self.max_budget:
-            self.budget = min(self.max_budget, max(self.budget + 1, int(self.budget * self.grow_factor)))
+        limit = self.max_budget if self.ceiling is None else min(self.max_budget, self.ceiling)
+        if self.budget >= limit and self.ceiling is not None:
+            self._batches_at_ceiling += 1
+            if self._batches_at_ceiling >= self.probe_after:
+                self.ceiling = None
+                self._record("probe")
+        if self._clean_batches >= self.grow_after and self.budget < limit:
+            self.budget = min(limit, max(self.budget + 1, int(self.budget * self.grow_factor)))
             self._clean_batches = 0
             self._record("grow")
 
@@ -173,5 +197,9 @@ def next_batch(
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True for CUDA out-of-memory, whether raised as its own type or as a plain ``RuntimeError``."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
+    """True for a failed device allocation: CUDA out-of-memory, whether raised as its own type or as a
+    plain ``RuntimeError``, and cuBLAS or cuDNN failing to allocate their workspace."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return any(marker in text for marker in OUT_OF_MEMORY_MARKERS)
