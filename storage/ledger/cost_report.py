@@ -1,7 +1,9 @@
 """Cost accounting from the ledger: usage and cost grouped by run, model, provider, worker or day.
 
-API requests carry the cost priced when they were recorded; GPU hours (the attempts' device time on
-CUDA devices) are priced here from the price table's GPU-hour entries."""
+API requests carry the cost priced when they were recorded; GPU hours are priced here from the price
+table's GPU-hour entries. A GPU costs what it is held, busy or not, so GPU hours are the wall time of every
+attempt on a CUDA device (failed ones too: their time was spent); the time in forward passes is reported
+beside them as the busy share."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ class CostRow:
     tokens: int = 0
     search_units: int = 0
     pairs: int = 0
-    gpu_hours: float = 0.0
+    gpu_hours: float = 0.0  # held: the attempts' wall time on CUDA devices
+    gpu_busy_hours: float = 0.0  # of which in forward passes
     api_cost_usd: float = 0.0
     gpu_cost_usd: float = 0.0
     unpriced: list[str] = field(default_factory=list)
@@ -45,6 +48,10 @@ class CostRow:
     def cost_per_million_pairs(self) -> float | None:
         return self.cost_usd / self.pairs * 1e6 if self.pairs else None
 
+    @property
+    def gpu_busy_share(self) -> float | None:
+        return self.gpu_busy_hours / self.gpu_hours if self.gpu_hours else None
+
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         group = values.pop("group")
@@ -53,6 +60,7 @@ class CostRow:
             **values,
             "cost_usd": self.cost_usd,
             "cost_per_million_pairs": self.cost_per_million_pairs,
+            "gpu_busy_share": self.gpu_busy_share,
         }
 
 
@@ -81,7 +89,9 @@ def cost_report(
     day = func.date(Usage.finished_at).label("usage_day")
     attempt_row = Usage.request_index == SUMMARY_ROW
     scored_pairs = case((and_(attempt_row, Usage.outcome == UsageOutcome.OK), Usage.pairs), else_=0)
-    gpu_seconds = case((and_(attempt_row, Usage.device.like("cuda%")), Usage.device_seconds), else_=0.0)
+    on_gpu = and_(attempt_row, Usage.device.like("cuda%"))
+    gpu_seconds = case((on_gpu, Usage.wall_seconds), else_=0.0)
+    gpu_busy_seconds = case((on_gpu, Usage.device_seconds), else_=0.0)
     query = (
         select(
             *groups,
@@ -92,6 +102,7 @@ def cost_report(
             func.sum(Usage.search_units),
             func.sum(scored_pairs),
             func.sum(gpu_seconds),
+            func.sum(gpu_busy_seconds),
             func.sum(func.coalesce(Usage.cost_usd, 0.0)),
             func.sum(case((and_(Usage.request_index > SUMMARY_ROW, Usage.cost_usd.is_(None)), 1), else_=0)),
         )
@@ -109,7 +120,7 @@ def cost_report(
     for record in session.execute(query):
         key = tuple(str(value) for value in record[: len(by)])
         values = record[len(by) :]
-        usage_day, device, requests, tokens, units, pairs, gpu_s, api_cost, unpriced_requests = values
+        usage_day, device, requests, tokens, units, pairs, gpu_s, busy_s, api_cost, unpriced_requests = values
         row = rows.setdefault(key, CostRow(group=dict(zip(by, key, strict=True))))
         row.requests += int(requests or 0)
         row.tokens += int(tokens or 0)
@@ -118,6 +129,7 @@ def cost_report(
         row.api_cost_usd += float(api_cost or 0.0)
         hours = float(gpu_s or 0.0) / 3600
         row.gpu_hours += hours
+        row.gpu_busy_hours += float(busy_s or 0.0) / 3600
         if hours:
             price = prices.gpu_hour_price(device, _as_date(usage_day))
             if price is None:

@@ -97,15 +97,28 @@ def _ledger_with_known_usage(url: str) -> None:
                     outcome="error",
                     cost_usd=0.0,
                 ),
+                # GPU hours are held time: a failed attempt's half hour, then 1.5 h of which 1.25 h busy.
                 _usage(
                     "gpu-run",
                     NOV,
                     0,
                     model="cross-encoder:m",
                     device="cuda:NVIDIA H100 80GB HBM3",
+                    outcome="error",
+                    wall_seconds=1800.0,
+                    worker="gpu0@h",
+                ),
+                _usage(
+                    "gpu-run",
+                    NOV,
+                    0,
+                    attempt=2,
+                    model="cross-encoder:m",
+                    device="cuda:NVIDIA H100 80GB HBM3",
                     pairs=1000,
                     tokens=50_000,
-                    device_seconds=7200.0,
+                    device_seconds=4500.0,
+                    wall_seconds=5400.0,
                     worker="gpu0@h",
                 ),
                 _usage(
@@ -116,6 +129,7 @@ def _ledger_with_known_usage(url: str) -> None:
                     device="cuda:NVIDIA H100 80GB HBM3",
                     pairs=999,
                     device_seconds=3600.0,
+                    wall_seconds=3600.0,
                 ),
             ]
         )
@@ -143,6 +157,7 @@ def test_cost_by_model_since_a_date(env: dict[str, str]) -> None:
     assert api["cost_usd"] == pytest.approx(0.006)
     assert api["cost_per_million_pairs"] == pytest.approx(20.0)
     assert (gpu["pairs"], gpu["tokens"], gpu["gpu_hours"]) == (1000, 50_000, pytest.approx(2.0))
+    assert (gpu["gpu_busy_hours"], gpu["gpu_busy_share"]) == (pytest.approx(1.25), pytest.approx(0.625))
     assert gpu["cost_usd"] == pytest.approx(5.0)  # the October run is outside the range
     assert gpu["cost_per_million_pairs"] == pytest.approx(5000.0)
 
