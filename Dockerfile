@@ -1,8 +1,12 @@
 # The one image every bulk-rerank service runs: GPU and API workers, Flower, submit.
-# docker compose build (or: docker build -t bulk-rerank .); TORCH_SPEC picks the torch build.
+# docker compose build (or: docker build -t bulk-rerank .); TORCH_SPEC and TORCH_INDEX_URL pick the torch build.
 FROM python:3.11-slim
 
 ARG TORCH_SPEC=torch==2.13.0
+# The CUDA build of torch, from PyTorch's own index: a build for CUDA 12.x runs on NVIDIA drivers from
+# 525.60.13 on (CUDA's minor-version compatibility). For an older driver pick an older build (cu118: from
+# 450.80.02); CPU-only hosts: https://download.pytorch.org/whl/cpu.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 ARG APP_UID=1000
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -16,7 +20,7 @@ WORKDIR /app
 
 # torch first, in its own layer: it is the biggest by far (the Linux wheels carry CUDA) and changes
 # least, so rebuilding after a code change reuses it.
-RUN pip install "${TORCH_SPEC}"
+RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 
 COPY pyproject.toml README.md ./
 COPY core core

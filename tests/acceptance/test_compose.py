@@ -124,6 +124,8 @@ def test_the_image_has_a_dockerfile_whose_sources_exist(compose: dict[str, Any])
         assert dockerfile.is_file(), name
     dockerfile_text = (REPO / "Dockerfile").read_text()
     assert dockerfile_text.startswith("#") and "FROM python:3.11-slim" in dockerfile_text
+    # torch's CUDA build is chosen (and with it the oldest driver it runs on), not left to PyPI's default.
+    assert 'pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"' in dockerfile_text
     for line in dockerfile_text.splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
@@ -159,3 +161,11 @@ def test_each_gpu_worker_reserves_its_own_gpu(compose: dict[str, Any]) -> None:
         reserved.extend(device["device_ids"])
         assert service["command"][-2:] == ["--hostname", name], "node names must differ"
     assert len(reserved) >= 1 and len(set(reserved)) == len(reserved)
+
+
+def test_a_gpu_worker_that_cannot_start_is_not_restarted_forever(compose: dict[str, Any]) -> None:
+    gpu_workers = {name: service for name, service in compose["services"].items() if name.startswith("gpu-")}
+    assert gpu_workers
+    for name, service in gpu_workers.items():
+        policy, _, retries = service["restart"].partition(":")
+        assert policy == "on-failure" and int(retries) >= 1, name

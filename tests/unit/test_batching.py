@@ -23,6 +23,7 @@ from worker.backends.local.device import (
     cpu_has_amx,
     cpu_has_avx512,
     cpu_has_native_bf16,
+    cuda_versions,
     default_token_budget,
     resolve_compute,
     resolve_dtype,
@@ -292,8 +293,28 @@ def test_explicit_cpu_is_honoured_even_with_cuda(fake_cuda: None) -> None:
 
 
 def test_explicit_cuda_without_a_gpu_raises(no_cuda: None) -> None:
-    with pytest.raises(NoDeviceError, match="RERANK_DEVICE=cuda"):
+    with pytest.raises(NoDeviceError, match=r"RERANK_DEVICE=cuda .*\(torch .*driver"):
         resolve_compute(Settings(device="cuda"))
+
+
+@pytest.mark.parametrize(
+    ("first_line", "driver"),
+    [
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 22:23:56 UTC 2024",
+            "550.54.15",
+        ),
+        ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  560.35.03  Release Build", "560.35.03"),
+    ],
+)
+def test_an_unusable_gpu_is_reported_with_the_driver_and_cuda_versions(
+    tmp_path: Path, first_line: str, driver: str
+) -> None:
+    version_file = tmp_path / "version"
+    version_file.write_text(first_line + "\nGCC version: gcc 12\n")
+    assert cuda_versions(version_file).endswith(f"NVIDIA driver {driver}")
+    assert f"torch {torch.__version__}" in cuda_versions(version_file)
+    assert "no NVIDIA driver loaded" in cuda_versions(tmp_path / "missing")
 
 
 def test_float16_on_cpu_is_a_config_error() -> None:

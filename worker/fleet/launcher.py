@@ -40,8 +40,11 @@ def visible_gpu_count() -> int:
 def parse_gpus(value: str, visible: int) -> list[int]:
     """``all`` or a comma-separated list of GPU indices, checked against what is visible."""
     if visible == 0:
+        from worker.backends.local.device import cuda_versions
+
         raise NoDeviceError(
-            f"--gpus {value}: no CUDA GPU is visible on this machine; use --cpu N to run CPU workers"
+            f"--gpus {value}: no CUDA GPU is visible on this machine ({cuda_versions()}); "
+            "use --cpu N to run CPU workers"
         )
     if value.strip().lower() == "all":
         return list(range(visible))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,10 +72,27 @@ def resolve_device(settings: Settings) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device())
     if settings.device == "cuda":
         raise NoDeviceError(
-            "RERANK_DEVICE=cuda but torch sees no CUDA device; check the driver and CUDA_VISIBLE_DEVICES, "
-            "or set RERANK_DEVICE=cpu"
+            f"RERANK_DEVICE=cuda but torch sees no CUDA device ({cuda_versions()}); check the driver "
+            "(a CUDA build needs a driver at least as new as its CUDA version allows) and "
+            "CUDA_VISIBLE_DEVICES, or set RERANK_DEVICE=cpu"
         )
     return torch.device("cpu")
+
+
+def cuda_versions(driver_file: Path = Path("/proc/driver/nvidia/version")) -> str:
+    """torch's CUDA build and the NVIDIA kernel driver's version, for messages about an unusable GPU."""
+    build = (
+        f"torch {torch.__version__} built for CUDA {torch.version.cuda}"
+        if torch.version.cuda
+        else (f"torch {torch.__version__} is a CPU-only build")
+    )
+    try:
+        first_line = driver_file.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return f"{build}; no NVIDIA driver loaded ({driver_file} missing)"
+    match = re.search(r"Kernel Module\s+(?:for \S+\s+)?([\d.]+)", first_line)
+    driver = match.group(1) if match else first_line.strip()
+    return f"{build}; NVIDIA driver {driver}"
 
 
 def resolve_dtype(settings: Settings, device: torch.device) -> torch.dtype:
