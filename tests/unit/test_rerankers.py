@@ -296,6 +296,30 @@ def test_bfloat16_on_cpu_runs_matmuls_in_bfloat16_and_stays_close(
     )
 
 
+def test_flag_in_bfloat16_keeps_a_float32_residual_stream_and_score_head(
+    cross_encoder_dir: Path, rerankers: dict[str, Reranker]
+) -> None:
+    reranker: Any = load_reranker(
+        ModelSpec.parse(f"flag:{cross_encoder_dir}"), cpu_settings(dtype="bfloat16")
+    )
+
+    result = reranker.score(QUERIES, TEXTS)
+
+    hf_model = reranker.model.flag_model.model
+    assert hf_model.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.bfloat16
+    assert hf_model.bert.embeddings.word_embeddings.weight.dtype == torch.float32
+    assert hf_model.classifier.head.weight.dtype == torch.float32
+    assert reranker.describe()["precision"].startswith("mixed")
+    # Raw logits with float32's digits: no two distinct pairs tie, and they stay close to float32's.
+    assert len(set(result.scores.tolist())) == len(set(zip(QUERIES, TEXTS, strict=True)))
+    float32 = rerankers["flag"].score(QUERIES, TEXTS).scores
+    np.testing.assert_allclose(sigmoid(result.scores), sigmoid(float32), atol=0.05)  # as the cross-encoder's
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
 def fail_on_batches_wider_than(
     module: torch.nn.Module, rows: int, monkeypatch: pytest.MonkeyPatch
 ) -> list[int]:

@@ -27,6 +27,7 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
+from worker.backends.local.mixed_precision import compute_in, score_heads, store_linear_weights_in
 from worker.backends.local.pipeline import LocalReranker
 
 ENCODER_ONLY = "encoder-only-base"
@@ -178,6 +179,8 @@ class FlagModel:
         self.model_class = model_class
         self.input_format = input_format
         self.device = target.device
+        self.dtype = target.dtype
+        self.mixed_precision = False  # set by ``load_flag``: low-precision matmuls, float32 elsewhere
 
     def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[Pair]:
         return distinct_pairs(queries, texts)
@@ -194,7 +197,10 @@ class FlagModel:
         return {name: tensor.to(self.device) for name, tensor in features.items()}
 
     def forward(self, batch: Features) -> torch.Tensor:
-        return self.input_format.logits(self.flag_model.model, batch)
+        if not self.mixed_precision:
+            return self.input_format.logits(self.flag_model.model, batch)
+        with compute_in(self.device, self.dtype):
+            return self.input_format.logits(self.flag_model.model, batch)
 
     def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
         return outputs.float().cpu().numpy()
@@ -204,6 +210,9 @@ class FlagModel:
             "max_length": str(self.input_format.max_length),
             "activation": "none (raw logit)",
             "flag_model_class": self.model_class,
+            "precision": "mixed: float32 residual stream and score head"
+            if self.mixed_precision
+            else "uniform",
             "token_budget": str(token_budget),
             "library": f"FlagEmbedding {version('FlagEmbedding')}",
         }
@@ -234,10 +243,20 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
             max_length=settings.max_length or FLAG_DEFAULT_MAX_LENGTH,
             **options,
         )
-        flag_model.model.to(device=target.device, dtype=target.dtype)
+        mixed = model_class == ENCODER_ONLY and target.dtype != torch.float32
+        flag_model.model.to(device=target.device, dtype=torch.float32 if mixed else target.dtype)
     except Exception as error:  # any failure inside the library is a load failure of this model
         raise ModelLoadError(f"cannot load FlagEmbedding reranker {spec.name!r}: {error}") from error
     flag_model.model.eval()
+    if mixed:
+        # As for cross-encoders: only the linear layers in low precision, so the raw logit keeps float32's
+        # digits instead of bf16's three (close scores would tie).
+        heads = score_heads(flag_model.model, flag_model.model.config.num_labels)
+        if len(heads) == 1:
+            store_linear_weights_in(flag_model.model, target.dtype, heads[0])
+        else:
+            flag_model.model.to(target.dtype)
+            mixed = False
     max_length: int = flag_model.max_length
     query_max_length: int = flag_model.query_max_length or max_length * 3 // 4
     input_format: InputFormat
@@ -251,7 +270,9 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
         input_format = EncoderOnlyFormat(flag_model.tokenizer, max_length, query_max_length)
     else:
         input_format = DecoderOnlyFormat(flag_model, max_length, query_max_length)
-    return LocalReranker(spec, FlagModel(flag_model, model_class, input_format, target), target)
+    model = FlagModel(flag_model, model_class, input_format, target)
+    model.mixed_precision = mixed
+    return LocalReranker(spec, model, target)
 
 
 def flag_model_class(spec: ModelSpec) -> str:
