@@ -56,21 +56,27 @@ class PipelineFleet:
         cpus: list[int],
         timeout_s: float,
         compile_mode: str = "auto",
+        *,
+        model: str | None = None,
+        ledger_url: str | None = None,
     ) -> None:
         """Start the worker (in the background: call ``wait_ready``). The children inherit this process's
-        CPU affinity; ``cpus`` sets their thread count."""
+        CPU affinity; ``cpus`` sets their thread count. ``model``: a model spec other than the cross-encoder
+        at ``model_dir``; ``ledger_url``: a ledger other than the data dir's SQLite file."""
         from core.broker import embedded_broker
         from core.model_spec import ModelSpec
         from core.settings import Settings
 
         self.timeout_s = timeout_s
-        self.model = f"cross-encoder:{model_dir}"
+        self.model = model or f"cross-encoder:{model_dir}"
         self.queue = ModelSpec.parse(self.model).queue
         data_dir = work_dir / "pipeline-data"
         self.env = child_env(len(cpus), device, compile_mode)
         self.env.update({"RERANK_DATA_DIR": str(data_dir), "RERANK_DTYPE": dtype, "RERANK_HEARTBEAT_S": "1"})
+        if ledger_url is not None:
+            self.env["RERANK_LEDGER_URL"] = ledger_url
         broker_url = os.environ.get("RERANK_BROKER_URL")
-        self.settings = Settings(data_dir=data_dir, broker_url=broker_url)
+        self.settings = Settings(data_dir=data_dir, broker_url=broker_url, ledger_url=ledger_url)
         self.embedded = None
         if broker_url is None:
             self.embedded = embedded_broker(self.settings)

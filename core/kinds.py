@@ -89,6 +89,11 @@ LOCAL_KINDS_TABLE: tuple[LocalKind, ...] = (
     LocalKind(
         "embedding", "worker.backends.local.embedding:load_embedding", "sentence-transformers bi-encoder"
     ),
+    LocalKind(
+        "null",
+        "worker.backends.local.null_scorer:load_null",
+        "no model: a hash of the pair, to measure the worker machinery",
+    ),
 )
 
 API_KINDS_TABLE: tuple[ApiKind, ...] = (

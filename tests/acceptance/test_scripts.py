@@ -161,3 +161,19 @@ def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> N
     assert pipeline["in_process_pairs_per_s"] > 0 and 0 < pipeline["wall_ratio"] < pipeline["ledger_ratio"]
     assert "pipeline vs in-process: not judged in a smoke run" in out
     assert re.search(r"^benchmark took \d+s$", out, re.MULTILINE)
+
+
+def test_bench_machinery_smoke_feeds_a_null_scorer_through_the_pipeline(tmp_path: Path) -> None:
+    figures_file = tmp_path / "machinery.json"
+    arguments = ("--smoke", "--json", str(figures_file))
+    result = run_script("bench_machinery.py", *arguments, env=clean_env(), timeout=300)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr[-3000:]
+    machine = r"^CPU .+ \(family .+\), \d+ usable; one worker process hosting null:machinery$"
+    assert re.search(machine, out, re.MULTILINE)
+    [line] = re.findall(r"^\s+sqlite: 2,000 pairs in 4 shards, .*$", out, re.MULTILINE)
+    assert "pairs/s end to end; per shard" in line
+    assert re.search(r"^target: >= 50,000 pairs/s per worker process: [\d,]+ \((met|MISSED)\)$", out, re.M)
+    figures = json.loads(figures_file.read_text())["figures"]["sqlite"]
+    assert (figures["pairs"], figures["shards"]) == (2_000, 4)
+    assert figures["pairs_per_s"] > 0 and 0 < figures["attempt_ms_per_shard"] <= figures["ms_per_shard"]

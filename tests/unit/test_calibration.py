@@ -161,3 +161,22 @@ def test_candidates_close_to_the_best_get_deciding_rounds(
     assert tunable.calls[2048] == rounds
     assert tunable.calls[1024] == rounds + deciding
     assert tunable.calls[512] == 2 + rounds + deciding  # trial_pairs timed the first budget twice first
+
+
+def test_deciding_rounds_are_skipped_when_trials_are_slow(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tunable = ClockedTunable({512: 5.2, 1024: 5.0})  # a large model: three more rounds would take 30 s
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-slow").model.cross_encoder.tokenizer
+
+    calibration.tune(
+        tunable,
+        tokenizer,
+        budgets=[512, 1024],
+        compile_choices=[False],
+        compile_required=False,
+        cache_file=None,
+    )
+
+    assert tunable.calls[1024] == calibration.ROUNDS

@@ -41,6 +41,8 @@ ROUNDS = 2
 # noise on a shared machine is ~10%, larger than the gaps between the best budgets.
 CLOSE_SHARE = 0.9
 DECIDING_ROUNDS = 3
+# ... unless they would take longer than this (a large model's trials take seconds each).
+DECIDING_SECONDS = 10.0
 MIN_PAIRS, MAX_PAIRS = 32, 1024
 QUERY_WORDS = (3, 12)
 PASSAGE_WORDS = (16, 220)
@@ -245,7 +247,9 @@ def tune(
     close = [
         candidate for candidate in candidates if rates[candidate.name] >= CLOSE_SHARE * max(rates.values())
     ]
-    if len(close) > 1 and all(candidate.compiled == candidates[-1].compiled for candidate in close):
+    deciding_seconds = DECIDING_ROUNDS * sum(len(queries) / rates[candidate.name] for candidate in close)
+    same_mode = all(candidate.compiled == candidates[-1].compiled for candidate in close)
+    if len(close) > 1 and same_mode and deciding_seconds <= DECIDING_SECONDS:
         more = measure(tunable, close, queries, texts, DECIDING_ROUNDS)
         rates.update({name: max(rate, rates[name]) for name, rate in more.items()})
     best = choose(candidates, rates)

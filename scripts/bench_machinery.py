@@ -1,0 +1,168 @@
+"""Benchmark of the worker machinery alone: a corpus through ``submit.py --wait`` and one worker process
+hosting the ``null`` scorer (a hash of each pair, no model), so what is measured is everything around the
+scoring: reading each shard's Parquet, writing its scores, the ledger's transactions, Redis and the acks.
+
+A GPU worker on a MiniLM-class model scores tens of thousands of pairs per second; this is how many the
+machinery can feed one worker process. Prints, per ledger (SQLite, and PostgreSQL when one answers at
+127.0.0.1:5432 or the given URL): pairs/s end to end (from launching submit.py to its exit), milliseconds
+per shard end to end, and the part of it inside the worker's shard attempts (read, score, write: the
+ledger's wall seconds), the rest being submit's start-up, queueing, publishing, settling and acks. Then the
+target: >= 50,000 pairs/s per worker process. Exit code 0 when every run succeeded.
+
+Examples:
+  python scripts/bench_machinery.py                      # 50,000 short pairs, shards of 2,000
+  python scripts/bench_machinery.py --pairs 200000 --shard-pairs 10000
+  python scripts/bench_machinery.py --smoke              # seconds: 2,000 pairs, SQLite only
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.machine import cpu_kind, usable_cpus
+from benchmarks.pipeline import PipelineFleet, PipelineRun
+
+TARGET_PAIRS_PER_S = 50_000
+DOCS_PER_QUERY = 50
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "for",
+    "is",
+    "on",
+    "that",
+    "by",
+    "with",
+    "as",
+    "at",
+    "from",
+    "this",
+    "be",
+    "are",
+    "or",
+    "an",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=50_000, help="pairs in the corpus (default 50,000)")
+    parser.add_argument("--shard-pairs", type=int, default=2_000, help="pairs per shard (default 2,000)")
+    parser.add_argument(
+        "--postgres-url",
+        default=None,
+        help="a PostgreSQL ledger URL to also run against (default: a fresh schema at 127.0.0.1:5432 "
+        "if it answers)",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="run on SQLite only")
+    parser.add_argument("--smoke", action="store_true", help="2,000 pairs in shards of 500, SQLite only")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.pairs, args.shard_pairs, args.no_postgres = 2_000, 500, True
+    if args.pairs < 1 or args.shard_pairs < 1:
+        parser.error("--pairs and --shard-pairs must be at least 1")
+    return args
+
+
+def short_pairs_corpus(path: Path, pairs: int) -> Path:
+    """``pairs`` short pairs (a few words of query, ~30 words of passage), 50 passages per query."""
+    rows = range(pairs)
+    texts = [" ".join(WORDS[(row * 7 + i) % len(WORDS)] for i in range(30)) + f" {row}" for row in rows]
+    table = pa.table(
+        {
+            "query_id": pa.array([row // DOCS_PER_QUERY for row in rows], pa.int64()),
+            "query": [f"query number {row // DOCS_PER_QUERY}" for row in rows],
+            "doc_id": pa.array(list(rows), pa.int64()),
+            "text": texts,
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+@contextlib.contextmanager
+def ledgers(args: argparse.Namespace, work: Path) -> Iterator[dict[str, str | None]]:
+    """Ledger name -> URL (None: the data dir's SQLite file)."""
+    found: dict[str, str | None] = {"sqlite": None}
+    with contextlib.ExitStack() as stack:
+        if args.postgres_url:
+            found["postgresql"] = args.postgres_url
+        elif not args.no_postgres:
+            from testkit.services import postgres_schema
+
+            try:
+                found["postgresql"] = stack.enter_context(postgres_schema())
+            except Exception as error:  # no server here: say so and measure SQLite only
+                print(f"PostgreSQL: not reachable ({type(error).__name__}); SQLite only", file=sys.stderr)
+        yield found
+
+
+def run_one(corpus: Path, work: Path, ledger_url: str | None, shard_pairs: int) -> PipelineRun:
+    cpus = sorted(os.sched_getaffinity(0))
+    with PipelineFleet(
+        Path("unused"),
+        work,
+        "cpu",
+        "float32",
+        cpus,
+        timeout_s=1800,
+        model="null:machinery",
+        ledger_url=ledger_url,
+    ) as fleet:
+        fleet.wait_ready()
+        return fleet.submit(corpus, shard_pairs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"$ python scripts/bench_machinery.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print(f"CPU {cpu_kind()}, {usable_cpus()} usable; one worker process hosting null:machinery")
+    figures: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="rerank-machinery-") as scratch:
+        work = Path(scratch)
+        corpus = short_pairs_corpus(work / "corpus.parquet", args.pairs)
+        with ledgers(args, work) as urls:
+            for name, url in urls.items():
+                run = run_one(corpus, work / name, url, args.shard_pairs)
+                per_shard_ms = run.wall_seconds / run.shards * 1000
+                attempt_ms = run.ledger_wall_seconds / run.shards * 1000
+                figures[name] = {
+                    "pairs": run.pairs,
+                    "shards": run.shards,
+                    "wall_seconds": run.wall_seconds,
+                    "pairs_per_s": run.wall_pairs_per_s,
+                    "ms_per_shard": per_shard_ms,
+                    "attempt_ms_per_shard": attempt_ms,
+                }
+                print(
+                    f"{name:>10}: {run.pairs:,} pairs in {run.shards} shards, {run.wall_seconds:.1f} s: "
+                    f"{run.wall_pairs_per_s:,.0f} pairs/s end to end; per shard {per_shard_ms:.0f} ms, of "
+                    f"which {attempt_ms:.0f} ms in the worker's attempt (read, score, write) and "
+                    f"{per_shard_ms - attempt_ms:.0f} ms around it (queue, publish, settle, ack, submit)"
+                )
+    worst = min(values["pairs_per_s"] for values in figures.values())
+    verdict = "met" if worst >= TARGET_PAIRS_PER_S else "MISSED"
+    print(f"\ntarget: >= {TARGET_PAIRS_PER_S:,} pairs/s per worker process: {worst:,.0f} ({verdict})")
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu_kind(), "figures": figures}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
