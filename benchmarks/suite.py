@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures["pipeline"] = pipeline
         figures["matmul_peak_gflops"] = peaks
         figures["oom_demo"] = asdict(bench_oom(setup))
-    print_targets(figures, keys[0] if keys else None)
+    for index, key in enumerate(keys):
+        print_targets(figures, key, with_pipeline=index == 0)
     print(f"\nbenchmark took {time.perf_counter() - started:.0f}s")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=float))
@@ -645,7 +646,7 @@ def bench_corpus(n_pairs: int) -> BenchCorpus:
     )
 
 
-def print_targets(figures: dict[str, object], key: str | None) -> None:
+def print_targets(figures: dict[str, object], key: str | None, with_pipeline: bool = True) -> None:
     model = figures.get(key) if key else None
     if not isinstance(model, dict):
         return
@@ -710,7 +711,7 @@ def print_targets(figures: dict[str, object], key: str | None) -> None:
         print(
             verdict(f"a pair's score batch-invariant at {dtype} (<= 1e-5)", f"{change:.1e}", change <= 1e-5)
         )
-    pipeline = figures.get("pipeline")
+    pipeline = figures.get("pipeline") if with_pipeline else None
     if isinstance(pipeline, dict) and figures.get("mode") in ("quick", "smoke"):
         print(
             f"  pipeline vs in-process: not judged in a {figures['mode']} run, whose few pairs leave "
