@@ -125,6 +125,7 @@ def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> N
     result = run_script(
         "bench.py",
         "--smoke",
+        "--no-peers",  # the same contenders whether or not a full run installed the peers here before
         "--cache-dir",
         str(tmp_path / "models"),
         "--json",
