@@ -49,26 +49,24 @@ class PipelineFleet:
 
     def __init__(
         self,
-        model_dir: Path,
+        model: str,
         work_dir: Path,
         device: str,
         dtype: str,
         cpus: list[int],
         timeout_s: float,
         compile_mode: str = "auto",
-        *,
-        model: str | None = None,
         ledger_url: str | None = None,
     ) -> None:
-        """Start the worker (in the background: call ``wait_ready``). The children inherit this process's
-        CPU affinity; ``cpus`` sets their thread count. ``model``: a model spec other than the cross-encoder
-        at ``model_dir``; ``ledger_url``: a ledger other than the data dir's SQLite file."""
+        """Start the worker hosting ``model`` (a ``--model`` spec) in the background: call ``wait_ready``.
+        The children inherit this process's CPU affinity; ``cpus`` sets their thread count.
+        ``ledger_url``: a ledger other than the data dir's SQLite file."""
         from core.broker import embedded_broker
         from core.model_spec import ModelSpec
         from core.settings import Settings
 
         self.timeout_s = timeout_s
-        self.model = model or f"cross-encoder:{model_dir}"
+        self.model = model
         self.queue = ModelSpec.parse(self.model).queue
         data_dir = work_dir / "pipeline-data"
         self.env = child_env(len(cpus), device, compile_mode)

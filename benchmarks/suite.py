@@ -536,7 +536,13 @@ class PipelineSection:
         self.work.mkdir(parents=True, exist_ok=True)
         corpus_file = self.corpus.write_parquet(self.work / f"corpus-{self.max_pairs}.parquet")
         self.fleet = PipelineFleet(
-            built.path, self.work, setup.device, setup.auto_dtype, setup.cpus, TIMEOUT_S, setup.compile_mode
+            f"cross-encoder:{built.path}",
+            self.work,
+            setup.device,
+            setup.auto_dtype,
+            setup.cpus,
+            TIMEOUT_S,
+            setup.compile_mode,
         )
         self.owns_in_process = in_process is None
         self.in_process = in_process or Contender(

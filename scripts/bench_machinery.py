@@ -97,7 +97,7 @@ def short_pairs_corpus(path: Path, pairs: int) -> Path:
 
 
 @contextlib.contextmanager
-def ledgers(args: argparse.Namespace, work: Path) -> Iterator[dict[str, str | None]]:
+def ledgers(args: argparse.Namespace) -> Iterator[dict[str, str | None]]:
     """Ledger name -> URL (None: the data dir's SQLite file)."""
     found: dict[str, str | None] = {"sqlite": None}
     with contextlib.ExitStack() as stack:
@@ -116,14 +116,7 @@ def ledgers(args: argparse.Namespace, work: Path) -> Iterator[dict[str, str | No
 def run_one(corpus: Path, work: Path, ledger_url: str | None, shard_pairs: int) -> PipelineRun:
     cpus = sorted(os.sched_getaffinity(0))
     with PipelineFleet(
-        Path("unused"),
-        work,
-        "cpu",
-        "float32",
-        cpus,
-        timeout_s=1800,
-        model="null:machinery",
-        ledger_url=ledger_url,
+        "null:machinery", work, "cpu", "float32", cpus, timeout_s=1800, ledger_url=ledger_url
     ) as fleet:
         fleet.wait_ready()
         return fleet.submit(corpus, shard_pairs)
@@ -137,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rerank-machinery-") as scratch:
         work = Path(scratch)
         corpus = short_pairs_corpus(work / "corpus.parquet", args.pairs)
-        with ledgers(args, work) as urls:
+        with ledgers(args) as urls:
             for name, url in urls.items():
                 run = run_one(corpus, work / name, url, args.shard_pairs)
                 per_shard_ms = run.wall_seconds / run.shards * 1000

@@ -38,7 +38,7 @@ from worker.backends.local.cross_encoder_paths import (
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
 from worker.backends.local.first_position import score_from_first_position_only
-from worker.backends.local.mixed_precision import compute_in, score_heads, store_linear_weights_in
+from worker.backends.local.mixed_precision import compute_in, use_mixed_precision
 from worker.backends.local.pipeline import LocalReranker, Tokenized
 
 log = logging.getLogger(__name__)
@@ -274,8 +274,5 @@ def prepare_for_scoring(model: Any, dtype: torch.dtype) -> None:
         score_from_first_position_only(hf_model)
     if dtype == torch.float32:
         return
-    heads = [] if hf_model is None else score_heads(hf_model, model.num_labels)
-    if hf_model is not None and len(heads) == 1:
-        store_linear_weights_in(hf_model, dtype, heads[0])
-    else:
+    if hf_model is None or not use_mixed_precision(hf_model, dtype, model.num_labels):
         model.to(dtype)

@@ -11,6 +11,7 @@ scores against ``compute_score``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import os
@@ -27,7 +28,7 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
-from worker.backends.local.mixed_precision import compute_in, score_heads, store_linear_weights_in
+from worker.backends.local.mixed_precision import compute_in, use_mixed_precision
 from worker.backends.local.pipeline import LocalReranker
 
 ENCODER_ONLY = "encoder-only-base"
@@ -173,14 +174,21 @@ class FlagModel:
     """A FlagEmbedding reranker's pipeline steps; the score is its raw logit (``normalize=False``)."""
 
     def __init__(
-        self, flag_model: Any, model_class: str, input_format: InputFormat, target: ComputeTarget
+        self,
+        flag_model: Any,
+        model_class: str,
+        input_format: InputFormat,
+        target: ComputeTarget,
+        mixed_precision: bool = False,
     ) -> None:
+        """``mixed_precision``: the model's linear layers are stored in ``target.dtype`` and run under
+        autocast, the rest in float32 (``mixed_precision.use_mixed_precision``)."""
         self.flag_model = flag_model  # kept alive: its __del__ moves the model back to the CPU
         self.model_class = model_class
         self.input_format = input_format
         self.device = target.device
         self.dtype = target.dtype
-        self.mixed_precision = False  # set by ``load_flag``: low-precision matmuls, float32 elsewhere
+        self.mixed_precision = mixed_precision
 
     def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[Pair]:
         return distinct_pairs(queries, texts)
@@ -197,9 +205,7 @@ class FlagModel:
         return {name: tensor.to(self.device) for name, tensor in features.items()}
 
     def forward(self, batch: Features) -> torch.Tensor:
-        if not self.mixed_precision:
-            return self.input_format.logits(self.flag_model.model, batch)
-        with compute_in(self.device, self.dtype):
+        with compute_in(self.device, self.dtype) if self.mixed_precision else contextlib.nullcontext():
             return self.input_format.logits(self.flag_model.model, batch)
 
     def postprocess(self, outputs: torch.Tensor) -> np.ndarray:
@@ -248,15 +254,11 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
     except Exception as error:  # any failure inside the library is a load failure of this model
         raise ModelLoadError(f"cannot load FlagEmbedding reranker {spec.name!r}: {error}") from error
     flag_model.model.eval()
-    if mixed:
-        # As for cross-encoders: only the linear layers in low precision, so the raw logit keeps float32's
-        # digits instead of bf16's three (close scores would tie).
-        heads = score_heads(flag_model.model, flag_model.model.config.num_labels)
-        if len(heads) == 1:
-            store_linear_weights_in(flag_model.model, target.dtype, heads[0])
-        else:
-            flag_model.model.to(target.dtype)
-            mixed = False
+    # As for cross-encoders: only the linear layers in low precision, so the raw logit keeps float32's
+    # digits instead of bf16's three (close scores would tie).
+    if mixed and not use_mixed_precision(flag_model.model, target.dtype, flag_model.model.config.num_labels):
+        flag_model.model.to(target.dtype)
+        mixed = False
     max_length: int = flag_model.max_length
     query_max_length: int = flag_model.query_max_length or max_length * 3 // 4
     input_format: InputFormat
@@ -270,9 +272,7 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
         input_format = EncoderOnlyFormat(flag_model.tokenizer, max_length, query_max_length)
     else:
         input_format = DecoderOnlyFormat(flag_model, max_length, query_max_length)
-    model = FlagModel(flag_model, model_class, input_format, target)
-    model.mixed_precision = mixed
-    return LocalReranker(spec, model, target)
+    return LocalReranker(spec, FlagModel(flag_model, model_class, input_format, target, mixed), target)
 
 
 def flag_model_class(spec: ModelSpec) -> str:
