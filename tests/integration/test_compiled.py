@@ -15,6 +15,8 @@ from torch._dynamo.utils import counters
 from testkit.fleet import REPO, clean_env
 from testkit.model_factory import build_tiny_cross_encoder
 from testkit.model_factory import load_cross_encoder_on_cpu as load
+from worker.backends.local import calibration
+from worker.backends.local.calibration import Mode
 
 PAIRS = [
     ("what is a cat", "A cat is a small domesticated carnivorous mammal."),
@@ -55,15 +57,24 @@ def test_compiled_scores_match_eager_with_one_graph_for_every_batch_shape(model_
     assert counters["stats"]["unique_graphs"] - graphs_before == 1
 
 
-def test_compiled_bfloat16_stays_close_to_float32(model_dir: Path) -> None:
+def test_compiled_bfloat16_attentions_are_measured_and_stay_close_to_float32(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(calibration, "SECONDS_PER_TRIAL", 0.02)
+    monkeypatch.setattr(calibration, "MAX_PAIRS", 64)
     reference = load(model_dir, compile="off").score(QUERIES, TEXTS).scores
 
-    compiled = load(model_dir, compile="on", dtype="bfloat16")
+    # Compiled on CPU in bf16, the calibration times SDPA's kernel against batched-matmul attention.
+    compiled = load(model_dir, compile="on", dtype="bfloat16", calibrate=True, state_dir=tmp_path)
 
     assert compiled.describe()["dtype"] == "bfloat16"
-    # Compiled on CPU in bf16, attention runs as batched matmuls instead of SDPA's flash kernel.
-    assert compiled.describe()["attention"] == "bulk-rerank-cpu"
-    np.testing.assert_allclose(compiled.score(QUERIES, TEXTS).scores, reference, atol=0.05, rtol=0)
+    assert set(compiled.tuning.trials) == {"compiled matmul 600", "compiled 600"}
+    attention = {None: "sdpa", "matmul": "bulk-rerank-cpu"}
+    assert compiled.describe()["attention"] == attention[compiled.tuning.attention]
+    for mode in (Mode(True, "matmul"), Mode(True)):
+        assert compiled.use_mode(mode, required=True)
+        assert compiled.describe()["attention"] == attention[mode.attention]
+        np.testing.assert_allclose(compiled.score(QUERIES, TEXTS).scores, reference, atol=0.05, rtol=0)
 
 
 class Child:

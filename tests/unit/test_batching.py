@@ -373,10 +373,11 @@ def test_avx512_detection(monkeypatch: pytest.MonkeyPatch, capability: str, avx5
         cpu_has_avx512.cache_clear()
 
 
-def test_fixed_shapes_keep_batches_in_one_length_bucket_with_an_even_row_count() -> None:
+@pytest.mark.parametrize("full_rows", [True, False])
+def test_fixed_shapes_keep_batches_in_one_length_bucket_with_fixed_row_counts(full_rows: bool) -> None:
     from worker.backends.local.batch_shapes import FixedShapes
 
-    shapes = FixedShapes(length_step=16, row_step=2)
+    shapes = FixedShapes(length_step=16, row_step=2, full_rows=full_rows)
     lengths = random_lengths(301, seed=3)
     forward = RecordingForward(lengths)
     batcher = TokenBudgetBatcher(512, shapes=shapes)
@@ -385,9 +386,11 @@ def test_fixed_shapes_keep_batches_in_one_length_bucket_with_an_even_row_count()
 
     assert np.array_equal(results, np.arange(301, dtype=np.float32) * 10 + 0.5)
     for batch in forward.batches:
-        assert len(batch) % 2 == 0
+        width = shapes.width(lengths[batch].max())
+        assert len(batch) == shapes.rows(width, 512) if full_rows else len(batch) % 2 == 0
+        assert len(batch) * width <= 512 or len(batch) == 2
         assert len({shapes.width(length) for length in lengths[batch]}) == 1
-    # Each item once, plus at most one copy per batch (of the batch's last item) to even the rows.
+    # Each item once, plus copies of a batch's last item to fill its rows.
     real = [item for batch in forward.batches for item in dict.fromkeys(batch.tolist())]
     assert sorted(real) == list(range(301))
     assert batcher.real_tokens == int(lengths.sum())

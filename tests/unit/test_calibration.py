@@ -14,7 +14,7 @@ from core.settings import Settings
 from testkit.model_factory import build_tiny_cross_encoder
 from worker.backends import load_reranker
 from worker.backends.local import calibration
-from worker.backends.local.calibration import Candidate, Tuning, calibration_pairs, choose
+from worker.backends.local.calibration import EAGER, Candidate, Mode, Tuning, calibration_pairs, choose
 from worker.shard_runner import device_label
 
 
@@ -83,7 +83,7 @@ def test_a_cache_for_other_candidates_or_a_damaged_one_is_measured_again(
 
 
 def test_choose_prefers_the_smaller_budget_within_two_percent() -> None:
-    candidates = [Candidate(512, False), Candidate(1024, False), Candidate(2048, False)]
+    candidates = [Candidate(512, EAGER), Candidate(1024, EAGER), Candidate(2048, EAGER)]
 
     assert choose(candidates, {"eager 512": 90.0, "eager 1024": 100.0, "eager 2048": 99.0}).budget == 1024
     assert choose(candidates, {"eager 512": 99.0, "eager 1024": 100.0, "eager 2048": 80.0}).budget == 512
@@ -115,27 +115,37 @@ def test_bf16_batches_reach_the_model_in_fixed_shapes(model_dir: Path, tmp_path:
         hook.remove()
 
     assert len(result.scores) == 45
-    assert shapes and all(rows % 2 == 0 and width % 16 == 0 for rows, width in shapes)
-    assert reranker.describe()["batch_shapes"] == "fixed: lengths in steps of 16, rows in steps of 2"
+    # Every batch of a length bucket has the bucket's full row count under the budget.
+    assert shapes and all(width % 16 == 0 and rows == max(2, 256 // width // 2 * 2) for rows, width in shapes)
+    assert reranker.describe()["batch_shapes"] == "fixed: lengths in steps of 16, full rows per length"
 
 
 class ClockedTunable:
-    """A tunable whose scoring takes a fixed time per budget on a fake clock, counting its calls."""
+    """A tunable whose scoring takes a fixed time per budget (times a factor per mode) on a fake clock,
+    counting its calls; modes not in ``mode_factors`` cannot run."""
 
-    def __init__(self, seconds_per_budget: dict[int, float]) -> None:
+    def __init__(self, seconds_per_budget: dict[int, float], mode_factors: dict[Mode, float] | None = None):
         self.seconds_per_budget = seconds_per_budget
+        self.mode_factors = mode_factors or {EAGER: 1.0}
         self.now = 0.0
         self.budget = 0
+        self.mode = EAGER
         self.calls: dict[int, int] = {}
+        self.switches: list[str] = []
 
     def use_budget(self, budget: int) -> None:
         self.budget = budget
 
-    def use_compiled(self, compiled: bool, *, required: bool) -> bool:
-        return compiled
+    def use_mode(self, mode: Mode, *, required: bool) -> bool:
+        if mode not in self.mode_factors:
+            return False
+        if mode != self.mode:
+            self.switches.append(mode.name)
+        self.mode = mode
+        return True
 
     def score(self, queries: Any, texts: Any) -> None:
-        self.now += self.seconds_per_budget.get(self.budget, 1.0)
+        self.now += self.seconds_per_budget.get(self.budget, 1.0) * self.mode_factors[self.mode]
         self.calls[self.budget] = self.calls.get(self.budget, 0) + 1
 
 
@@ -151,7 +161,7 @@ def test_candidates_close_to_the_best_get_deciding_rounds(
         tunable,
         tokenizer,
         budgets=[512, 1024, 2048],
-        compile_choices=[False],
+        modes=[EAGER],
         compile_required=False,
         cache_file=None,
     )
@@ -174,9 +184,37 @@ def test_deciding_rounds_are_skipped_when_trials_are_slow(
         tunable,
         tokenizer,
         budgets=[512, 1024],
-        compile_choices=[False],
+        modes=[EAGER],
         compile_required=False,
         cache_file=None,
     )
 
     assert tunable.calls[1024] == calibration.ROUNDS
+
+
+def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Compiled with SDPA is fastest here, matmul attention second; a third mode cannot compile.
+    matmul, sdpa, broken = Mode(True, "matmul"), Mode(True), Mode(True, "broken")
+    tunable = ClockedTunable({512: 1.0, 1024: 1.0}, {EAGER: 1.0, matmul: 0.8, sdpa: 0.6})
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-modes").model.cross_encoder.tokenizer
+
+    tuning = calibration.tune(
+        tunable,
+        tokenizer,
+        budgets=[512, 1024],
+        modes=[EAGER, matmul, broken, sdpa],
+        compile_required=False,
+        cache_file=None,
+    )
+
+    assert tuning.mode == sdpa and tunable.mode == sdpa
+    assert tuning.choice() == "budget 512, compiled (measured)"
+    assert set(tuning.trials) == {
+        f"{mode.name} {budget}" for mode in (EAGER, matmul, sdpa) for budget in (512, 1024)
+    }
+    # Set up in order first (each compiles off the clock), then the timed rounds switch between them.
+    assert tunable.switches[:2] == ["compiled matmul", "compiled"]
+    assert Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"}).mode == sdpa

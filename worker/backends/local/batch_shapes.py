@@ -5,12 +5,13 @@ block a multiply's reduction by the shapes it is given: the same pair, batched w
 (another padded length, another row count), can come out a rounding step apart, and six layers
 amplify that to ~1e-2 in the score. With ``FixedShapes`` a batch is padded to a length that depends only
 on its pairs' own lengths (the next multiple of ``length_step``: batches never mix such buckets), and to
-a row count that is a multiple of ``row_step`` (a copy of its last row, whose result is dropped), so the
-multiplies a pair goes through are blocked the same way in any composition. Which steps suffice was
-found by measurement (an odd row count alone still moved scores); the benchmark measures it again on
-every machine it runs on.
-``scripts/bench.py`` prints the largest change of a score between two compositions, and what the
-padding costs.
+the full row count the token budget gives that length (copies of its last row, whose results are
+dropped), so every multiply a pair goes through has the same shape in any composition. Padding rows only
+to a multiple of ``row_step`` was enough on AVX512-BF16 without AMX; with AMX, oneDNN splits the
+reduction of a small multiply differently by its row count, and only whole-bucket shapes kept scores
+identical. The padding this costs (the last batch of each length bucket in a call) shows in the
+benchmark's padded-per-real token ratio, next to the largest change of a score between two compositions
+measured on the machine it runs on.
 """
 
 from __future__ import annotations
@@ -24,15 +25,23 @@ import numpy as np
 class FixedShapes:
     length_step: int = 16
     row_step: int = 2
+    # Pad every batch to the full row count of its bucket, not just to a multiple of ``row_step``.
+    full_rows: bool = True
 
     def width(self, longest: int) -> int:
         """The padded length of a batch whose longest item has ``longest`` tokens."""
         return -(-max(int(longest), 1) // self.length_step) * self.length_step
 
-    def padded_rows(self, rows: np.ndarray) -> np.ndarray:
-        """``rows`` followed by copies of its last one, up to a multiple of ``row_step``."""
-        missing = -len(rows) % self.row_step
-        return np.concatenate([rows, np.repeat(rows[-1:], missing)]) if missing else rows
+    def rows(self, width: int, budget: int) -> int:
+        """Rows of a full batch of ``width`` under ``budget`` padded tokens (at least one step)."""
+        return max(self.row_step, budget // width // self.row_step * self.row_step)
+
+    def padded_rows(self, rows: np.ndarray, full: int) -> np.ndarray:
+        """``rows`` followed by copies of its last one, up to ``full`` rows: every batch of a length
+        bucket has the same shape, however many of its rows are real."""
+        missing = full - len(rows) if self.full_rows else -len(rows) % self.row_step
+        return np.concatenate([rows, np.repeat(rows[-1:], missing)]) if missing > 0 else rows
 
     def describe(self) -> str:
-        return f"fixed: lengths in steps of {self.length_step}, rows in steps of {self.row_step}"
+        rows = "full rows per length" if self.full_rows else f"rows in steps of {self.row_step}"
+        return f"fixed: lengths in steps of {self.length_step}, {rows}"

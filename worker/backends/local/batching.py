@@ -96,7 +96,10 @@ class TokenBudgetBatcher:
         start = 0
         while start < len(order):
             batch = next_batch(order, lengths, start, self.budget, self.shapes)
-            padded = batch if self.shapes is None else self.shapes.padded_rows(batch)
+            padded = batch
+            if self.shapes is not None:
+                full = self.shapes.rows(self.shapes.width(int(lengths[batch].max())), self.budget)
+                padded = self.shapes.padded_rows(batch, full)
             oom_message = None
             try:
                 batch_result = np.asarray(forward(padded))[: len(batch)]
@@ -187,7 +190,7 @@ def next_batch(
         count = max(1, budget // longest)
         return order[start : start + count]
     width = shapes.width(longest)
-    count = max(shapes.row_step, budget // width // shapes.row_step * shapes.row_step)
+    count = shapes.rows(width, budget)
     candidates = order[start : start + count]
     in_bucket = np.fromiter(
         (shapes.width(length) == width for length in lengths[candidates]), dtype=bool, count=len(candidates)

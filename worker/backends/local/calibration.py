@@ -1,10 +1,13 @@
-"""Tuning measured on the machine at hand: the token budget and eager vs compiled, chosen at model load.
+"""Tuning measured on the machine at hand: the token budget, eager vs compiled and the attention kernel,
+chosen at model load.
 
-The best padded-token budget, and whether TorchInductor beats eager PyTorch, differ between CPU kinds
-(AMX, AVX512-BF16, AVX2 only), thread counts, GPUs and models, so no constant carries from one machine
-to another. At load, ``calibrate`` times the candidates the settings leave open on the same synthetic
-pairs (short queries, passages of spread lengths, words from the model's own vocabulary), in
-interleaved rounds, and keeps the fastest. The choice is cached as JSON per model, device kind, dtype,
+The best padded-token budget, whether TorchInductor beats eager PyTorch, and which attention runs
+fastest (PyTorch's fused SDPA kernel, or two batched matmuls around a compiled softmax) differ between
+CPU kinds (AMX, AVX512-BF16, AVX2 only), thread counts, GPUs and models, so no constant carries from
+one machine to another. At load, ``tune`` times the candidates the settings leave open on the same
+synthetic pairs (short queries, passages of spread lengths, words from the model's own vocabulary),
+in interleaved rounds across every mode (each mode is compiled once, before any timing), and keeps the
+fastest. The choice is cached as JSON per model, device kind, dtype,
 thread count and library versions under ``<state dir>/calibration/``, so later loads on such a machine
 read it back in milliseconds (and skip a compile that did not pay). ``RERANK_TOKEN_BUDGET`` and
 ``RERANK_COMPILE=on|off`` fix their part; ``RERANK_CALIBRATE=false`` turns the measuring off.
@@ -30,7 +33,7 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -50,19 +53,42 @@ SEED = 20261203
 
 
 @dataclass(frozen=True)
+class Mode:
+    """How the forward pass runs: eager or compiled, and for a compiled one the attention it is
+    compiled with (``None``: the one the model comes with)."""
+
+    compiled: bool
+    attention: str | None = None
+
+    @property
+    def name(self) -> str:
+        if not self.compiled:
+            return "eager"
+        return "compiled" if self.attention is None else f"compiled {self.attention}"
+
+
+EAGER = Mode(False)
+
+
+@dataclass(frozen=True)
 class Tuning:
     """What the scorer runs with, and how it was decided."""
 
     token_budget: int
     compiled: bool
     source: str  # "measured", "cached" or "settings"
-    # pairs/s per candidate ("eager 1024", "compiled 2048", ...), when measured (also when cached)
+    # pairs/s per candidate ("eager 1024", "compiled sdpa 2048", ...), when measured (also when cached)
     trials: dict[str, float] = field(default_factory=dict)
     measured_at: str = ""
+    attention: str | None = None  # of a compiled forward pass, when chosen among several
+
+    @property
+    def mode(self) -> Mode:
+        return Mode(self.compiled, self.attention if self.compiled else None)
 
     def choice(self) -> str:
         """The choice in a few words, for ``describe()`` and the ledger's device column."""
-        return f"budget {self.token_budget}, {'compiled' if self.compiled else 'eager'} ({self.source})"
+        return f"budget {self.token_budget}, {self.mode.name} ({self.source})"
 
     def summary(self) -> str:
         """The choice and the measured pairs/s of every candidate, for logs and ``describe()``."""
@@ -78,11 +104,11 @@ class Candidate:
     """A way of running the scorer that the calibration can switch to and time."""
 
     budget: int
-    compiled: bool
+    mode: Mode
 
     @property
     def name(self) -> str:
-        return f"{'compiled' if self.compiled else 'eager'} {self.budget}"
+        return f"{self.mode.name} {self.budget}"
 
 
 class Tunable(Protocol):
@@ -90,8 +116,9 @@ class Tunable(Protocol):
 
     def use_budget(self, budget: int) -> None: ...
 
-    def use_compiled(self, compiled: bool, *, required: bool) -> bool:
-        """Switch to (or from) the compiled forward pass; returns whether it is compiled now."""
+    def use_mode(self, mode: Mode, *, required: bool) -> bool:
+        """Switch to ``mode`` (compiling it, and scoring a warm-up batch, the first time); returns
+        whether it runs in ``mode`` now."""
         ...
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> object: ...
@@ -184,11 +211,12 @@ def candidate_budgets(device: torch.device, threads: int) -> list[int]:
 def measure(
     tunable: Tunable, candidates: list[Candidate], queries: list[str], texts: list[str], rounds: int = ROUNDS
 ) -> dict[str, float]:
-    """Pairs/s of each candidate (all compiled alike), best of ``rounds`` rounds in alternating order."""
+    """Pairs/s of each candidate, best of ``rounds`` rounds in alternating order."""
     rates: dict[str, float] = {}
     for round_index in range(rounds):
         order = candidates if round_index % 2 == 0 else list(reversed(candidates))
         for candidate in order:
+            tunable.use_mode(candidate.mode, required=False)
             tunable.use_budget(candidate.budget)
             started = time.perf_counter()
             tunable.score(queries, texts)
@@ -214,48 +242,42 @@ def tune(
     tokenizer: Any,
     *,
     budgets: list[int],
-    compile_choices: list[bool],
+    modes: list[Mode],
     compile_required: bool,
     cache_file: Path | None,
 ) -> Tuning:
-    """Measure the candidates (every budget, eager and/or compiled), switch ``tunable`` to the fastest
-    and return it; with ``cache_file``, reuse a cached choice and cache a new one."""
-    if len(budgets) == 1 and len(compile_choices) == 1:
-        compiled = tunable.use_compiled(compile_choices[0], required=compile_required)
+    """Measure the candidates (every budget in every mode that can run), switch ``tunable`` to the
+    fastest and return it; with ``cache_file``, reuse a cached choice and cache a new one."""
+    if len(budgets) == 1 and len(modes) == 1:
+        mode = modes[0] if tunable.use_mode(modes[0], required=compile_required) else EAGER
         tunable.use_budget(budgets[0])
-        return Tuning(budgets[0], compiled, "settings")
+        return Tuning(budgets[0], mode.compiled, "settings", attention=mode.attention)
     cached = read_cached(cache_file) if cache_file is not None else None
-    if cached is not None and cached.token_budget in budgets and cached.compiled in compile_choices:
-        compiled = tunable.use_compiled(cached.compiled, required=compile_required)
+    usable = cached is not None and cached.token_budget in budgets and cached.mode in modes
+    if cached is not None and usable and tunable.use_mode(cached.mode, required=compile_required):
         tunable.use_budget(cached.token_budget)
-        if compiled == cached.compiled:
-            return cached
+        return cached
     started = time.perf_counter()
-    rates: dict[str, float] = {}
-    candidates: list[Candidate] = []
-    queries: list[str] = []
-    texts: list[str] = []
-    for compiled in sorted(compile_choices):  # eager first: compiling is the one change not undone cheaply
-        if tunable.use_compiled(compiled, required=compile_required) != compiled:
-            continue  # it could not compile: the eager candidates stand
-        group = [Candidate(budget, compiled) for budget in budgets]
-        if not queries:
-            tunable.use_budget(budgets[0])
-            queries, texts = trial_pairs(tunable, tokenizer)
-        rates.update(measure(tunable, group, queries, texts))
-        candidates += group
+    # Every mode is set up (compiled, warmed up) before any timing; one that cannot run drops out.
+    runnable = [mode for mode in modes if tunable.use_mode(mode, required=compile_required)]
+    if not runnable:
+        runnable = [EAGER]
+        tunable.use_mode(EAGER, required=False)
+    candidates = [Candidate(budget, mode) for mode in runnable for budget in budgets]
+    tunable.use_budget(budgets[0])
+    queries, texts = trial_pairs(tunable, tokenizer)
+    rates = measure(tunable, candidates, queries, texts)
     close = [
         candidate for candidate in candidates if rates[candidate.name] >= CLOSE_SHARE * max(rates.values())
     ]
     deciding_seconds = DECIDING_ROUNDS * sum(len(queries) / rates[candidate.name] for candidate in close)
-    same_mode = all(candidate.compiled == candidates[-1].compiled for candidate in close)
-    if len(close) > 1 and same_mode and deciding_seconds <= DECIDING_SECONDS:
+    if len(close) > 1 and deciding_seconds <= DECIDING_SECONDS:
         more = measure(tunable, close, queries, texts, DECIDING_ROUNDS)
         rates.update({name: max(rate, rates[name]) for name, rate in more.items()})
     best = choose(candidates, rates)
-    tunable.use_compiled(best.compiled, required=compile_required)
+    tunable.use_mode(best.mode, required=compile_required)
     tunable.use_budget(best.budget)
-    tuning = Tuning(best.budget, best.compiled, "measured", rates, now())
+    tuning = Tuning(best.budget, best.mode.compiled, "measured", rates, now(), best.mode.attention)
     log.info(
         "calibrated in %.1fs on %d pairs: %s", time.perf_counter() - started, len(queries), tuning.summary()
     )
@@ -265,10 +287,11 @@ def tune(
 
 
 def choose(candidates: list[Candidate], rates: dict[str, float]) -> Candidate:
-    """The fastest candidate; within 2% of it, the smaller budget (less memory, same speed)."""
+    """The fastest candidate; within 2% of it, compiled before eager, then the smaller budget (less
+    memory, same speed)."""
     best = max(rates.values())
     close = [candidate for candidate in candidates if rates[candidate.name] >= 0.98 * best]
-    return min(close, key=lambda candidate: (not candidate.compiled, candidate.budget))
+    return min(close, key=lambda candidate: (not candidate.mode.compiled, candidate.budget))
 
 
 def now() -> str:

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 ATTENTION = "bulk-rerank-cpu"
+# Its name in the calibration's modes and in ``describe()``.
+MATMUL_ATTENTION = "matmul"
 # The implementation this one replaces; other choices (eager, flash, flex) are left to the model.
 REPLACES = "sdpa"
 

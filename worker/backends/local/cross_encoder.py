@@ -6,8 +6,9 @@ budget. Plain sequence classifiers (nearly every cross-encoder) skip the library
 preprocessing: their pairs are tokenized in bulk, padded with numpy and fed straight to the Hugging Face
 model (see ``cross_encoder_paths``); their last layer computes only the position their head reads
 (``first_position``). In bf16/fp16 the matrix multiplies run in low precision while the residual stream
-and the score head stay float32 (``mixed_precision``). Compiled on CPU in bf16, attention runs as two
-batched matmuls around a fused softmax instead of SDPA's flash kernel (``cpu_attention``).
+and the score head stay float32 (``mixed_precision``). Compiled on CPU in bf16, attention runs either
+through SDPA's fused kernel or as two batched matmuls around a fused softmax (``cpu_attention``),
+whichever the calibration measured faster.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ import torch
 from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
-from worker.backends.local.calibration import Tuning, cache_key, candidate_budgets, tune
+from worker.backends.local.calibration import EAGER, Mode, Tuning, cache_key, candidate_budgets, tune
 from worker.backends.local.compiled import CompiledLogits, wants_compile
-from worker.backends.local.cpu_attention import attention_of, restore_attention, use_batched_matmul_attention
+from worker.backends.local.cpu_attention import (
+    MATMUL_ATTENTION,
+    attention_of,
+    restore_attention,
+    use_batched_matmul_attention,
+)
 from worker.backends.local.cross_encoder_paths import (
     DirectPath,
     Features,
@@ -114,6 +120,11 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
 
     tuning: Tuning | None = None  # set at load: the calibration's choice of budget and compiling
     _compiled_logits: CompiledLogits | None = None
+    _compile_failed = False
+
+    def __init__(self, spec: ModelSpec, model: CrossEncoderModel, target: ComputeTarget) -> None:
+        super().__init__(spec, model, target)
+        self._warm_modes: set[Mode] = set()  # compiled modes whose graph has been compiled
 
     @property
     def path(self) -> ForwardPath:
@@ -123,24 +134,39 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
     def compiled(self) -> bool:
         return self.model.compiled
 
-    def use_compiled(self, compiled: bool, *, required: bool) -> bool:
-        """Switch to the compiled forward pass (compiling it the first time) or back to eager; returns
-        whether it is compiled now. Compiling follows ``compile``'s rules for ``required``."""
+    def use_mode(self, mode: Mode, *, required: bool) -> bool:
+        """Switch to ``mode``: eager, or compiled with the attention it names (compiling it, and scoring a
+        warm-up batch, the first time: each attention is its own graph); returns whether it runs in
+        ``mode`` now. Compiling follows ``compile``'s rules for ``required``; a model that failed to
+        compile is not compiled again."""
         path = self.model.path
-        if not compiled:
-            if isinstance(path, DirectPath) and path.compiled is not None:
-                self._compiled_logits = path.compiled  # kept: switching back costs no second compile
+        if isinstance(path, DirectPath) and path.compiled is not None:
+            self._compiled_logits = path.compiled  # kept: switching back costs no second compile
+            path.compiled = None
+            restore_attention(path.model)
+        if not mode.compiled:
+            return True
+        if not isinstance(path, DirectPath):
+            self.compile(mode, required=required)  # raises if required: the library's pipeline
+            return False
+        if self._compile_failed:
+            return False
+        if mode.attention == MATMUL_ATTENTION and not use_batched_matmul_attention(path.model):
+            return False
+        if self._compiled_logits is None:
+            self.compile(mode, required=required)
+            return self.compiled
+        path.compiled = self._compiled_logits
+        if mode not in self._warm_modes:
+            try:
+                self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)  # compiles this attention's graph off the clock
+            except Exception as error:  # whatever TorchInductor raises; the mode compiled first stands
                 path.compiled = None
                 restore_attention(path.model)
-            return False
-        if isinstance(path, DirectPath) and path.compiled is None and self._compiled_logits is not None:
-            if self.target.device.type == "cpu" and self.target.dtype != torch.float32:
-                use_batched_matmul_attention(path.model)
-            path.compiled = self._compiled_logits
-            return True
-        if not self.compiled:
-            self.compile(required=required)
-        return self.compiled
+                log.warning("cannot compile %r in mode %s: %s", self.spec.name, mode.name, error)
+                return False
+            self._warm_modes.add(mode)
+        return True
 
     def describe(self) -> dict[str, str]:
         described = super().describe()
@@ -149,8 +175,9 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
             described["calibration"] = self.tuning.summary()
         return described
 
-    def compile(self, *, required: bool) -> None:
-        """Compile the forward pass now, on a warm-up batch. When it cannot be compiled: raise
+    def compile(self, mode: Mode, *, required: bool) -> None:
+        """Compile the forward pass now, with the attention the model is set to, on a warm-up batch.
+        When it cannot be compiled: raise
         (``ModelLoadError``, or ``ConfigError`` for a model that only the library's own pipeline runs) if
         ``required``, else log a warning and stay uncompiled."""
         name = self.spec.name
@@ -163,14 +190,13 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
                 )
             return
         started = time.perf_counter()
-        if self.target.device.type == "cpu" and self.target.dtype != torch.float32:
-            use_batched_matmul_attention(path.model)
         path.compiled = CompiledLogits(path.model)
         try:
             self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)
         except Exception as error:  # whatever TorchInductor raises (no C++ compiler, an unsupported op)
             path.compiled = None
             restore_attention(path.model)
+            self._compile_failed = True
             if required:
                 raise ModelLoadError(
                     f"cannot compile cross-encoder {name!r} (RERANK_COMPILE=on): {error}"
@@ -181,6 +207,7 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
                 error,
             )
             return
+        self._warm_modes.add(mode)
         log.info(
             "compiled cross-encoder %r with TorchInductor in %.1fs (attention: %s)",
             name,
@@ -236,10 +263,16 @@ def tune_reranker(reranker: CrossEncoderReranker, settings: Settings, model_path
     target = reranker.target
     measuring = settings.calibrate
     can_compile = isinstance(reranker.model.path, DirectPath)
+    compiled_modes = [Mode(True)]
+    if target.device.type == "cpu" and target.dtype != torch.float32:
+        # On CPUs without AMX the batched-matmul attention won; with AMX, SDPA's kernel did: measured.
+        compiled_modes = [Mode(True, MATMUL_ATTENTION), Mode(True)]
     if settings.compile == "auto" and measuring and can_compile and target.device.type == "cpu":
-        compile_choices = [False, True]
+        modes = [EAGER, *compiled_modes]
+    elif wants_compile(settings.compile, target.device):
+        modes = compiled_modes if measuring else compiled_modes[:1]
     else:
-        compile_choices = [wants_compile(settings.compile, target.device)]
+        modes = [EAGER]
     if settings.token_budget is not None or not measuring:
         budgets = [target.token_budget]
     else:
@@ -251,14 +284,14 @@ def tune_reranker(reranker: CrossEncoderReranker, settings: Settings, model_path
             target.device,
             target.dtype,
             torch.get_num_threads(),
-            f"{budgets}{compile_choices}{reranker.model.max_length}",
+            f"{budgets}{[mode.name for mode in modes]}{reranker.model.max_length}",
         )
         cache_file = settings.resolved_state_dir / "calibration" / f"{key}.json"
     tuning = tune(
         reranker,
         reranker.model.cross_encoder.tokenizer,
         budgets=budgets,
-        compile_choices=compile_choices,
+        modes=modes,
         compile_required=settings.compile == "on",
         cache_file=cache_file,
     )
