@@ -5,7 +5,9 @@ RERANK_BROKER_URL is set (then under a key prefix of its own), its own embedded 
 loaded its model before the clock starts; the wall time runs from launching ``submit.py --wait`` to its
 exit, so it includes submit's start-up, validation, sharding, queueing and polling. The ledger's figure is
 pairs over the summed wall seconds of the shard attempts: what the worker spends per shard (read the
-shard, score, write the scores, record the attempt).
+shard, score, write the scores, record the attempt). The worker's span runs from the first shard's
+start to the last shard's finish in the ledger (submit's start-up and sharding left out), and the
+worker's log gives each shard's milliseconds per phase (``worker/phase_clock.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from benchmarks.contender import REPO, child_env
+from worker.phase_clock import parse_phases
 
 SCRIPTS = REPO / "scripts"
 WORKER_START_TIMEOUT_S = 600.0
@@ -34,6 +37,12 @@ class PipelineRun:
     wall_seconds: float  # submit.py --wait, from launch to exit
     ledger_wall_seconds: float  # sum of the shard attempts' wall seconds, from the ledger
     ledger_device_seconds: float
+    worker_span_seconds: float  # the first shard's start to the last one's finish, from the ledger
+    phases_ms: dict[str, float]  # mean milliseconds per shard in each phase, from the worker's log
+
+    @property
+    def worker_pairs_per_s(self) -> float:
+        return self.pairs / self.worker_span_seconds if self.worker_span_seconds > 0 else float("nan")
 
     @property
     def wall_pairs_per_s(self) -> float:
@@ -140,16 +149,33 @@ class PipelineFleet:
         ledger = Ledger(self.settings.resolved_ledger_url)
         try:
             usage = ledger.usage_totals(run_id)
-            shards = len(ledger.shards(run_id))
+            shards = ledger.shards(run_id)
         finally:
             ledger.dispose()
+        starts = [shard.started_at for shard in shards if shard.started_at is not None]
+        finishes = [shard.finished_at for shard in shards if shard.finished_at is not None]
+        span = (max(finishes) - min(starts)).total_seconds() if starts and finishes else 0.0
         return PipelineRun(
             pairs=usage.pairs,
-            shards=shards,
+            shards=len(shards),
             wall_seconds=wall_seconds,
             ledger_wall_seconds=usage.wall_seconds,
             ledger_device_seconds=usage.device_seconds,
+            worker_span_seconds=span,
+            phases_ms=self.mean_phases(run_id),
         )
+
+    def mean_phases(self, run_id: str) -> dict[str, float]:
+        """Mean milliseconds per shard of ``run_id`` in each phase, from the worker's log."""
+        totals: dict[str, float] = {}
+        count = 0
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            phases = parse_phases(line) if f"shard {run_id}/" in line else None
+            if phases is not None:
+                count += 1
+                for name, ms in phases.items():
+                    totals[name] = totals.get(name, 0.0) + ms
+        return {name: total / count for name, total in totals.items()}
 
     def stop(self, timeout_s: float = 60) -> None:
         """Ask the worker to finish and exit (SIGTERM), kill its process group if it hangs, and stop the

@@ -21,6 +21,7 @@ from storage.shards.publication import attempt_key, settle
 from storage.shards.scores import scores_table, write_staged_scores
 from worker.backends.progress_sink import listening
 from worker.lease_keeper import LeaseGuard, LeaseKeeper
+from worker.phase_clock import PhaseClock
 from worker.runtime import WorkerRuntime
 from worker.shard_scoring import score_shard_pairs
 
@@ -62,8 +63,10 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     input_file = data.join(ref.input_key)
     output_key = ref.output_key
     reranker = runtime.reranker(ModelSpec.parse(ref.model))
+    phases = PhaseClock()
 
-    grant = runtime.leases.acquire(ref.run_id, ref.shard_id, worker)
+    with phases.phase("lease"):
+        grant = runtime.leases.acquire(ref.run_id, ref.shard_id, worker)
     if isinstance(grant, Closed):
         log.info("shard %s/%s is %s; nothing to do", ref.run_id, ref.shard_id, grant.status)
         return ShardOutcome("closed", None, 0, 0.0)
@@ -82,23 +85,30 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     try:
         with staged(scores_file) as staged_scores:
             with LeaseKeeper(runtime.leases, ref.run_id, ref.shard_id, attempt) as keeper:
-                pairs = read_shard_input(input_file)
+                with phases.phase("read"):
+                    pairs = read_shard_input(input_file)
                 guard = LeaseGuard(keeper)
-                with listening(guard):  # stops the scoring at the next batch once the lease is lost
+                # stops the scoring at the next batch once the lease is lost
+                with listening(guard), phases.phase("score"):
                     scored = score_shard_pairs(reranker, pairs)
                 result = scored.result
-                metadata = {"run_id": ref.run_id, "shard_id": ref.shard_id, **reranker.describe()}
-                table = scores_table(
-                    pairs.column("query_id"),
-                    pairs.column("doc_id"),
-                    scored.scores,
-                    metadata,
-                    scored.content_hashes,
-                )
-                write_staged_scores(table, staged_scores)
+                with phases.phase("write"):
+                    metadata = {"run_id": ref.run_id, "shard_id": ref.shard_id, **reranker.describe()}
+                    table = scores_table(
+                        pairs.column("query_id"),
+                        pairs.column("doc_id"),
+                        scored.scores,
+                        metadata,
+                        scored.content_hashes,
+                    )
+                    write_staged_scores(table, staged_scores)
             # The attempt's own file is whole before the ledger may choose it.
-            staged_scores.publish()
-        runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, worker, ref.model, result.requests)
+            with phases.phase("write"):
+                staged_scores.publish()
+        with phases.phase("ledger"):
+            runtime.ledger.record_requests(
+                ref.run_id, ref.shard_id, attempt, worker, ref.model, result.requests
+            )
         usage = AttemptUsage(
             worker=worker,
             model=ref.model,
@@ -110,7 +120,8 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
             wall_seconds=time.monotonic() - clock,
         )
         publishing = True
-        held = runtime.leases.publish(ref.run_id, ref.shard_id, attempt, usage, started_at, scores_key)
+        with phases.phase("ledger"):
+            held = runtime.leases.publish(ref.run_id, ref.shard_id, attempt, usage, started_at, scores_key)
     except Exception as exc:
         if not publishing:  # else the ledger may have chosen the file: settle_run tidies it later
             _delete_quietly(scores_file)
@@ -122,7 +133,8 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
         ) from exc
     if held:
         try:
-            settle(data, runtime.ledger, ref.run_id, ref.shard_id, scores_key, output_key)
+            with phases.phase("settle"):
+                settle(data, runtime.ledger, ref.run_id, ref.shard_id, scores_key, output_key)
         except RerankError as exc:
             log.warning(
                 "shard %s/%s is published at %s; copying it to %s failed (settle_run finishes it): %s",
@@ -136,7 +148,15 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
         _delete_quietly(scores_file)
     seconds = time.monotonic() - clock
     status: Literal["done", "superseded"] = "done" if held else "superseded"
-    log.info("shard %s/%s %s: %d pairs in %.2fs", ref.run_id, ref.shard_id, status, pairs.num_rows, seconds)
+    log.info(
+        "shard %s/%s %s: %d pairs in %.2fs; %s",
+        ref.run_id,
+        ref.shard_id,
+        status,
+        pairs.num_rows,
+        seconds,
+        phases.line(),
+    )
     return ShardOutcome(status, attempt, pairs.num_rows, seconds)
 
 
