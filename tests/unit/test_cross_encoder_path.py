@@ -17,6 +17,7 @@ from core.errors import ConfigError
 from core.model_spec import ModelSpec
 from testkit.model_factory import bert_tokenizer, build_tiny_cross_encoder, build_tiny_xlmr_cross_encoder
 from testkit.model_factory import load_cross_encoder_on_cpu as load
+from worker.backends.local.calibration import Mode
 from worker.backends.local.cross_encoder import CrossEncoderModel, CrossEncoderReranker
 from worker.backends.local.cross_encoder_paths import DirectPath, LibraryPath, direct_model
 from worker.backends.local.device import ComputeTarget
@@ -187,10 +188,10 @@ def test_cross_encoders_with_a_prompt_take_the_library_path(
     # Its chunks are tokenized ahead too, while the library's preprocessing runs on the compute thread.
     assert len(threads) == 2 and all(name.startswith("rerank-ahead") for name in threads)
     # The library's own pipeline is not compiled: auto leaves it be, on refuses.
-    reranker.compile(required=False)
+    assert not reranker.use_mode(Mode(True), required=False)
     assert not reranker.compiled
     with pytest.raises(ConfigError, match=r"RERANK_COMPILE=on.*own pipeline"):
-        reranker.compile(required=True)
+        reranker.use_mode(Mode(True), required=True)
 
 
 @pytest.mark.parametrize("family", ["bert", "xlmr"])
