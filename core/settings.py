@@ -136,7 +136,20 @@ class Settings(_ApiKindSettings):
         default="rerank:",
         description="Prefix of every Redis key bulk-rerank writes (queues, heartbeats).",
     )
-    shard_pairs: int = Field(default=2000, ge=1, description="Target number of pairs per shard.")
+    shard_pairs: int = Field(
+        default=2000,
+        ge=1,
+        description="Target number of pairs per shard. Unset, shards are sized in device-seconds "
+        "(RERANK_SHARD_DEVICE_SECONDS) once the ledger has measured the model, and hold this many pairs "
+        "until then.",
+    )
+    shard_device_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Device-seconds of scoring per shard when RERANK_SHARD_PAIRS and --shard-pairs are "
+        "unset: pairs per shard = this x the pairs per device-second of the model's latest successful "
+        "attempts in the ledger (within 100-200,000 pairs).",
+    )
     visibility_timeout_s: int = Field(
         default=6 * 3600,
         ge=60,

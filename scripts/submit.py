@@ -29,6 +29,7 @@ from core.model_spec import ModelSpec
 from core.reach import local_only_warning
 from core.settings import Settings, get_settings
 from producer.report import show_run_summary
+from producer.shard_size import shard_size
 from producer.submission import (
     create_run,
     enqueue_shards,
@@ -86,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", help="with --wait: merge all scores into this Parquet file (a local path or a URI)"
     )
     parser.add_argument(
-        "--shard-pairs", type=int, help="target pairs per shard (default: RERANK_SHARD_PAIRS)"
+        "--shard-pairs",
+        type=int,
+        help="target pairs per shard (default: RERANK_SHARD_PAIRS if set, else RERANK_SHARD_DEVICE_SECONDS "
+        "of the model's measured speed)",
     )
     parser.add_argument("--timeout", type=float, help="with --wait: give up waiting after this many seconds")
     parser.add_argument("--poll", type=float, default=1.0, help="seconds between progress updates")
@@ -176,7 +180,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         )
         broker_url = resolve_broker_url(settings)
         ledger.create_schema()
-        shard_pairs = args.shard_pairs or settings.shard_pairs
+        size = shard_size(settings, ledger, str(spec), args.shard_pairs)
+        shard_pairs = size.pairs
         data.check_container()  # a missing bucket or denied access is told before anything is written
         created = create_run(
             corpus, summary, spec, columns, settings, ledger, shard_pairs, previous, reused_from
@@ -186,7 +191,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         shards = created.shards
         print(
             f"run {run.run_id}: {created.n_pairs:,} pairs of {created.n_queries:,} queries "
-            f"in {len(shards)} shard(s) for {run.model}",
+            f"in {len(shards)} shard(s) of up to {shard_pairs:,} pairs ({size.reason}) for {run.model}",
             file=sys.stderr,
         )
         if args.reuse and reused_from is None:

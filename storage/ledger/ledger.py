@@ -20,11 +20,11 @@ from core.usage import RequestUsage
 from storage.ledger.cost_report import CostRow, Dimension, cost_report
 from storage.ledger.engine import create_ledger_engine
 from storage.ledger.leases import ShardLeases, move_scores
-from storage.ledger.reports import api_usage_totals, run_progress, usage_totals
+from storage.ledger.reports import api_usage_totals, measured_speed, run_progress, usage_totals
 from storage.ledger.runs import add_run, latest_completed_run_id, latest_run_id, mark_enqueued, run_shards
 from storage.ledger.schema import Run, Shard
 from storage.ledger.statuses import ShardStatus
-from storage.ledger.types import ApiUsageTotals, RunProgress, ShardPlanRow, UsageTotals
+from storage.ledger.types import ApiUsageTotals, MeasuredSpeed, RunProgress, ShardPlanRow, UsageTotals
 from storage.ledger.upgrade import upgrade
 from storage.ledger.usage_rows import record_request_rows
 
@@ -132,6 +132,13 @@ class Ledger:
         """The run's attempts, pairs scored, tokens, device and wall time, and workers."""
         with self._sessions() as session:
             return usage_totals(session, run_id)
+
+    def measured_speed(self, model: str, recent: int = 50) -> MeasuredSpeed | None:
+        """Pairs per device-second of ``model``'s ``recent`` latest successful attempts (None: none yet)."""
+        if not self.exists():
+            return None
+        with self._sessions() as session:
+            return measured_speed(session, model, recent)
 
     def api_usage_totals(self, run_id: str) -> ApiUsageTotals:
         """The run's API requests (failed ones included), tokens, search units and cost."""

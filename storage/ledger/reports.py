@@ -1,5 +1,5 @@
-"""A run's progress and usage totals, as ``status``, ``--wait`` and the run summary show them. Each function
-reads inside the caller's session."""
+"""A run's progress and usage totals, as ``status``, ``--wait`` and the run summary show them, and a model's
+measured speed, which sizes the shards of its next run. Each function reads inside the caller's session."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from storage.ledger.schema import Run, Shard, Usage
 from storage.ledger.statuses import ShardStatus, UsageOutcome
-from storage.ledger.types import ApiUsageTotals, RunProgress, UsageTotals
+from storage.ledger.types import ApiUsageTotals, MeasuredSpeed, RunProgress, UsageTotals
 from storage.ledger.usage_rows import SUMMARY_ROW
 
 
@@ -90,3 +90,27 @@ def api_usage_totals(session: Session, run_id: str) -> ApiUsageTotals:
         search_units=int(search_units),
         cost_usd=None if cost is None else float(cost),
     )
+
+
+def measured_speed(session: Session, model: str, recent: int) -> MeasuredSpeed | None:
+    """Pairs and device seconds of ``model``'s ``recent`` latest successful attempts that timed their
+    device (local models); None when there are none."""
+    latest = (
+        select(Usage.pairs, Usage.device_seconds)
+        .where(
+            Usage.model == model,
+            Usage.request_index == SUMMARY_ROW,
+            Usage.outcome == UsageOutcome.OK,
+            Usage.device_seconds > 0,
+            Usage.pairs > 0,
+        )
+        .order_by(Usage.finished_at.desc())
+        .limit(recent)
+        .subquery()
+    )
+    attempts, pairs, seconds = session.execute(
+        select(func.count(), func.coalesce(func.sum(latest.c.pairs), 0), func.sum(latest.c.device_seconds))
+    ).one()
+    if not attempts or not seconds:
+        return None
+    return MeasuredSpeed(attempts=int(attempts), pairs=int(pairs), device_seconds=float(seconds))

@@ -54,6 +54,19 @@ class RunProgress:
 
 
 @dataclass(frozen=True)
+class MeasuredSpeed:
+    """How fast a model's recent attempts scored, on the devices that ran them."""
+
+    attempts: int
+    pairs: int
+    device_seconds: float
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / self.device_seconds
+
+
+@dataclass(frozen=True)
 class UsageTotals:
     """A run's attempts, from their summary rows; ``tokens`` from every row (API models keep theirs on
     the request rows)."""

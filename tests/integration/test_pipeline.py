@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -275,6 +276,8 @@ def test_incremental_run_reuses_unchanged_pairs_and_matches_a_full_rescore(
     assert f"reusing 950 scores from run {first.stdout.strip()}; 50 pairs to score" in incremental.stderr
     full = run_script("submit.py", str(night2), "--model", model, "--wait", "--out", str(full_out), env=env)
     assert full.returncode == 0, full.stderr
+    # The model has been measured by the earlier runs: no shard size set, its shards are sized in time.
+    assert re.search(r"shard\(s\) of up to [\d,]+ pairs \(30 device-seconds at [\d,]+ pairs/s", full.stderr)
 
     order = [("query_id", "ascending"), ("doc_id", "ascending")]
     left, right = pq.read_table(inc_out).sort_by(order), pq.read_table(full_out).sort_by(order)
