@@ -136,7 +136,8 @@ def test_chunks_tokenized_ahead_in_a_thread_give_identical_scores(
     # Without overlap each chunk is tokenized where the model runs: the process's compute thread.
     assert len(threads) == 4 and all(name.startswith("rerank-compute") for name in threads)
     one_chunk = load(model_dirs["bert"]).score(corpus.queries, corpus.texts)
-    np.testing.assert_allclose(ahead.scores, one_chunk.scores, atol=1e-6, rtol=0)
+    # Other chunks make other float32 batches: within float32's batch-composition noise (~1e-6).
+    np.testing.assert_allclose(ahead.scores, one_chunk.scores, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["bert", "xlmr"])

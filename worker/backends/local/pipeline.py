@@ -1,6 +1,7 @@
 """The scoring pipeline every local model runs through; a model brings only its own steps.
 
-``score`` takes the distinct items of a call (``distinct``), cuts each part into growing chunks,
+``score`` takes the distinct items of a call (``distinct``), sorts each part by characters (so that a
+chunk holds items of similar lengths and fills few length buckets), cuts it into growing chunks,
 tokenizes chunk k + 1 on a background thread while chunk k runs through the model in length-sorted
 batches under the token budget (``TokenBudgetBatcher``: out-of-memory halves the budget and retries,
 progress is reported per batch), times the forward passes on the device clock, and builds the
@@ -110,9 +111,12 @@ def score(
     if distinct.count == 0:
         return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
     clock = ForwardClock(device)
+    # Chunks cut from items sorted by characters hold items of similar token lengths, so each chunk's
+    # length-sorted batches fill few length buckets, and few of them end in a part-full batch.
+    orders = [longest_first(part_items) for part_items in distinct.parts]
     chunks = [
-        (part, part_items[start:stop])
-        for part, part_items in enumerate(distinct.parts)
+        (part, [part_items[index] for index in order[start:stop]])
+        for part, (part_items, order) in enumerate(zip(distinct.parts, orders, strict=True))
         for start, stop in growing_chunks(len(part_items), first_chunk)
     ]
     tokenized = one_ahead([partial(model.tokenize, items) for _, items in chunks], overlap=overlap)
@@ -123,7 +127,12 @@ def score(
             lengths = chunk.lengths
             rows[part].append(batcher.run(lengths, partial(_run_batch, model, chunk, clock=clock)))
             tokens += int(lengths.sum())
-    scores = distinct.combine([np.concatenate(part_rows) for part_rows in rows])
+    scores = distinct.combine(
+        [
+            in_item_order(np.concatenate(part_rows), order)
+            for part_rows, order in zip(rows, orders, strict=True)
+        ]
+    )
     return ScoreResult(
         scores=scores.astype(np.float32, copy=False), tokens=tokens, device_seconds=clock.seconds
     )
@@ -183,6 +192,28 @@ class LocalReranker(Generic[ModelT]):
             "batch_shapes": "free" if self.batcher.shapes is None else self.batcher.shapes.describe(),
             **self.model.describe(self.batcher.max_budget),
         }
+
+
+def longest_first(items: Sequence[Any]) -> np.ndarray:
+    """Indices of ``items`` by their characters, most first (a text, or the texts of a tuple such as a
+    pair); equal sizes keep their order."""
+    sizes = np.fromiter((_characters(item) for item in items), dtype=np.int64, count=len(items))
+    return np.argsort(-sizes, kind="stable")
+
+
+def _characters(item: Any) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, tuple):
+        return sum(len(part) for part in item if isinstance(part, str))
+    return 0
+
+
+def in_item_order(rows: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``rows`` computed for the items taken in ``order``, put back in item order."""
+    restored = np.empty_like(rows)
+    restored[order] = rows
+    return restored
 
 
 def first_chunk_size(token_budget: int) -> int:
