@@ -258,8 +258,8 @@ def load_cross_encoder(spec: ModelSpec, settings: Settings) -> CrossEncoderReran
 
 
 def tune_reranker(reranker: CrossEncoderReranker, settings: Settings, model_path: str) -> Tuning:
-    """Choose the token budget and eager vs compiled: what the settings fix, else by measurement
-    (``calibration``), cached per model and machine kind under the state dir."""
+    """Choose the token budget, eager vs compiled and a compiled model's attention: what the settings fix,
+    else by measurement (``calibration``), cached per model and machine kind under the state dir."""
     target = reranker.target
     measuring = settings.calibrate
     can_compile = isinstance(reranker.model.path, DirectPath)
