@@ -36,10 +36,11 @@ class FixedShapes:
         """Rows of a full batch of ``width`` under ``budget`` padded tokens (at least one step)."""
         return max(self.row_step, budget // width // self.row_step * self.row_step)
 
-    def padded_rows(self, rows: np.ndarray, full: int) -> np.ndarray:
-        """``rows`` followed by copies of its last one, up to ``full`` rows: every batch of a length
-        bucket has the same shape, however many of its rows are real."""
-        missing = full - len(rows) if self.full_rows else -len(rows) % self.row_step
+    def padded_rows(self, rows: np.ndarray, width: int, budget: int) -> np.ndarray:
+        """``rows`` of a batch of ``width`` followed by copies of its last one, up to the full row count
+        under ``budget`` (every batch of a length bucket has the same shape, however many of its rows are
+        real), or without ``full_rows`` up to a multiple of ``row_step``."""
+        missing = self.rows(width, budget) - len(rows) if self.full_rows else -len(rows) % self.row_step
         return np.concatenate([rows, np.repeat(rows[-1:], missing)]) if missing > 0 else rows
 
     def describe(self) -> str:

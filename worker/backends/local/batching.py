@@ -96,10 +96,9 @@ class TokenBudgetBatcher:
         start = 0
         while start < len(order):
             batch = next_batch(order, lengths, start, self.budget, self.shapes)
-            padded = batch
-            if self.shapes is not None:
-                full = self.shapes.rows(self.shapes.width(int(lengths[batch].max())), self.budget)
-                padded = self.shapes.padded_rows(batch, full)
+            longest = max(int(lengths[batch].max()), 1)
+            width = longest if self.shapes is None else self.shapes.width(longest)
+            padded = batch if self.shapes is None else self.shapes.padded_rows(batch, width, self.budget)
             oom_message = None
             try:
                 batch_result = np.asarray(forward(padded))[: len(batch)]
@@ -119,8 +118,6 @@ class TokenBudgetBatcher:
             results[batch] = batch_result
             start += len(batch)
             self.real_tokens += int(lengths[batch].sum())
-            longest = max(int(lengths[batch].max()), 1)
-            width = longest if self.shapes is None else self.shapes.width(longest)
             self.padded_tokens += len(padded) * width
             report_progress(len(batch), int(lengths[batch].sum()))
             self._after_clean_batch()

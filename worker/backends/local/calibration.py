@@ -253,8 +253,12 @@ def tune(
         tunable.use_budget(budgets[0])
         return Tuning(budgets[0], mode.compiled, "settings", attention=mode.attention)
     cached = read_cached(cache_file) if cache_file is not None else None
-    usable = cached is not None and cached.token_budget in budgets and cached.mode in modes
-    if cached is not None and usable and tunable.use_mode(cached.mode, required=compile_required):
+    if (
+        cached is not None
+        and cached.token_budget in budgets
+        and cached.mode in modes
+        and tunable.use_mode(cached.mode, required=compile_required)
+    ):
         tunable.use_budget(cached.token_budget)
         return cached
     started = time.perf_counter()

@@ -40,7 +40,7 @@ import torch
 
 from core.model_spec import ModelSpec
 from worker.backends.base import ScoreResult
-from worker.backends.local.batching import TokenBudgetBatcher
+from worker.backends.local.batching import TokenBudgetBatcher, length_order
 from worker.backends.local.compute_thread import runs_on_compute_thread
 from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype
 from worker.backends.local.distinct import Distinct
@@ -197,8 +197,7 @@ class LocalReranker(Generic[ModelT]):
 def longest_first(items: Sequence[Any]) -> np.ndarray:
     """Indices of ``items`` by their characters, most first (a text, or the texts of a tuple such as a
     pair); equal sizes keep their order."""
-    sizes = np.fromiter((_characters(item) for item in items), dtype=np.int64, count=len(items))
-    return np.argsort(-sizes, kind="stable")
+    return length_order(np.fromiter((_characters(item) for item in items), dtype=np.int64, count=len(items)))
 
 
 def _characters(item: Any) -> int:
