@@ -1,10 +1,13 @@
-"""How closely a contender's scores follow the float32 reference, query by query."""
+"""How closely a contender's scores follow the float32 reference, query by query, measured with the
+statistics of scripts/compare.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from producer.score_agreement import QueryGroups, spearman_per_query, top_k_overlap
 
 TOP_K = 10
 
@@ -25,36 +28,23 @@ def agreement(
     scores = np.asarray(scores, dtype=np.float64)
     if reference.shape != scores.shape:
         raise ValueError(f"{scores.shape[0]} scores for {reference.shape[0]} reference scores")
-    correlations = np.array([spearman(reference[query], scores[query]) for query in queries])
-    same_top = [top_set(reference[query], top_k) == top_set(scores[query], top_k) for query in queries]
+    order = np.concatenate([np.arange(len(reference))[query] for query in queries])
+    sizes = np.array([len(range(len(reference))[query]) for query in queries])
+    flags = np.zeros(len(order), dtype=bool)
+    flags[np.cumsum(sizes) - sizes] = True
+    groups = QueryGroups.from_boundaries(flags)
+    reference, scores = reference[order], scores[order]
+    correlations = spearman_per_query(groups, reference, scores)
+    # A query with every score equal on both sides agrees fully; tied on one side only, not at all.
+    flat_reference = _flat(reference, groups) & _flat(scores, groups)
+    correlations = np.where(np.isnan(correlations), np.where(flat_reference, 1.0, 0.0), correlations)
     return Agreement(
         spearman_mean=float(correlations.mean()),
         spearman_min=float(correlations.min()),
-        top_k_same=float(np.mean(same_top)),
+        top_k_same=float(np.mean(top_k_overlap(groups, reference, scores, top_k) == 1.0)),
         max_abs_diff=float(np.abs(scores - reference).max()),
     )
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation with average ranks for ties; 1.0 when both are constant."""
-    rank_a, rank_b = average_ranks(a), average_ranks(b)
-    spread_a, spread_b = rank_a.std(), rank_b.std()
-    if spread_a == 0 or spread_b == 0:
-        return 1.0 if spread_a == spread_b else 0.0
-    return float(np.mean((rank_a - rank_a.mean()) * (rank_b - rank_b.mean())) / (spread_a * spread_b))
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks; tied values share the mean of the ranks they span."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
-    mean_rank = (starts[:-1] + starts[1:] + 1) / 2.0
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, np.diff(starts))
-    return ranks
-
-
-def top_set(values: np.ndarray, k: int) -> frozenset[int]:
-    """Positions of the ``k`` highest values."""
-    return frozenset(np.argsort(-values, kind="stable")[:k].tolist())
+def _flat(values: np.ndarray, groups: QueryGroups) -> np.ndarray:
+    return np.maximum.reduceat(values, groups.starts) == np.minimum.reduceat(values, groups.starts)

@@ -39,15 +39,9 @@ def clean_env(**rerank: str) -> dict[str, str]:
 
 def local_worker_env(root: Path, redis_url: str, prefix: str, **rerank: str) -> dict[str, str]:
     """The environment of a test fleet of local-model workers: its own data dir and Redis key prefix,
-    float32 scoring (parity checks) and fast liveness beats."""
-    return clean_env(
-        data_dir=str(root / "data"),
-        broker_url=redis_url,
-        redis_key_prefix=prefix,
-        dtype="float32",
-        heartbeat_s="1",
-        **rerank,
-    )
+    float32 scoring (parity checks, unless ``rerank`` sets ``dtype``) and fast liveness beats."""
+    settings = {"data_dir": str(root / "data"), "broker_url": redis_url, "redis_key_prefix": prefix}
+    return clean_env(**{**settings, "dtype": "float32", "heartbeat_s": "1", **rerank})
 
 
 def load_script(name: str) -> ModuleType:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from benchmarks.agreement import agreement, average_ranks, spearman
+from benchmarks.agreement import agreement
 from benchmarks.contender import Contender
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
@@ -38,13 +38,16 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_cross_encoder(tmp_path_factory.mktemp("bench") / "tiny")
 
 
-def test_spearman_and_average_ranks() -> None:
-    assert average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
-    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0])) == pytest.approx(1.0)
-    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+def test_spearman_of_single_queries() -> None:
+    def rho(reference: list[float], scores: list[float]) -> float:
+        return agreement(np.array(reference), np.array(scores), [slice(0, len(reference))]).spearman_mean
+
+    assert rho([1.0, 2.0, 3.0], [10.0, 20.0, 30.0]) == pytest.approx(1.0)
+    assert rho([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
     # Ranks (1, 2, 3, 4) against (1, 3, 2, 4): 1 - 6 * 2 / (4 * 15) = 0.8
-    assert spearman(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0])) == pytest.approx(0.8)
-    assert spearman(np.ones(3), np.ones(3)) == 1.0
+    assert rho([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 4.0]) == pytest.approx(0.8)
+    assert rho([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]) == 1.0
+    assert rho([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) == 0.0
 
 
 def test_agreement_per_query() -> None:
