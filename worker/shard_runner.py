@@ -100,6 +100,7 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
                         scored.scores,
                         metadata,
                         scored.content_hashes,
+                        scored.provenance,
                     )
                     write_staged_scores(table, staged_scores)
             # The attempt's own file is whole before the ledger may choose it.

@@ -1,5 +1,5 @@
 """Scores for every pair of one shard input: the model runs on the pairs that need it, scores carried
-over from an earlier run (incremental runs) fill in the rest."""
+over from an earlier run (incremental runs) fill in the rest, with each pair's provenance."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from storage.shards.annotations import CONTENT_HASH, merge_reused, scores_to_compute
+from storage.shards.annotations import (
+    CONTENT_HASH,
+    REUSED_TOKENS,
+    REUSED_TRUNCATED,
+    merge_carried,
+    merge_reused,
+    scores_to_compute,
+)
+from storage.shards.scores import PairProvenance
 from worker.backends.base import Reranker, ScoreResult
 
 
@@ -18,6 +26,12 @@ class ShardScores:
     computed: int  # pairs the model scored
     result: ScoreResult
     content_hashes: pa.ChunkedArray | None
+    provenance: PairProvenance
+
+    @property
+    def truncated_computed(self) -> int:
+        """How many of the pairs the model scored had their text cut to fit (0 where it cannot tell)."""
+        return 0 if self.result.truncated is None else int(self.result.truncated.sum())
 
 
 def score_shard_pairs(reranker: Reranker, pairs: pa.Table) -> ShardScores:
@@ -26,4 +40,9 @@ def score_shard_pairs(reranker: Reranker, pairs: pa.Table) -> ShardScores:
     result = reranker.score(selected.column("query").to_pylist(), selected.column("text").to_pylist())
     scores = merge_reused(pairs, rows, result.scores)
     hashes = pairs.column(CONTENT_HASH) if CONTENT_HASH in pairs.column_names else None
-    return ShardScores(scores, len(rows), result, hashes)
+    provenance = PairProvenance(
+        tokens=merge_carried(pairs, REUSED_TOKENS, rows, result.pair_tokens, pa.int32()),
+        truncated=merge_carried(pairs, REUSED_TRUNCATED, rows, result.truncated, pa.bool_()),
+        model=str(reranker.spec),
+    )
+    return ShardScores(scores, len(rows), result, hashes, provenance)

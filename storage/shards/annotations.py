@@ -10,12 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.shards.content_hash import pair_hashes
 from storage.shards.reuse import PreviousScores
 
 CONTENT_HASH = "content_hash"
 REUSED_SCORE = "reused_score"
+# The carried-over score's provenance (null where the earlier output did not record it).
+REUSED_TOKENS = "reused_tokens"
+REUSED_TRUNCATED = "reused_truncated"
 
 
 @dataclass(frozen=True)
@@ -29,19 +33,31 @@ class PairAnnotations:
     @staticmethod
     def schema(pairs: pa.Schema) -> pa.Schema:
         """The schema of annotated pairs: the canonical pair columns, then the annotations."""
-        return pairs.append(pa.field(CONTENT_HASH, pa.uint64())).append(pa.field(REUSED_SCORE, pa.float32()))
+        annotations = [
+            pa.field(CONTENT_HASH, pa.uint64()),
+            pa.field(REUSED_SCORE, pa.float32()),
+            pa.field(REUSED_TOKENS, pa.int32()),
+            pa.field(REUSED_TRUNCATED, pa.bool_()),
+        ]
+        for field in annotations:
+            pairs = pairs.append(field)
+        return pairs
 
     def annotate(self, pairs: pa.Table) -> tuple[pa.Table, int]:
         """``pairs`` with their annotation columns, and how many of them carry a reused score."""
         hashes = pair_hashes(self.fingerprint, pairs.column("query"), pairs.column("text"))
-        if self.previous is None:
-            found, scores = np.zeros(hashes.size, dtype=bool), np.zeros(hashes.size, dtype=np.float32)
-        else:
-            found, scores = self.previous.lookup(hashes)
-        annotated = pairs.append_column(CONTENT_HASH, pa.array(hashes, pa.uint64())).append_column(
-            REUSED_SCORE, pa.array(scores, pa.float32(), mask=~found)
+        carried = (self.previous or PreviousScores(np.empty(0, np.uint64), np.empty(0, np.float32))).lookup(
+            hashes
         )
-        return annotated, int(found.sum())
+        annotated = (
+            pairs.append_column(CONTENT_HASH, pa.array(hashes, pa.uint64()))
+            .append_column(REUSED_SCORE, pa.array(carried.scores, pa.float32(), mask=~carried.found))
+            .append_column(REUSED_TOKENS, pa.array(carried.tokens, pa.int32(), mask=carried.tokens < 0))
+            .append_column(
+                REUSED_TRUNCATED, pa.array(carried.truncated == 1, pa.bool_(), mask=carried.truncated < 0)
+            )
+        )
+        return annotated, int(carried.found.sum())
 
 
 def scores_to_compute(pairs: pa.Table) -> np.ndarray:
@@ -59,3 +75,22 @@ def merge_reused(pairs: pa.Table, computed_rows: np.ndarray, computed: np.ndarra
         scores = np.empty(pairs.num_rows, dtype=np.float32)
     scores[computed_rows] = computed
     return scores
+
+
+def merge_carried(
+    pairs: pa.Table, carried: str, computed_rows: np.ndarray, computed: np.ndarray | None, kind: pa.DataType
+) -> pa.Array:
+    """A per-pair provenance value (``kind``) for every row of the shard: carried over from column
+    ``carried`` where the score was, computed elsewhere; null where it is not known."""
+    values = np.zeros(pairs.num_rows, dtype=kind.to_pandas_dtype())
+    known = np.zeros(pairs.num_rows, dtype=bool)
+    if carried in pairs.column_names:
+        column = pairs.column(carried)
+        known = column.is_valid().to_numpy(zero_copy_only=False)
+        values = (
+            pc.fill_null(column, pa.scalar(values.dtype.type(0), kind)).to_numpy(zero_copy_only=False).copy()
+        )
+    if computed is not None:
+        values[computed_rows] = computed
+        known[computed_rows] = True
+    return pa.array(values, kind, mask=~known)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +16,16 @@ from storage.atomic import StagedFile, atomic_write
 from storage.location import Location, guarded
 
 METADATA_KEY = b"bulk_rerank"
+
+
+@dataclass(frozen=True)
+class PairProvenance:
+    """Where each score of a shard came from: the tokens the model read (after truncation), whether the
+    text was cut to fit (both null where the backend cannot tell), and the model spec that scored it."""
+
+    tokens: pa.Array  # int32
+    truncated: pa.Array  # bool
+    model: str
 
 
 class NonFiniteScoresError(RerankError):
@@ -42,9 +53,11 @@ def scores_table(
     scores: np.ndarray,
     metadata: Mapping[str, object],
     content_hashes: pa.Array | pa.ChunkedArray | None = None,
+    provenance: PairProvenance | None = None,
 ) -> pa.Table:
     """The output schema: ``query_id, doc_id, score (float32), rank (int32)``, ``content_hash``
-    (uint64, when given) plus run metadata.
+    (uint64, when given), ``tokens`` (int32), ``truncated`` (bool) and ``model`` (dictionary-encoded
+    string) when ``provenance`` is given, plus run metadata.
     Raises ``NonFiniteScoresError`` rather than let a NaN or infinite score into the output."""
     scores32 = np.asarray(scores, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(scores32))
@@ -62,6 +75,12 @@ def scores_table(
     }
     if content_hashes is not None:
         columns["content_hash"] = content_hashes
+    if provenance is not None:
+        columns["tokens"] = provenance.tokens
+        columns["truncated"] = provenance.truncated
+        columns["model"] = pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(len(scores32), dtype=np.int32)), pa.array([provenance.model])
+        )
     table = pa.table(columns)
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
 

@@ -90,7 +90,18 @@ def test_20k_pairs_through_two_cpu_workers(sqlite_setup: dict, tiny_model: Path,
     run_dir = Path(sqlite_setup["env"]["RERANK_DATA_DIR"]) / "runs" / run_id
     dataset = pq.read_table(run_dir)
     assert dataset.num_rows == 20000
-    assert set(dataset.column_names) == {"query_id", "doc_id", "score", "rank", "content_hash"}
+    assert set(dataset.column_names) == {
+        "query_id",
+        "doc_id",
+        "score",
+        "rank",
+        "content_hash",
+        "tokens",
+        "truncated",
+        "model",
+    }
+    assert dataset["model"].unique().to_pylist() == [sqlite_setup["model"]]
+    assert dataset["tokens"].null_count == dataset["truncated"].null_count == 0
 
 
 def test_shards_never_split_a_query(sqlite_setup: dict, tmp_path: Path) -> None:
@@ -282,7 +293,8 @@ def test_incremental_run_reuses_unchanged_pairs_and_matches_a_full_rescore(
     order = [("query_id", "ascending"), ("doc_id", "ascending")]
     left, right = pq.read_table(inc_out).sort_by(order), pq.read_table(full_out).sort_by(order)
     assert left.num_rows == right.num_rows == 1000
-    for column in ("query_id", "doc_id", "rank", "content_hash"):
+    # Carried-over pairs keep the provenance the first night recorded, so it equals a full re-score's.
+    for column in ("query_id", "doc_id", "rank", "content_hash", "tokens", "truncated", "model"):
         assert left.column(column).equals(right.column(column)), column
     np.testing.assert_allclose(left.column("score").to_numpy(), right.column("score").to_numpy(), atol=1e-5)
     ledger = Ledger(sqlite_setup["ledger_url"])

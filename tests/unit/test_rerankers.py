@@ -247,6 +247,49 @@ def test_cross_encoder_counts_the_tokens_it_feeds_after_truncation(rerankers: di
     assert reranker.describe()["activation"] == "torch.nn.modules.activation.Sigmoid"
 
 
+@pytest.mark.parametrize("max_length", [None, 32])
+def test_cross_encoder_reports_each_pairs_tokens_and_truncation(
+    cross_encoder_dir: Path, max_length: int | None
+) -> None:
+    from transformers import AutoTokenizer
+
+    reranker = load_reranker(
+        ModelSpec.parse(f"cross-encoder:{cross_encoder_dir}"), cpu_settings(max_length=max_length)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(cross_encoder_dir))
+    limit = max_length or 512
+    truncated_ids = tokenizer(QUERIES, TEXTS, truncation="longest_first", max_length=limit)["input_ids"]
+    whole_ids = tokenizer(QUERIES, TEXTS, truncation=False)["input_ids"]
+
+    result = reranker.score(QUERIES, TEXTS)
+
+    assert result.pair_tokens is not None and result.truncated is not None
+    assert result.pair_tokens.tolist() == [len(ids) for ids in truncated_ids]
+    assert result.truncated.tolist() == [len(ids) > limit for ids in whole_ids]
+    assert result.truncated.any() and not result.truncated.all()
+
+
+def test_embedding_reports_a_pairs_tokens_as_its_query_and_text_together(embedding_dir: Path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    reranker = load_reranker(ModelSpec.parse(f"embedding:{embedding_dir}"), cpu_settings())
+    model = SentenceTransformer(str(embedding_dir), device="cpu")
+    tokenizer, limit = model.tokenizer, model.max_seq_length
+
+    def tokens(strings: list[str]) -> list[int]:
+        return [len(ids) for ids in tokenizer(strings, truncation=True, max_length=limit)["input_ids"]]
+
+    def cut(strings: list[str]) -> list[bool]:
+        return [len(ids) > limit for ids in tokenizer(strings, truncation=False)["input_ids"]]
+
+    result = reranker.score(QUERIES, TEXTS)
+
+    assert result.pair_tokens is not None and result.truncated is not None
+    expected = [q + t for q, t in zip(tokens(QUERIES), tokens(TEXTS), strict=True)]
+    assert result.pair_tokens.tolist() == expected
+    assert result.truncated.tolist() == [q or t for q, t in zip(cut(QUERIES), cut(TEXTS), strict=True)]
+
+
 def test_cross_encoder_honours_max_length(cross_encoder_dir: Path) -> None:
     reranker = load_reranker(
         ModelSpec.parse(f"cross-encoder:{cross_encoder_dir}"), cpu_settings(max_length=32)

@@ -17,7 +17,10 @@ from storage.corpus import CANONICAL_COLUMNS, CorpusColumns, validate_corpus
 from storage.shards.annotations import (
     CONTENT_HASH,
     REUSED_SCORE,
+    REUSED_TOKENS,
+    REUSED_TRUNCATED,
     PairAnnotations,
+    merge_carried,
     merge_reused,
     scores_to_compute,
 )
@@ -57,19 +60,37 @@ def test_each_pair_is_written_with_its_hash_and_any_reused_score(
     corpus = long_corpus(n_queries=30, docs_per_query=7, seed=3, shuffle=interleaved)
     earlier = _reference_hashes(corpus)[::3]  # an earlier run scored every third pair
     earlier_scores = np.arange(earlier.size, dtype=np.float32) / 7
-    previous = PreviousScores(earlier, earlier_scores)
+    # Its provenance: token counts, and truncation known for all but every fifth pair.
+    earlier_tokens = np.arange(earlier.size, dtype=np.int64) + 10
+    earlier_truncated = np.where(np.arange(earlier.size) % 5 == 0, -1, np.arange(earlier.size) % 2).astype(
+        np.int8
+    )
+    previous = PreviousScores(earlier, earlier_scores, earlier_tokens, earlier_truncated)
 
     inputs = _write_inputs(tmp_path, corpus, PairAnnotations(FINGERPRINT, previous))
 
     score_of = dict(zip(earlier.tolist(), earlier_scores.tolist(), strict=True))
+    tokens_of = dict(zip(earlier.tolist(), earlier_tokens.tolist(), strict=True))
+    truncated_of = {
+        h: None if t < 0 else bool(t)
+        for h, t in zip(earlier.tolist(), earlier_truncated.tolist(), strict=True)
+    }
     reused = 0
     for shard in inputs:
         pairs = read_shard_input(shard.location)
-        assert pairs.column_names == [*CANONICAL_COLUMNS, CONTENT_HASH, REUSED_SCORE]
+        assert pairs.column_names == [
+            *CANONICAL_COLUMNS,
+            CONTENT_HASH,
+            REUSED_SCORE,
+            REUSED_TOKENS,
+            REUSED_TRUNCATED,
+        ]
         assert pq.ParquetFile(shard.location.path).num_row_groups > 1
         hashes = pairs.column(CONTENT_HASH).to_pylist()
         assert hashes == _reference_hashes(pairs).tolist()
         assert pairs.column(REUSED_SCORE).to_pylist() == [score_of.get(h) for h in hashes]
+        assert pairs.column(REUSED_TOKENS).to_pylist() == [tokens_of.get(h) for h in hashes]
+        assert pairs.column(REUSED_TRUNCATED).to_pylist() == [truncated_of.get(h) for h in hashes]
         assert shard.reused_pairs == sum(h in score_of for h in hashes)
         reused += shard.reused_pairs
     assert reused == len(score_of) == 70
@@ -93,6 +114,13 @@ def test_the_worker_scores_only_pairs_without_a_reused_score(tmp_path: Path) -> 
     assert rows.tolist() == list(range(6, 20))
     merged = merge_reused(pairs, rows, np.full(rows.size, -1.0, dtype=np.float32))
     assert merged.tolist() == [0.5] * 6 + [-1.0] * 14
+    # The earlier output recorded no provenance: carried pairs have none; scored pairs get theirs.
+    tokens = merge_carried(pairs, REUSED_TOKENS, rows, np.arange(rows.size) + 3, pa.int32())
+    assert tokens.type == pa.int32() and tokens.to_pylist() == [None] * 6 + list(range(3, 17))
+    truncated = merge_carried(pairs, REUSED_TRUNCATED, rows, np.arange(rows.size) % 2 == 0, pa.bool_())
+    assert truncated.to_pylist() == [None] * 6 + [i % 2 == 0 for i in range(14)]
+    unknown = merge_carried(pairs, REUSED_TRUNCATED, rows, None, pa.bool_())
+    assert unknown.null_count == 20
 
 
 def test_inputs_without_annotations_hold_the_canonical_pairs_only(tmp_path: Path) -> None:

@@ -21,6 +21,10 @@ class ScoreResult:
     device_seconds: float  # time spent in model forward passes
     # API backends: one record per HTTP request attempt, failed ones included (the ledger's request rows).
     requests: tuple[RequestUsage, ...] = ()
+    # Per pair, where the backend knows them: the tokens the model read (after truncation, special
+    # tokens included; a bi-encoder's query and text together) and whether the text was cut to fit.
+    pair_tokens: np.ndarray | None = None  # int64
+    truncated: np.ndarray | None = None  # bool
 
 
 class Reranker(Protocol):

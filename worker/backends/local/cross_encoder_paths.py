@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from worker.backends.local.compiled import CompiledLogits
-from worker.backends.local.pair_tokens import Pair, PairTokenizer, TokenizedPairs, pad_rows
+from worker.backends.local.pair_tokens import Pair, PairTokenizer, TokenizedPairs, overflowed, pad_rows
 from worker.backends.local.pipeline import Tokenized
 
 # The one modality a plain sequence classifier serves: text in, the model's logits out.
@@ -93,6 +93,7 @@ class DirectPath:
 class PairsWithLengths:
     pairs: list[Pair]
     lengths: np.ndarray
+    truncated: np.ndarray | None  # None: a slow tokenizer, which does not say
 
 
 class LibraryPath:
@@ -118,7 +119,8 @@ class LibraryPath:
             max_length=self.max_length,
         )
         lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(pairs))
-        return PairsWithLengths(pairs, lengths)
+        truncated = overflowed(encoded.encodings) if encoded.encodings is not None else None
+        return PairsWithLengths(pairs, lengths, truncated)
 
     def collate(self, chunk: PairsWithLengths, rows: np.ndarray) -> Features:
         from sentence_transformers.util import batch_to_device

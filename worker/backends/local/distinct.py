@@ -27,6 +27,8 @@ class Distinct(Generic[ItemT]):
 
     parts: tuple[list[ItemT], ...]
     combine: Callable[[Sequence[np.ndarray]], np.ndarray]
+    # For each part, the index of each input pair's item in it (the pair reads one item of every part).
+    items_of_pairs: tuple[np.ndarray, ...]
 
     @property
     def count(self) -> int:
@@ -36,7 +38,7 @@ class Distinct(Generic[ItemT]):
 def distinct_pairs(queries: Sequence[str], texts: Sequence[str]) -> Distinct[Pair]:
     """One part, the distinct pairs; each pair's row is its score."""
     pairs, inverse = unique_pairs(queries, texts)
-    return Distinct(parts=(pairs,), combine=lambda rows: rows[0][inverse])
+    return Distinct(parts=(pairs,), combine=lambda rows: rows[0][inverse], items_of_pairs=(inverse,))
 
 
 def distinct_sides(queries: Sequence[str], texts: Sequence[str]) -> Distinct[SideText]:
@@ -56,6 +58,7 @@ def distinct_sides(queries: Sequence[str], texts: Sequence[str]) -> Distinct[Sid
             [("document", text) for text in unique_texts],
         ),
         combine=cosine,
+        items_of_pairs=(query_index, text_index),
     )
 
 

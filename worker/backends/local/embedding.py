@@ -22,6 +22,7 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Side, SideText, distinct_sides
+from worker.backends.local.pair_tokens import overflowed
 from worker.backends.local.pipeline import LocalReranker
 
 # Tokenizers without a declared limit report a huge sentinel (transformers' VERY_LARGE_INTEGER).
@@ -36,6 +37,7 @@ class SideChunk:
     prompt: str
     strings: list[str]
     lengths: np.ndarray
+    truncated: np.ndarray | None  # None: a slow tokenizer, which does not say
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class EmbeddingModel:
             max_length=self.max_length,
         )
         lengths = np.fromiter(map(len, encoded["input_ids"]), dtype=np.int64, count=len(strings))
-        return SideChunk(task, prompt, strings, lengths)
+        truncated = overflowed(encoded.encodings) if encoded.encodings is not None else None
+        return SideChunk(task, prompt, strings, lengths, truncated)
 
     def collate(self, chunk: SideChunk, rows: np.ndarray) -> SideBatch:
         from sentence_transformers.util import batch_to_device

@@ -26,6 +26,7 @@ class TokenizedPairs:
     ids: np.ndarray  # int64, every pair's ids back to back
     type_ids: np.ndarray | None  # int64, aligned with ids; None when the model takes no token types
     offsets: np.ndarray  # int64, len(pairs) + 1
+    truncated: np.ndarray  # bool, one per pair: tokens were cut off to fit max_length
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -77,7 +78,9 @@ class PairTokenizer:
         type_ids = (
             _flatten((encoding.type_ids for encoding in encodings), total) if self.with_type_ids else None
         )
-        return TokenizedPairs(ids=_flatten(ids, total), type_ids=type_ids, offsets=offsets)
+        return TokenizedPairs(
+            ids=_flatten(ids, total), type_ids=type_ids, offsets=offsets, truncated=overflowed(encodings)
+        )
 
 
 def pad_rows(
@@ -103,6 +106,13 @@ def pad_rows(
     if tokens.type_ids is not None:
         features["token_type_ids"] = np.where(mask, tokens.type_ids[gather], padding.pad_type_id)
     return features
+
+
+def overflowed(encodings: Sequence[Any]) -> np.ndarray:
+    """Per ``tokenizers.Encoding``, whether truncation cut tokens off (they went to ``overflowing``)."""
+    return np.fromiter(
+        (bool(encoding.overflowing) for encoding in encodings), dtype=bool, count=len(encodings)
+    )
 
 
 def _configured_backend(tokenizer: Any, max_length: int) -> Any:

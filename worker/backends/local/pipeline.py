@@ -52,7 +52,8 @@ FIRST_CHUNK_TOKENS_PER_ITEM = 64
 
 
 class Tokenized(Protocol):
-    """A tokenized chunk; ``lengths`` (tokens per item, after truncation) decide the batches."""
+    """A tokenized chunk; ``lengths`` (tokens per item, after truncation) decide the batches. A chunk
+    may also have ``truncated`` (bool per item, or None), the per-pair provenance of the output."""
 
     @property
     def lengths(self) -> np.ndarray: ...
@@ -121,21 +122,43 @@ def score(
     ]
     tokenized = one_ahead([partial(model.tokenize, items) for _, items in chunks], overlap=overlap)
     rows: list[list[np.ndarray]] = [[] for _ in distinct.parts]
-    tokens = 0
+    lengths: list[list[np.ndarray]] = [[] for _ in distinct.parts]
+    truncated: list[list[np.ndarray | None]] = [[] for _ in distinct.parts]
     with closing(tokenized):  # on an error, stop the tokenizing thread before the error leaves
         for (part, _), chunk in zip(chunks, tokenized, strict=True):
-            lengths = chunk.lengths
-            rows[part].append(batcher.run(lengths, partial(_run_batch, model, chunk, clock=clock)))
-            tokens += int(lengths.sum())
+            rows[part].append(batcher.run(chunk.lengths, partial(_run_batch, model, chunk, clock=clock)))
+            lengths[part].append(chunk.lengths)
+            truncated[part].append(getattr(chunk, "truncated", None))
     scores = distinct.combine(
         [
             in_item_order(np.concatenate(part_rows), order)
             for part_rows, order in zip(rows, orders, strict=True)
         ]
     )
-    return ScoreResult(
-        scores=scores.astype(np.float32, copy=False), tokens=tokens, device_seconds=clock.seconds
+    pair_tokens = sum(
+        in_item_order(np.concatenate(part_lengths), order)[items]
+        for part_lengths, order, items in zip(lengths, orders, distinct.items_of_pairs, strict=True)
     )
+    return ScoreResult(
+        scores=scores.astype(np.float32, copy=False),
+        tokens=int(sum(int(chunk_lengths.sum()) for part in lengths for chunk_lengths in part)),
+        device_seconds=clock.seconds,
+        pair_tokens=np.asarray(pair_tokens, dtype=np.int64),
+        truncated=_pairs_truncated(truncated, orders, distinct.items_of_pairs),
+    )
+
+
+def _pairs_truncated(
+    truncated: list[list[np.ndarray | None]], orders: list[np.ndarray], items_of_pairs: tuple[np.ndarray, ...]
+) -> np.ndarray | None:
+    """Per pair, whether any item it reads was cut to fit; None when a chunk could not tell."""
+    if any(flags is None for part in truncated for flags in part):
+        return None
+    per_part = [
+        in_item_order(np.concatenate([flags for flags in part if flags is not None]), order)[items]
+        for part, order, items in zip(truncated, orders, items_of_pairs, strict=True)
+    ]
+    return np.logical_or.reduce(per_part)
 
 
 def _run_batch(
