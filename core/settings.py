@@ -202,6 +202,13 @@ class Settings(_ApiKindSettings):
     max_length: int | None = Field(
         default=None, ge=8, description="Truncate pairs to this many tokens. Unset: the model's own limit."
     )
+    truncation_warning: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="submit.py warns when more than this share of a sample of the run's pairs is longer "
+        "than the model's limit (cross-encoders whose tokenizer is on the submitting machine).",
+    )
     trust_remote_code: bool = Field(
         default=False, description="Allow models to run code from their repository when loading."
     )

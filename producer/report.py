@@ -60,6 +60,14 @@ def summarize_run(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> R
         ("tokens", f"{usage.tokens:,}"),
         ("device time", f"{usage.device_seconds:,.1f}s"),
     ]
+    if usage.truncation_rate is not None:
+        fields.append(
+            (
+                "truncated",
+                f"{usage.truncated_pairs:,} of {usage.pairs_checked:,} scored pairs "
+                f"({usage.truncation_rate:.1%}) cut to fit the model's limit (RERANK_MAX_LENGTH)",
+            )
+        )
     api = ledger.api_usage_totals(run_id)
     if api.requests:
         cost = "unknown (no price in the price table)" if api.cost_usd is None else f"${api.cost_usd:,.4f}"

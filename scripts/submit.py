@@ -37,6 +37,7 @@ from producer.submission import (
     previous_scores,
     unfinished_shards,
 )
+from producer.truncation_check import sample_truncation, truncation_warning
 from producer.watch import wait_for_run
 from storage.corpus import CorpusColumns, validate_corpus
 from storage.ledger import Ledger
@@ -194,6 +195,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             f"in {len(shards)} shard(s) of up to {shard_pairs:,} pairs ({size.reason}) for {run.model}",
             file=sys.stderr,
         )
+        _warn_if_truncating(spec, settings, [data.join(shard.input_path) for shard in shards])
         if args.reuse and reused_from is None:
             print(f"--reuse latest: no earlier completed run of {spec}; scoring every pair", file=sys.stderr)
         if reused_from is not None:
@@ -258,6 +260,17 @@ def _warn_if_unserved(broker_url: str, settings: Settings, run: Run) -> None:
             f"  python scripts/workers.py --model {run.model} {placement}",
             file=sys.stderr,
         )
+
+
+def _warn_if_truncating(spec: ModelSpec, settings: Settings, shard_inputs: list[Location]) -> None:
+    try:
+        sample = sample_truncation(spec, settings, shard_inputs)
+    except Exception as exc:  # an advisory check: a tokenizer file it cannot read must not stop the run
+        print(f"note: could not sample the pairs' lengths ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return
+    warning = truncation_warning(sample, settings.truncation_warning)
+    if warning:
+        print(warning, file=sys.stderr)
 
 
 def _checked_out(out: Location) -> Location:

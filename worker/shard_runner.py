@@ -117,6 +117,7 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
             pairs=scored.computed,
             # API models keep their tokens on the request rows, so that sums count them once.
             tokens=0 if result.requests else result.tokens,
+            truncated_pairs=None if result.truncated is None else int(result.truncated.sum()),
             device_seconds=result.device_seconds,
             wall_seconds=time.monotonic() - clock,
         )

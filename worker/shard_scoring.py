@@ -28,11 +28,6 @@ class ShardScores:
     content_hashes: pa.ChunkedArray | None
     provenance: PairProvenance
 
-    @property
-    def truncated_computed(self) -> int:
-        """How many of the pairs the model scored had their text cut to fit (0 where it cannot tell)."""
-        return 0 if self.result.truncated is None else int(self.result.truncated.sum())
-
 
 def score_shard_pairs(reranker: Reranker, pairs: pa.Table) -> ShardScores:
     rows = scores_to_compute(pairs)

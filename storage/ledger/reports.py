@@ -51,6 +51,12 @@ def usage_totals(session: Session, run_id: str) -> UsageTotals:
         ).where(Usage.run_id == run_id, summary_row)
     ).one()
     tokens = session.scalar(select(func.coalesce(func.sum(Usage.tokens), 0)).where(Usage.run_id == run_id))
+    truncated, checked = session.execute(
+        select(
+            func.coalesce(func.sum(Usage.truncated_pairs), 0),
+            func.coalesce(func.sum(Usage.pairs), 0),
+        ).where(Usage.run_id == run_id, summary_row, Usage.truncated_pairs.is_not(None))
+    ).one()
     failed = session.scalar(
         select(func.count())
         .select_from(Usage)
@@ -64,6 +70,8 @@ def usage_totals(session: Session, run_id: str) -> UsageTotals:
         device_seconds=float(device_s),
         wall_seconds=float(wall_s),
         workers=int(workers),
+        truncated_pairs=int(truncated or 0),
+        pairs_checked=int(checked),
     )
 
 

@@ -122,6 +122,8 @@ class Usage(Base):
     tokens: Mapped[int] = mapped_column(Integer, default=0)
     requests: Mapped[int] = mapped_column(Integer, default=0)
     search_units: Mapped[int] = mapped_column(Integer, default=0)
+    # Of the pairs scored, how many were cut to fit the model's limit; None where the backend cannot tell.
+    truncated_pairs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     device_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     wall_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)

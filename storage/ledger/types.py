@@ -33,6 +33,7 @@ class AttemptUsage:
     tokens: int = 0
     requests: int = 0
     search_units: int = 0
+    truncated_pairs: int | None = None
     device_seconds: float = 0.0
     wall_seconds: float = 0.0
 
@@ -78,6 +79,13 @@ class UsageTotals:
     device_seconds: float
     wall_seconds: float
     workers: int
+    # Of the scored pairs whose backend could tell (``pairs_checked``), how many were truncated.
+    truncated_pairs: int = 0
+    pairs_checked: int = 0
+
+    @property
+    def truncation_rate(self) -> float | None:
+        return self.truncated_pairs / self.pairs_checked if self.pairs_checked else None
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def unversioned_revision(connection: Connection) -> str:
     """The revision a ledger created without Alembic (tables made directly) corresponds to."""
     shard_columns = {column["name"] for column in inspect(connection).get_columns("shards")}
+    if "truncated_pairs" in {column["name"] for column in inspect(connection).get_columns("usage")}:
+        return "0004"
     if "scores_path" in shard_columns:
         return "0003"
     return "0002" if "attempts_base" in shard_columns else FIRST_REVISION

@@ -1,9 +1,11 @@
 """scripts/compare.py on real runs: the same corpus scored by real workers in float32 and in bf16, the
-figures checked against scipy on the same pairs, the guard's exit codes, the PNG, and bad input."""
+figures checked against scipy on the same pairs, the guard's exit codes, the PNG, and bad input; and the
+runs' per-pair provenance (tokens, truncated) against the tokenizer, with a limit many documents pass."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,21 +22,23 @@ from testkit.model_factory import build_tiny_cross_encoder
 from testkit.services import delete_prefixed, new_prefix
 
 pytestmark = pytest.mark.timeout(600)
+MAX_LENGTH = 64
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict]:
-    """One corpus scored twice by the same model, by a float32 worker and then by a bf16 one."""
+    """One corpus scored twice by the same model, by a float32 worker and then by a bf16 one, with pairs
+    truncated at 64 tokens (the corpus' documents run to 120 words)."""
     root = tmp_path_factory.mktemp("compare")
     model_dir = build_tiny_cross_encoder(root / "tiny-ce", seed=11)
     corpus = corpora.long_corpus(n_queries=60, docs_per_query=12, seed=12, integer_ids=False)
     corpus_path = corpora.write(corpus, root / "corpus.parquet")
     prefix = new_prefix()
     model = f"cross-encoder:{model_dir}"
-    runs = {}
+    runs, submit_logs = {}, {}
     try:
         for dtype in ("float32", "bfloat16"):
-            env = local_worker_env(root, redis_url, prefix, dtype=dtype)
+            env = local_worker_env(root, redis_url, prefix, dtype=dtype, max_length=str(MAX_LENGTH))
             fleet = start_fleet(model, 1, env, redis_url, prefix, root / f"workers-{dtype}.log")
             try:
                 result = run_script(
@@ -44,7 +48,16 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
                 fleet.stop()
             assert result.returncode == 0, result.stderr + fleet.log()[-3000:]
             runs[dtype] = result.stdout.strip().splitlines()[-1]
-        yield {"root": root, "env": env, "corpus": corpus, "runs": runs, "data": root / "data"}
+            submit_logs[dtype] = result.stderr
+        yield {
+            "root": root,
+            "env": env,
+            "corpus": corpus,
+            "runs": runs,
+            "data": root / "data",
+            "model_dir": model_dir,
+            "submit_logs": submit_logs,
+        }
     finally:
         delete_prefixed(redis_url, prefix)
 
@@ -155,3 +168,33 @@ def test_bad_input_exits_2_with_the_reason(two_runs: dict, tmp_path: Path) -> No
     results = run_scripts_at_once([("compare.py", args, env) for args, _ in cases])
     for (args, message), result in zip(cases, results, strict=True):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+def test_each_pair_records_its_tokens_and_truncation_as_the_tokenizer_says(two_runs: dict) -> None:
+    from transformers import AutoTokenizer
+
+    fp32 = two_runs["runs"]["float32"]
+    scores = _run_scores(two_runs["data"], fp32)
+    corpus = two_runs["corpus"].sort_by([("query_id", "ascending"), ("doc_id", "ascending")])
+    tokenizer = AutoTokenizer.from_pretrained(str(two_runs["model_dir"]))
+    queries, texts = corpus["query"].to_pylist(), corpus["text"].to_pylist()
+    cut = tokenizer(queries, texts, truncation="longest_first", max_length=MAX_LENGTH)["input_ids"]
+    whole = tokenizer(queries, texts)["input_ids"]
+    truncated = [len(ids) > MAX_LENGTH for ids in whole]
+    assert scores["tokens"].to_pylist() == [len(ids) for ids in cut]
+    assert scores["truncated"].to_pylist() == truncated
+    assert 0.1 < np.mean(truncated) < 0.9  # the check saw both kinds of pair
+
+    # The run's rate: in the ledger (status.py), in compare.py, and sampled at submit time.
+    status = run_script("status.py", fp32, env=two_runs["env"])
+    expected = rf"truncated\s+{sum(truncated)} of 720 scored pairs \({np.mean(truncated):.1%}\)"
+    assert re.search(expected, status.stdout), status.stdout
+    report = json.loads(run_script("compare.py", fp32, fp32, "--format", "json", env=two_runs["env"]).stdout)
+    assert report["metrics"]["truncated_a"] == pytest.approx(np.mean(truncated))
+    submit_log = two_runs["submit_logs"]["float32"]
+    warning = re.search(
+        r"warning: (\d+) of (\d+) sampled pairs \(.*\) are longer than the model's limit of 64", submit_log
+    )
+    assert warning is not None, submit_log
+    assert (int(warning[1]), int(warning[2])) == (sum(truncated), 720)  # 720 pairs < the sample's 2,000
+    assert "RERANK_MAX_LENGTH" in submit_log
