@@ -202,6 +202,16 @@ class Settings(_ApiKindSettings):
     max_length: int | None = Field(
         default=None, ge=8, description="Truncate pairs to this many tokens. Unset: the model's own limit."
     )
+    canary_path: str | None = Field(
+        default=None,
+        description="A corpus of a few fixed pairs that submit.py adds to every run (as --canary does); "
+        "its scores are compared with the canary's previous run of the same model once the run finishes.",
+    )
+    canary_fail_if: str = Field(
+        default="spearman<0.99,top10<0.95,max_abs_diff>0.01",
+        description="The compare.py conditions under which the canary has drifted, marking the run "
+        "completed_with_drift.",
+    )
     truncation_warning: float = Field(
         default=0.05,
         ge=0,

@@ -14,8 +14,9 @@ import pyarrow.dataset as ds
 
 from core.errors import RerankError, StorageError
 from core.settings import Settings
+from producer.run_parts import canary_shards, corpus_shards
 from producer.score_agreement import QUANTILES, PerQuery, QueryGroups, distribution, per_query
-from storage.ledger import Ledger, ShardStatus
+from storage.ledger import Ledger, Run, ShardStatus
 from storage.location import Location, data_location, guarded, location_of
 
 KEYS = ("query_id", "doc_id")
@@ -81,18 +82,23 @@ def load_side(text: str, settings: Settings) -> ScoreSide:
             raise RerankError(
                 f"{text}: not a run id in the ledger, nor a scores file (give a path ending in .parquet)"
             )
-        shards = ledger.shards(run.run_id)
+        return run_side(ledger, settings, run)
     finally:
         ledger.dispose()
+
+
+def run_side(ledger: Ledger, settings: Settings, run: Run, canary: bool = False) -> ScoreSide:
+    """A run's finished shards of the corpus (or, with ``canary``, of its canary pairs)."""
+    every = ledger.shards(run.run_id)
+    shards = canary_shards(run, every) if canary else corpus_shards(run, every)
     done = [shard for shard in shards if shard.status == ShardStatus.DONE]
     if not done:
-        raise RerankError(f"run {text} has no finished shard to compare (status {run.status})")
-    notes = (
-        () if len(done) == len(shards) else (f"{len(shards) - len(done)} of {len(shards)} shards not done",)
-    )
+        raise RerankError(f"run {run.run_id} has no finished shard to compare (status {run.status})")
+    missing = len(shards) - len(done)
+    notes = (f"{missing} of {len(shards)} shards not done",) if missing else ()
     data = data_location(settings)
-    table = _read_scores([data.join(shard.published_scores) for shard in done], text)
-    return ScoreSide(label=text, model=run.model, table=table, notes=notes)
+    table = _read_scores([data.join(shard.published_scores) for shard in done], run.run_id)
+    return ScoreSide(label=run.run_id, model=run.model, table=table, notes=notes)
 
 
 def compare(a: ScoreSide, b: ScoreSide, top_ks: Sequence[int] = DEFAULT_TOP_KS) -> Comparison:

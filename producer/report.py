@@ -10,12 +10,14 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from producer.canary import CanaryVerdict
 from producer.terminal import show
 from storage.ledger import Ledger, RunStatus, ShardStatus
 
 _STATUS_STYLES: dict[str, str] = {
     RunStatus.COMPLETED: "bold green",
     RunStatus.COMPLETED_WITH_FAILURES: "bold red",
+    RunStatus.COMPLETED_WITH_DRIFT: "bold red",
     RunStatus.RUNNING: "bold yellow",
     RunStatus.QUEUED: "bold yellow",
 }
@@ -75,6 +77,20 @@ def summarize_run(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> R
         if api.search_units:
             fields.append(("search units", f"{api.search_units:,}"))
         fields.append(("cost", cost))
+    canary = run.options.get("canary") if run.options else None
+    if isinstance(canary, dict):
+        verdict = canary.get("verdict")
+        fields.append(
+            (
+                "canary",
+                f"{canary.get('pairs', 0):,} pairs: "
+                + (
+                    CanaryVerdict.from_record(verdict).describe()
+                    if isinstance(verdict, dict)
+                    else "not checked yet"
+                ),
+            )
+        )
     if elapsed:
         fields.append(("wall time", f"{elapsed:,.1f}s ({progress.pairs_done / elapsed:,.0f} pairs/s)"))
     failed = ledger.shards(run_id, statuses=[ShardStatus.FAILED])

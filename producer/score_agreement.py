@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import stats
 
 # Above this many pairs a query's Kendall tau is left to scipy's O(n log n) algorithm; below it the
 # n x n sign matrices of many queries are compared in one numpy expression.
@@ -107,6 +107,7 @@ def kendall_per_query(groups: QueryGroups, a: np.ndarray, b: np.ndarray) -> np.n
             continue
         queries = np.flatnonzero(groups.sizes == size)
         if size > _KENDALL_MATRIX_MAX:
+            stats = _scipy_stats()
             for query in queries:
                 window = slice(groups.starts[query], groups.starts[query] + size)
                 tau[query] = stats.kendalltau(a[window], b[window]).statistic
@@ -143,7 +144,7 @@ def distribution(a: np.ndarray, b: np.ndarray) -> Distribution:
     if len(a) == 0:
         nothing = tuple(float("nan") for _ in QUANTILES)
         return Distribution(nothing, nothing, float("nan"), float("nan"), float("nan"), float("nan"))
-    ks = stats.ks_2samp(a, b)
+    ks = _scipy_stats().ks_2samp(a, b)
     difference = np.abs(b - a)
     return Distribution(
         quantiles_a=tuple(float(q) for q in np.quantile(a, QUANTILES)),
@@ -173,3 +174,11 @@ def _pairwise_signs(rows: np.ndarray) -> np.ndarray:
     left = rows[:, :, None]
     right = rows[:, None, :]
     return (left > right).astype(np.int8) - (left < right).astype(np.int8)
+
+
+def _scipy_stats() -> Any:
+    # Imported when first needed: scipy.stats takes most of a second to import, and submit.py, which
+    # loads this module for its canary check, should start fast.
+    from scipy import stats
+
+    return stats

@@ -13,6 +13,8 @@ from core.errors import RerankError
 from core.messages import send_shard
 from core.model_spec import ModelSpec
 from core.settings import Settings
+from producer.canary import write_canary_inputs
+from producer.run_parts import CANARY_DIRNAME
 from storage.corpus import CorpusColumns, CorpusSummary
 from storage.ledger import Ledger, Run, RunStatus, Shard, ShardPlanRow, ShardStatus, utcnow
 from storage.location import Location, data_location
@@ -21,6 +23,7 @@ from storage.shards.content_hash import scoring_fingerprint
 from storage.shards.inputs import write_shard_inputs
 from storage.shards.plan import plan_shards
 from storage.shards.reuse import PreviousScores
+from storage.shards.shard_files import ShardInput
 
 RUNS_DIRNAME = "runs"
 INPUTS_DIRNAME = "_inputs"
@@ -33,6 +36,7 @@ class CreatedRun:
     n_pairs: int
     n_queries: int
     reused_pairs: int
+    canary_pairs: int = 0
 
 
 def new_run_id() -> str:
@@ -58,12 +62,14 @@ def create_run(
     shard_pairs: int,
     previous: PreviousScores | None = None,
     reused_from: str | None = None,
+    canary: Location | None = None,
 ) -> CreatedRun:
     """Record a new run of a validated corpus, with its shard inputs written under the run dir.
 
     Each shard input is written once, with every pair's content hash and, given ``previous``, the score
     it carries over. The inputs are written before the run is recorded, so no worker ever sees a
-    partial input; if writing them or recording the run fails, they are removed again."""
+    partial input; if writing them or recording the run fails, they are removed again. A ``canary``
+    corpus becomes shards of its own after the corpus's (``producer.canary``)."""
     run_id = new_run_id()
     data = data_location(settings)
     run_location = data.join(run_key(run_id))
@@ -84,20 +90,44 @@ def create_run(
             )
             for shard in inputs
         ]
+        canary_options: dict[str, object] | None = None
+        canary_inputs: list[ShardInput] = []
+        if canary is not None:
+            canary_inputs, identity = write_canary_inputs(
+                canary, inputs_dir.join(CANARY_DIRNAME), fingerprint, first_shard_id=len(inputs)
+            )
+            rows += [
+                ShardPlanRow(
+                    shard_id=shard.shard_id,
+                    pairs=shard.n_pairs,
+                    queries=shard.n_queries,
+                    input_path=shard.location.relative_to(data),
+                    output_path=f"{run_key(run_id)}/{CANARY_DIRNAME}/{shard_output_name(shard.shard_id)}",
+                )
+                for shard in canary_inputs
+            ]
+            canary_options = {
+                "path": canary.uri,
+                "identity": identity,
+                "shard_ids": [shard.shard_id for shard in canary_inputs],
+                "pairs": sum(shard.n_pairs for shard in canary_inputs),
+            }
+        canary_pairs = sum(shard.n_pairs for shard in canary_inputs)
         run = Run(
             run_id=run_id,
             model=str(spec),
             queue=spec.queue,
             corpus_path=corpus.uri,
             n_shards=len(rows),
-            n_pairs=summary.n_pairs,
-            n_queries=summary.n_queries,
+            n_pairs=summary.n_pairs + canary_pairs,
+            n_queries=summary.n_queries + sum(shard.n_queries for shard in canary_inputs),
             options={
                 "shard_pairs": shard_pairs,
                 "form": summary.form,
                 "fingerprint": fingerprint,
                 "reused_from": reused_from,
                 "reused_pairs": reused,
+                **({"canary": canary_options} if canary_options is not None else {}),
             },
             created_at=utcnow(),
         )
@@ -106,7 +136,7 @@ def create_run(
         with contextlib.suppress(Exception):
             run_location.delete_tree()
         raise
-    return CreatedRun(run_id, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused)
+    return CreatedRun(run_id, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused, canary_pairs)
 
 
 def enqueue_shards(app: Celery, ledger: Ledger, run: Run, shards: list[Shard]) -> int:

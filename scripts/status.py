@@ -4,7 +4,8 @@ It also says which broker the fleet uses. The embedded Redis (used when RERANK_B
 keeps running as a daemon after every script and worker has exited, holding the queue;
 ``--stop-broker`` stops it (queued shards are kept on disk and served again when it next starts).
 
-Exit codes: 0 completed; 1 completed with failures; 4 still queued or running; 2 no such run.
+Exit codes: 0 completed; 1 completed with failures; 4 still queued or running; 2 no such run; 5 completed,
+but the run's canary drifted from its previous run (completed_with_drift).
 
 Examples:
   python scripts/status.py 20261121-231500-ab12cd
@@ -20,10 +21,11 @@ import sys
 from core.broker import embedded_broker
 from core.broker.url import redact
 from core.settings import Settings, get_settings
+from producer.canary import check_canary
 from producer.report import show_run_summary
 from storage.ledger import Ledger, RunStatus
 
-EXIT_COMPLETED, EXIT_FAILURES, EXIT_NO_RUN, EXIT_UNFINISHED = 0, 1, 2, 4
+EXIT_COMPLETED, EXIT_FAILURES, EXIT_NO_RUN, EXIT_UNFINISHED, EXIT_DRIFT = 0, 1, 2, 4, 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     if run is None:
         print(f"error: no run {run_id or ''} in the ledger".replace("  ", " "), file=sys.stderr)
         return EXIT_NO_RUN
+    check_canary(ledger, settings, run)  # the first look at a finished run records its canary verdict
+    run = ledger.get_run(run.run_id) or run
     show_run_summary(ledger, run.run_id, sys.stdout, max_failed=None)
+    if run.status == RunStatus.COMPLETED_WITH_DRIFT:
+        return EXIT_DRIFT
     if run.status == RunStatus.COMPLETED:
         return EXIT_COMPLETED
     if run.status == RunStatus.COMPLETED_WITH_FAILURES:

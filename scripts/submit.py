@@ -2,8 +2,8 @@
 the ledger and enqueue one task per shard for the workers that host the model.
 
 Exit codes: 0 done (or enqueued, without --wait); 1 finished with failed shards; 2 bad input or flags;
-3 broker or ledger unreachable; 4 --timeout passed before the run finished; 130 interrupted (the run
-goes on; follow it again with --resume RUN_ID --wait).
+3 broker or ledger unreachable; 4 --timeout passed before the run finished; 5 finished, but the canary
+drifted (--canary); 130 interrupted (the run goes on; follow it again with --resume RUN_ID --wait).
 
 Examples:
   python scripts/submit.py corpus.parquet --model all-MiniLM-L6-v2 --wait --out scores.parquet
@@ -28,7 +28,9 @@ from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
 from core.reach import local_only_warning
 from core.settings import Settings, get_settings
+from producer.canary import check_canary
 from producer.report import show_run_summary
+from producer.run_parts import corpus_shards
 from producer.shard_size import shard_size
 from producer.submission import (
     create_run,
@@ -48,6 +50,7 @@ from storage.shards.publication import settle_run
 from storage.shards.scores import merge_scores, read_metadata
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_DRIFT = 5
 WORKER_CHECK_EVERY_S = 15.0
 
 
@@ -82,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="latest|RUN_ID",
         help="incremental run: score only pairs whose content hash is not in that earlier run of the same "
         "model (latest: the newest completed one) and carry its scores over for the rest",
+    )
+    parser.add_argument(
+        "--canary",
+        metavar="FILE",
+        help="a corpus of a few fixed pairs scored beside the corpus in every run (default: "
+        "RERANK_CANARY_PATH); once the run finishes, their scores are compared with the canary's previous "
+        "run of the model and a drift past RERANK_CANARY_FAIL_IF marks the run completed_with_drift",
     )
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
     parser.add_argument(
@@ -175,6 +185,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         spec = ModelSpec.parse(args.model)
         corpus = location_of(args.corpus, settings)
         summary = validate_corpus(corpus, columns)
+        canary_file = args.canary or settings.canary_path
+        canary = location_of(canary_file, settings) if canary_file else None
         ledger = Ledger(settings.resolved_ledger_url)
         reused_from, previous = (
             previous_scores(ledger, settings, spec, args.reuse) if args.reuse else (None, None)
@@ -185,7 +197,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         shard_pairs = size.pairs
         data.check_container()  # a missing bucket or denied access is told before anything is written
         created = create_run(
-            corpus, summary, spec, columns, settings, ledger, shard_pairs, previous, reused_from
+            corpus, summary, spec, columns, settings, ledger, shard_pairs, previous, reused_from, canary
         )
         run = ledger.get_run(created.run_id)
         assert run is not None
@@ -195,7 +207,15 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             f"in {len(shards)} shard(s) of up to {shard_pairs:,} pairs ({size.reason}) for {run.model}",
             file=sys.stderr,
         )
-        _warn_if_truncating(spec, settings, [data.join(shard.input_path) for shard in shards])
+        _warn_if_truncating(
+            spec, settings, [data.join(shard.input_path) for shard in corpus_shards(run, shards)]
+        )
+        if canary is not None:
+            print(
+                f"canary: {created.canary_pairs:,} pairs from {canary.uri}, compared with the canary's "
+                "previous run of this model once the run finishes",
+                file=sys.stderr,
+            )
         if args.reuse and reused_from is None:
             print(f"--reuse latest: no earlier completed run of {spec}; scoring every pair", file=sys.stderr)
         if reused_from is not None:
@@ -222,6 +242,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait:
         return EXIT_OK
     progress = _follow(ledger, run, broker_url, settings, args)
+    finished = ledger.get_run(run.run_id)
+    verdict = check_canary(ledger, settings, finished) if finished is not None else None
     show_run_summary(ledger, run.run_id, sys.stderr)
     if not progress.finished:
         print(f"error: run {run.run_id} is not finished after {args.timeout}s", file=sys.stderr)
@@ -235,6 +257,12 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILED_SHARDS
     if out is not None:
         _write_merged(ledger, run, data, out)
+    if verdict is not None and verdict.drifted:
+        print(
+            f"run {run.run_id}: the canary drifted ({verdict.describe()}); see scripts/compare.py",
+            file=sys.stderr,
+        )
+        return EXIT_DRIFT
     return EXIT_OK
 
 
@@ -285,7 +313,7 @@ def _checked_out(out: Location) -> Location:
 
 def _write_merged(ledger: Ledger, run: Run, data: Location, out: Location) -> None:
     settle_run(data, ledger, run.run_id)
-    files = [data.join(shard.published_scores) for shard in ledger.shards(run.run_id)]
+    files = [data.join(shard.published_scores) for shard in corpus_shards(run, ledger.shards(run.run_id))]
     metadata = {**read_metadata(files[0]), "run_id": run.run_id}
     metadata.pop("shard_id", None)
     rows = merge_scores(files, out, metadata)

@@ -8,7 +8,7 @@ with run completion in ``completion``), ``usage_rows`` (the one writer of ``usag
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, inspect
@@ -21,7 +21,15 @@ from storage.ledger.cost_report import CostRow, Dimension, cost_report
 from storage.ledger.engine import create_ledger_engine
 from storage.ledger.leases import ShardLeases, move_scores
 from storage.ledger.reports import api_usage_totals, measured_speed, run_progress, usage_totals
-from storage.ledger.runs import add_run, latest_completed_run_id, latest_run_id, mark_enqueued, run_shards
+from storage.ledger.runs import (
+    add_run,
+    latest_completed_run_id,
+    latest_run_id,
+    mark_enqueued,
+    recent_runs,
+    record_canary_verdict,
+    run_shards,
+)
 from storage.ledger.schema import Run, Shard
 from storage.ledger.statuses import ShardStatus
 from storage.ledger.types import ApiUsageTotals, MeasuredSpeed, RunProgress, ShardPlanRow, UsageTotals
@@ -85,6 +93,16 @@ class Ledger:
         """The id of the newest run of ``model`` that completed without failures."""
         with self._sessions() as session:
             return latest_completed_run_id(session, model)
+
+    def recent_runs(self, model: str, before: datetime, limit: int = 50) -> list[Run]:
+        """Up to ``limit`` runs of ``model`` created before ``before``, newest first."""
+        with self._sessions() as session:
+            return recent_runs(session, model, before, limit)
+
+    def record_canary_verdict(self, run_id: str, verdict: dict[str, object], drifted: bool) -> Run:
+        """Store a run's canary verdict once; a drifted completed run becomes ``completed_with_drift``."""
+        with self._sessions() as session, session.begin():
+            return record_canary_verdict(session, run_id, verdict, drifted)
 
     def shards(self, run_id: str, statuses: Iterable[ShardStatus] | None = None) -> list[Shard]:
         """The run's shards in shard order, only those in ``statuses`` when given."""

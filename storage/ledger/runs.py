@@ -4,6 +4,7 @@ shards, and reading runs and shards back. Each function works inside the caller'
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -83,6 +84,35 @@ def latest_completed_run_id(session: Session, model: str) -> str | None:
         .order_by(Run.created_at.desc())
         .limit(1)
     )
+
+
+def recent_runs(session: Session, model: str, before: datetime, limit: int) -> list[Run]:
+    """Up to ``limit`` runs of ``model`` created before ``before``, newest first."""
+    return list(
+        session.scalars(
+            select(Run)
+            .where(Run.model == model, Run.created_at < before)
+            .order_by(Run.created_at.desc())
+            .limit(limit)
+        )
+    )
+
+
+def record_canary_verdict(session: Session, run_id: str, verdict: dict[str, object], drifted: bool) -> Run:
+    """Store the canary check's ``verdict`` in the run's options, once, and mark a completed run
+    ``completed_with_drift`` when ``drifted``. Returns the run as it now is."""
+    run = session.get(Run, run_id, with_for_update=True)
+    if run is None:
+        raise KeyError(run_id)
+    recorded = run.options.get("canary")
+    canary: dict[str, object] = dict(recorded) if isinstance(recorded, dict) else {}
+    if "verdict" in canary:  # another checker was first
+        return run
+    canary["verdict"] = verdict
+    run.options = {**run.options, "canary": canary}  # a new dict, so that the JSON column is written
+    if drifted and run.status == RunStatus.COMPLETED:
+        run.status = RunStatus.COMPLETED_WITH_DRIFT
+    return run
 
 
 def run_shards(session: Session, run_id: str, statuses: Iterable[ShardStatus] | None = None) -> list[Shard]:

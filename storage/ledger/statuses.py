@@ -16,6 +16,8 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     COMPLETED_WITH_FAILURES = "completed_with_failures"
+    # Every shard done, but the run's canary pairs scored unlike the canary's previous run.
+    COMPLETED_WITH_DRIFT = "completed_with_drift"
 
 
 class ShardStatus(StrEnum):
