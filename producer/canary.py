@@ -21,7 +21,7 @@ from core.settings import Settings
 from producer.comparison import compare, metric_names, run_side
 from producer.run_parts import canary_shard_ids
 from producer.thresholds import crossed, parse_thresholds
-from storage.corpus import CANONICAL_COLUMNS, CorpusColumns, validate_corpus
+from storage.corpus import CANONICAL_COLUMNS, CorpusColumns, CorpusSummary, validate_corpus
 from storage.ledger import Ledger, Run, RunStatus, ShardStatus
 from storage.location import Location
 from storage.shards.annotations import PairAnnotations
@@ -82,21 +82,38 @@ class CanaryVerdict:
         )
 
 
-def write_canary_inputs(
-    canary: Location, inputs_dir: Location, fingerprint: str, first_shard_id: int
-) -> tuple[list[ShardInput], str]:
-    """Validate the canary file (default column names) and write it as one shard input under
-    ``inputs_dir``, with content hashes but nothing carried over. Returns the written shard (numbered
-    from ``first_shard_id`` on) and the canary's identity: a hash of its pairs."""
-    summary = validate_corpus(canary, CorpusColumns())
+@dataclass(frozen=True)
+class Canary:
+    """A validated canary file (default column names)."""
+
+    location: Location
+    summary: CorpusSummary
+
+
+def validate_canary(location: Location) -> Canary:
+    """Check the canary file as a corpus, and that it is small; raises ``CorpusError`` naming it."""
+    try:
+        summary = validate_corpus(location, CorpusColumns())
+    except CorpusError as exc:
+        raise CorpusError(f"canary: {exc}") from exc
     if summary.n_pairs > MAX_CANARY_PAIRS:
         raise CorpusError(
-            f"canary {canary.uri}: {summary.n_pairs:,} pairs; a canary is a small fixed set (at most "
+            f"canary {location.uri}: {summary.n_pairs:,} pairs; a canary is a small fixed set (at most "
             f"{MAX_CANARY_PAIRS:,} pairs)"
         )
+    return Canary(location, summary)
+
+
+def write_canary_inputs(
+    canary: Canary, inputs_dir: Location, fingerprint: str, first_shard_id: int
+) -> tuple[list[ShardInput], str]:
+    """Write the canary as one shard input under ``inputs_dir``, with content hashes but nothing carried
+    over. Returns the written shard (numbered from ``first_shard_id`` on) and the canary's identity: a
+    hash of its pairs."""
+    summary = canary.summary
     plans = plan_shards(summary, summary.n_pairs)
     written = write_shard_inputs(
-        canary, CorpusColumns(), summary, plans, inputs_dir, PairAnnotations(fingerprint)
+        canary.location, CorpusColumns(), summary, plans, inputs_dir, PairAnnotations(fingerprint)
     )
     inputs = [
         ShardInput(first_shard_id + shard.shard_id, shard.location, shard.n_pairs, shard.n_queries)

@@ -77,6 +77,10 @@ def summarize_run(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> R
         if api.search_units:
             fields.append(("search units", f"{api.search_units:,}"))
         fields.append(("cost", cost))
+    if run.shadow_of is not None:
+        fields.append(("shadow of", f"run {run.shadow_of} (its usage counts as the shadow's)"))
+    for shadow in ledger.shadow_runs(run.run_id):
+        fields.append(("shadow", f"run {shadow.run_id}: {shadow.model}, {shadow.status}"))
     canary = run.options.get("canary") if run.options else None
     if isinstance(canary, dict):
         verdict = canary.get("verdict")

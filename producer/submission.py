@@ -13,7 +13,7 @@ from core.errors import RerankError
 from core.messages import send_shard
 from core.model_spec import ModelSpec
 from core.settings import Settings
-from producer.canary import write_canary_inputs
+from producer.canary import Canary, write_canary_inputs
 from producer.run_parts import CANARY_DIRNAME
 from storage.corpus import CorpusColumns, CorpusSummary
 from storage.ledger import Ledger, Run, RunStatus, Shard, ShardPlanRow, ShardStatus, utcnow
@@ -27,6 +27,7 @@ from storage.shards.shard_files import ShardInput
 
 RUNS_DIRNAME = "runs"
 INPUTS_DIRNAME = "_inputs"
+SHADOW_DIRNAME = "_shadow"
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,21 @@ def create_run(
     shard_pairs: int,
     previous: PreviousScores | None = None,
     reused_from: str | None = None,
-    canary: Location | None = None,
+    canary: Canary | None = None,
+    shadow_of: str | None = None,
 ) -> CreatedRun:
     """Record a new run of a validated corpus, with its shard inputs written under the run dir.
 
     Each shard input is written once, with every pair's content hash and, given ``previous``, the score
     it carries over. The inputs are written before the run is recorded, so no worker ever sees a
     partial input; if writing them or recording the run fails, they are removed again. A ``canary``
-    corpus becomes shards of its own after the corpus's (``producer.canary``)."""
+    corpus becomes shards of its own after the corpus's (``producer.canary``). ``shadow_of`` makes it the
+    shadow run of that production run (``submit.py --shadow``)."""
     run_id = new_run_id()
     data = data_location(settings)
-    run_location = data.join(run_key(run_id))
+    # A shadow run's files live under its production run's directory, out of that run's dataset.
+    run_dir = f"{run_key(shadow_of)}/{SHADOW_DIRNAME}/{run_id}" if shadow_of else run_key(run_id)
+    run_location = data.join(run_dir)
     try:
         plans = plan_shards(summary, shard_pairs)
         fingerprint = scoring_fingerprint(str(spec), settings.max_length)
@@ -86,7 +91,7 @@ def create_run(
                 pairs=shard.n_pairs,
                 queries=shard.n_queries,
                 input_path=shard.location.relative_to(data),
-                output_path=f"{run_key(run_id)}/{shard_output_name(shard.shard_id)}",
+                output_path=f"{run_dir}/{shard_output_name(shard.shard_id)}",
             )
             for shard in inputs
         ]
@@ -102,12 +107,12 @@ def create_run(
                     pairs=shard.n_pairs,
                     queries=shard.n_queries,
                     input_path=shard.location.relative_to(data),
-                    output_path=f"{run_key(run_id)}/{CANARY_DIRNAME}/{shard_output_name(shard.shard_id)}",
+                    output_path=f"{run_dir}/{CANARY_DIRNAME}/{shard_output_name(shard.shard_id)}",
                 )
                 for shard in canary_inputs
             ]
             canary_options = {
-                "path": canary.uri,
+                "path": canary.location.uri,
                 "identity": identity,
                 "shard_ids": [shard.shard_id for shard in canary_inputs],
                 "pairs": sum(shard.n_pairs for shard in canary_inputs),
@@ -130,6 +135,7 @@ def create_run(
                 **({"canary": canary_options} if canary_options is not None else {}),
             },
             created_at=utcnow(),
+            shadow_of=shadow_of,
         )
         ledger.create_run(run, rows)
     except BaseException:

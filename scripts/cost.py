@@ -1,5 +1,6 @@
 """Cost accounting from the ledger: cost, tokens, search units, requests, scored pairs and GPU hours,
-grouped by run, model, provider, worker and/or day, over a date range, with cost per million pairs.
+grouped by run, model, provider, worker, day and/or role (production, or the shadow runs of submit.py
+--shadow), over a date range, with cost per million pairs.
 API requests are priced when they are recorded; GPU hours are priced here from the [[gpu]] entries of
 the same price table (RERANK_PRICES_PATH, default core/prices.toml).
 

@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,7 +29,9 @@ from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
 from core.reach import local_only_warning
 from core.settings import Settings, get_settings
-from producer.canary import check_canary
+from producer.canary import check_canary, validate_canary
+from producer.comparison import compare, run_side
+from producer.comparison_report import show_comparison
 from producer.report import show_run_summary
 from producer.run_parts import corpus_shards
 from producer.shard_size import shard_size
@@ -41,8 +44,8 @@ from producer.submission import (
 )
 from producer.truncation_check import sample_truncation, truncation_warning
 from producer.watch import wait_for_run
-from storage.corpus import CorpusColumns, validate_corpus
-from storage.ledger import Ledger
+from storage.corpus import CorpusColumns, CorpusSummary, validate_corpus
+from storage.ledger import Ledger, Shard
 from storage.ledger.schema import Run
 from storage.ledger.types import RunProgress
 from storage.location import Location, data_location, location_of
@@ -93,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         "RERANK_CANARY_PATH); once the run finishes, their scores are compared with the canary's previous "
         "run of the model and a drift past RERANK_CANARY_FAIL_IF marks the run completed_with_drift",
     )
+    parser.add_argument(
+        "--shadow",
+        metavar="MODEL",
+        help="also score the corpus with MODEL, as a shadow run on its own queue with its own output under "
+        "the run's _shadow/ directory and its usage counted as the shadow's; --wait then compares the two "
+        "(the production output, --out included, is --model's alone)",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
     parser.add_argument(
         "--out", help="with --wait: merge all scores into this Parquet file (a local path or a URI)"
@@ -130,6 +140,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--resume/--retry-failed take no corpus or --model: the run already records them")
     if not existing and (args.corpus is None or args.model is None):
         parser.error("give a corpus and --model, or --resume RUN_ID, or --retry-failed RUN_ID")
+    if args.shadow is not None and existing:
+        parser.error("--shadow starts with a new run: give a corpus and --model")
     if args.out is not None and not args.wait:
         parser.error("--out needs --wait: the scores are merged once the run has finished")
     if args.shard_pairs is not None and args.shard_pairs < 1:
@@ -173,6 +185,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         text=args.text_column,
         candidates=args.candidates_column,
     )
+    shadow: _Shadow | None = None
     if args.resume or args.retry_failed:
         flag, run_id = ("--resume", args.resume) if args.resume else ("--retry-failed", args.retry_failed)
         ledger = Ledger(settings.resolved_ledger_url)
@@ -183,10 +196,13 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         shards = unfinished_shards(ledger, run.run_id) if args.resume else failed_shards(ledger, run.run_id)
     else:
         spec = ModelSpec.parse(args.model)
+        shadow_spec = ModelSpec.parse(args.shadow) if args.shadow else None
+        if shadow_spec == spec:
+            raise RerankError(f"--shadow {args.shadow} is the production model itself; name a second model")
         corpus = location_of(args.corpus, settings)
         summary = validate_corpus(corpus, columns)
         canary_file = args.canary or settings.canary_path
-        canary = location_of(canary_file, settings) if canary_file else None
+        canary = validate_canary(location_of(canary_file, settings)) if canary_file else None
         ledger = Ledger(settings.resolved_ledger_url)
         reused_from, previous = (
             previous_scores(ledger, settings, spec, args.reuse) if args.reuse else (None, None)
@@ -212,10 +228,12 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         )
         if canary is not None:
             print(
-                f"canary: {created.canary_pairs:,} pairs from {canary.uri}, compared with the canary's "
-                "previous run of this model once the run finishes",
+                f"canary: {created.canary_pairs:,} pairs from {canary.location.uri}, compared with the "
+                "canary's previous run of this model once the run finishes",
                 file=sys.stderr,
             )
+        if shadow_spec is not None:
+            shadow = _create_shadow(corpus, summary, shadow_spec, columns, settings, ledger, args, run)
         if args.reuse and reused_from is None:
             print(f"--reuse latest: no earlier completed run of {spec}; scoring every pair", file=sys.stderr)
         if reused_from is not None:
@@ -235,6 +253,9 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if args.resume or args.retry_failed:
         print(f"run {run.run_id}: re-enqueued {sent} shard(s)", file=sys.stderr)
     _warn_if_unserved(broker_url, settings, run)
+    if shadow is not None:
+        enqueue_shards(app, ledger, shadow.run, shadow.shards)
+        _warn_if_unserved(broker_url, settings, shadow.run)
     warning = local_only_warning(settings)
     if warning:
         print(warning, file=sys.stderr)
@@ -242,6 +263,10 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait:
         return EXIT_OK
     progress = _follow(ledger, run, broker_url, settings, args)
+    if shadow is not None:
+        _compare_with_shadow(
+            ledger, settings, run, shadow.run, _follow(ledger, shadow.run, broker_url, settings, args)
+        )
     finished = ledger.get_run(run.run_id)
     verdict = check_canary(ledger, settings, finished) if finished is not None else None
     show_run_summary(ledger, run.run_id, sys.stderr)
@@ -288,6 +313,51 @@ def _warn_if_unserved(broker_url: str, settings: Settings, run: Run) -> None:
             f"  python scripts/workers.py --model {run.model} {placement}",
             file=sys.stderr,
         )
+
+
+@dataclass(frozen=True)
+class _Shadow:
+    run: Run
+    shards: list[Shard]
+
+
+def _create_shadow(
+    corpus: Location,
+    summary: CorpusSummary,
+    spec: ModelSpec,
+    columns: CorpusColumns,
+    settings: Settings,
+    ledger: Ledger,
+    args: argparse.Namespace,
+    production: Run,
+) -> _Shadow:
+    size = shard_size(settings, ledger, str(spec), args.shard_pairs)
+    created = create_run(
+        corpus, summary, spec, columns, settings, ledger, size.pairs, shadow_of=production.run_id
+    )
+    run = ledger.get_run(created.run_id)
+    assert run is not None
+    print(
+        f"shadow: run {run.run_id} scores the same {created.n_pairs:,} pairs with {run.model} in "
+        f"{len(created.shards)} shard(s) on queue {run.queue}; the production output is "
+        f"{production.model}'s alone",
+        file=sys.stderr,
+    )
+    return _Shadow(run, created.shards)
+
+
+def _compare_with_shadow(
+    ledger: Ledger, settings: Settings, production: Run, shadow: Run, progress: RunProgress
+) -> None:
+    if not progress.finished or progress.shards_done == 0:
+        print(
+            f"shadow run {shadow.run_id} is not finished; compare later with scripts/compare.py",
+            file=sys.stderr,
+        )
+        return
+    print(f"production {production.run_id} (A) against its shadow {shadow.run_id} (B):", file=sys.stderr)
+    comparison = compare(run_side(ledger, settings, production), run_side(ledger, settings, shadow))
+    show_comparison(comparison, sys.stderr)
 
 
 def _warn_if_truncating(spec: ModelSpec, settings: Settings, shard_inputs: list[Location]) -> None:

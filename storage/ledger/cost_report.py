@@ -1,4 +1,5 @@
-"""Cost accounting from the ledger: usage and cost grouped by run, model, provider, worker or day.
+"""Cost accounting from the ledger: usage and cost grouped by run, model, provider, worker, day or role
+(production, or the shadow runs of ``submit.py --shadow``).
 
 API requests carry the cost priced when they were recorded; GPU hours are priced here from the price
 table's GPU-hour entries. A GPU costs what it is held, busy or not, so GPU hours are the wall time of every
@@ -17,12 +18,12 @@ from sqlalchemy import ColumnElement, and_, case, func, literal, select
 from sqlalchemy.orm import Session
 
 from core.pricing import PriceTable
-from storage.ledger.schema import Usage
+from storage.ledger.schema import Run, Usage
 from storage.ledger.statuses import UsageOutcome
 from storage.ledger.usage_rows import SUMMARY_ROW
 
-Dimension = Literal["run", "model", "provider", "worker", "day"]
-DIMENSIONS: tuple[Dimension, ...] = ("run", "model", "provider", "worker", "day")
+Dimension = Literal["run", "model", "provider", "worker", "day", "role"]
+DIMENSIONS: tuple[Dimension, ...] = ("run", "model", "provider", "worker", "day", "role")
 
 
 @dataclass
@@ -73,6 +74,8 @@ def _dimension_column(dimension: Dimension) -> ColumnElement[Any]:
         return func.coalesce(Usage.provider, literal("local"))
     if dimension == "worker":
         return Usage.worker.expression
+    if dimension == "role":  # a shadow run's usage is the shadow's, whatever its model
+        return case((Run.shadow_of.is_not(None), literal("shadow")), else_=literal("production"))
     return func.date(Usage.finished_at)
 
 
@@ -106,6 +109,7 @@ def cost_report(
             func.sum(func.coalesce(Usage.cost_usd, 0.0)),
             func.sum(case((and_(Usage.request_index > SUMMARY_ROW, Usage.cost_usd.is_(None)), 1), else_=0)),
         )
+        .join(Run, Run.run_id == Usage.run_id)
         .group_by(*groups, day, Usage.device)
         .order_by(*groups)
     )

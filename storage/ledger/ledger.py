@@ -29,6 +29,7 @@ from storage.ledger.runs import (
     recent_runs,
     record_canary_verdict,
     run_shards,
+    shadow_runs,
 )
 from storage.ledger.schema import Run, Shard
 from storage.ledger.statuses import ShardStatus
@@ -93,6 +94,11 @@ class Ledger:
         """The id of the newest run of ``model`` that completed without failures."""
         with self._sessions() as session:
             return latest_completed_run_id(session, model)
+
+    def shadow_runs(self, run_id: str) -> list[Run]:
+        """The shadow runs of production run ``run_id`` (``submit.py --shadow``)."""
+        with self._sessions() as session:
+            return shadow_runs(session, run_id)
 
     def recent_runs(self, model: str, before: datetime, limit: int = 50) -> list[Run]:
         """Up to ``limit`` runs of ``model`` created before ``before``, newest first."""

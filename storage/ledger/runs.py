@@ -86,6 +86,10 @@ def latest_completed_run_id(session: Session, model: str) -> str | None:
     )
 
 
+def shadow_runs(session: Session, run_id: str) -> list[Run]:
+    return list(session.scalars(select(Run).where(Run.shadow_of == run_id).order_by(Run.created_at)))
+
+
 def recent_runs(session: Session, model: str, before: datetime, limit: int) -> list[Run]:
     """Up to ``limit`` runs of ``model`` created before ``before``, newest first."""
     return list(

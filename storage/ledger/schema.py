@@ -49,6 +49,8 @@ class Run(Base):
     options: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A shadow run (``submit.py --shadow``): the production run whose corpus it scores with another model.
+    shadow_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Shard(Base):

@@ -43,6 +43,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def unversioned_revision(connection: Connection) -> str:
     """The revision a ledger created without Alembic (tables made directly) corresponds to."""
     shard_columns = {column["name"] for column in inspect(connection).get_columns("shards")}
+    if "shadow_of" in {column["name"] for column in inspect(connection).get_columns("runs")}:
+        return "0005"
     if "truncated_pairs" in {column["name"] for column in inspect(connection).get_columns("usage")}:
         return "0004"
     if "scores_path" in shard_columns:

@@ -81,15 +81,28 @@ def test_every_bad_corpus_exits_2_and_leaves_nothing(
 
 def test_missing_file_and_bad_flags(tmp_path: Path, redis_url: str, redis_prefix: str) -> None:
     env = clean_env(data_dir=str(tmp_path / "data"), broker_url=redis_url, redis_key_prefix=redis_prefix)
-    missing, no_model, out_without_wait, unknown_run, bad_kind = run_scripts_at_once(
-        [
-            ("submit.py", [str(tmp_path / "nope.parquet"), "--model", "cross-encoder:m"], env),
-            ("submit.py", [str(tmp_path / "nope.parquet")], env),
-            ("submit.py", ["x.parquet", "--model", "m", "--out", "o.parquet"], env),
-            ("submit.py", ["--resume", "no-such-run"], env),
-            ("submit.py", ["x.parquet", "--model", "bogus:thing"], env),
-        ]
+    corpus = str(corpora.write(corpora.long_corpus(2, 2), tmp_path / "corpus.parquet"))
+    missing, no_model, out_without_wait, unknown_run, bad_kind, same_shadow, shadow_resume, missing_canary = (
+        run_scripts_at_once(
+            [
+                ("submit.py", [str(tmp_path / "nope.parquet"), "--model", "cross-encoder:m"], env),
+                ("submit.py", [str(tmp_path / "nope.parquet")], env),
+                ("submit.py", ["x.parquet", "--model", "m", "--out", "o.parquet"], env),
+                ("submit.py", ["--resume", "no-such-run"], env),
+                ("submit.py", ["x.parquet", "--model", "bogus:thing"], env),
+                ("submit.py", [corpus, "--model", "cross-encoder:m", "--shadow", "cross-encoder:m"], env),
+                ("submit.py", ["--resume", "some-run", "--shadow", "cross-encoder:m"], env),
+                (
+                    "submit.py",
+                    [corpus, "--model", "cross-encoder:m", "--canary", str(tmp_path / "no.parquet")],
+                    env,
+                ),
+            ]
+        )
     )
+    assert same_shadow.returncode == 2 and "is the production model itself" in same_shadow.stderr
+    assert shadow_resume.returncode == 2 and "--shadow starts with a new run" in shadow_resume.stderr
+    assert missing_canary.returncode == 2 and "no.parquet" in missing_canary.stderr
     assert missing.returncode == 2 and "nope.parquet" in missing.stderr
     assert no_model.returncode == 2 and "--model" in no_model.stderr
     assert out_without_wait.returncode == 2 and "--out needs --wait" in out_without_wait.stderr
