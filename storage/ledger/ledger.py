@@ -29,6 +29,7 @@ from storage.ledger.runs import (
     recent_runs,
     record_canary_verdict,
     run_shards,
+    runs_since,
     shadow_runs,
 )
 from storage.ledger.schema import Run, Shard
@@ -94,6 +95,11 @@ class Ledger:
         """The id of the newest run of ``model`` that completed without failures."""
         with self._sessions() as session:
             return latest_completed_run_id(session, model)
+
+    def runs_since(self, since: datetime) -> list[Run]:
+        """Runs created since ``since`` and every run still queued or running, oldest first."""
+        with self._sessions() as session:
+            return runs_since(session, since)
 
     def shadow_runs(self, run_id: str) -> list[Run]:
         """The shadow runs of production run ``run_id`` (``submit.py --shadow``)."""

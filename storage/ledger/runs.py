@@ -86,6 +86,14 @@ def latest_completed_run_id(session: Session, model: str) -> str | None:
     )
 
 
+def runs_since(session: Session, since: datetime) -> list[Run]:
+    """Runs created since ``since``, and every run still queued or running, oldest first."""
+    unfinished = Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING])
+    return list(
+        session.scalars(select(Run).where(or_(Run.created_at >= since, unfinished)).order_by(Run.created_at))
+    )
+
+
 def shadow_runs(session: Session, run_id: str) -> list[Run]:
     return list(session.scalars(select(Run).where(Run.shadow_of == run_id).order_by(Run.created_at)))
 

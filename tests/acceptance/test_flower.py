@@ -28,7 +28,7 @@ from core.model_spec import ModelSpec
 from testkit import corpora
 from testkit.fleet import SCRIPTS, clean_env, run_script, start_fleet
 from testkit.model_factory import build_tiny_cross_encoder
-from testkit.services import delete_prefixed, new_prefix
+from testkit.services import delete_prefixed, free_port, new_prefix
 from tests.browser import HeadlessChromium, chromium_required, find_chromium, wait_until
 
 USER = "operator"
@@ -68,12 +68,6 @@ class Flower:
         return dict(json.loads(body))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Wide enough that a shard takes about a second here: long enough to be caught while it runs."""
@@ -85,7 +79,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def flower(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Flower]:
     root = tmp_path_factory.mktemp("flower")
     prefix = new_prefix()
-    port = _free_port()
+    port = free_port()
     env = clean_env(
         data_dir=str(root / "data"),
         broker_url=redis_url,

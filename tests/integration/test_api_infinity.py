@@ -12,7 +12,6 @@ Infinity is not a dependency of this project (its pins clash with ours), so this
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,17 +25,11 @@ import pytest
 from core.model_spec import ModelSpec
 from testkit import corpora
 from testkit.fleet import clean_env, run_script, start_workers
-from testkit.services import delete_prefixed, new_prefix
+from testkit.services import delete_prefixed, free_port, new_prefix
 
 INFINITY = os.environ.get("RERANK_TEST_INFINITY")
 KEY = "infinity-test-key-5c1d"
 pytestmark = pytest.mark.skipif(not INFINITY, reason="set RERANK_TEST_INFINITY to an infinity_emb executable")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
     from testkit.model_factory import build_tiny_cross_encoder
 
     model = build_tiny_cross_encoder(tmp_path_factory.mktemp("models") / "tiny-ce", seed=3)
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("infinity") / "infinity.log"
     argv = [str(INFINITY), "v2", "--model-id", str(model), "--served-model-name", "tiny-ce"]
     argv += ["--engine", "torch", "--device", "cpu", "--port", str(port), "--url-prefix", "/v1"]
