@@ -68,3 +68,10 @@ class StorageError(RerankError):
 
 class StorageUnreachableError(StorageError):
     """Raised when a storage endpoint does not answer (network, DNS, TLS); the location itself may be fine."""
+
+
+class BudgetExhaustedError(ProviderError):
+    """Raised before a request (or a shard) that the run's budget cannot pay for: its spent and reserved
+    cost or tokens reached ``--max-cost-usd`` or ``--max-tokens``. The shard goes back to the queue and
+    the run pauses (``paused_budget``) until ``submit.py --resume RUN_ID`` raises the budget. Like a
+    ``ProviderError`` it carries the usage of the requests the attempt made before it stopped."""

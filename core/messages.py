@@ -27,7 +27,7 @@ UNDERSTOOD_VERSIONS: tuple[int, ...] = (1,)
 UNVERSIONED_MEANS = 1
 """The version of a message without ``schema_version`` (producers from before the field)."""
 
-ShardStatus = Literal["done", "closed", "superseded"]
+ShardStatus = Literal["done", "closed", "superseded", "paused"]
 
 
 class ShardRef(BaseModel):
@@ -85,8 +85,9 @@ class ShardRef(BaseModel):
 
 class ShardResult(BaseModel):
     """What a shard task returns to Celery (and Flower shows): ``status`` is ``done`` (scored and
-    published), ``closed`` (the ledger had already finished the shard) or ``superseded`` (scored, but
-    another attempt published first); ``attempt`` is None when no attempt was made."""
+    published), ``closed`` (the ledger had already finished the shard, or its run is paused),
+    ``superseded`` (scored, but another attempt published first) or ``paused`` (the run's budget was spent:
+    the shard went back unscored); ``attempt`` is None when no attempt was made."""
 
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 

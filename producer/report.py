@@ -10,6 +10,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from core.budget import Budget
 from producer.canary import CanaryVerdict
 from producer.terminal import show
 from storage.ledger import Ledger, RunStatus, ShardStatus
@@ -18,6 +19,7 @@ _STATUS_STYLES: dict[str, str] = {
     RunStatus.COMPLETED: "bold green",
     RunStatus.COMPLETED_WITH_FAILURES: "bold red",
     RunStatus.COMPLETED_WITH_DRIFT: "bold red",
+    RunStatus.PAUSED_BUDGET: "bold red",
     RunStatus.RUNNING: "bold yellow",
     RunStatus.QUEUED: "bold yellow",
 }
@@ -77,6 +79,15 @@ def summarize_run(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> R
         if api.search_units:
             fields.append(("search units", f"{api.search_units:,}"))
         fields.append(("cost", cost))
+    budget = Budget.from_options(run.options)
+    if budget.limited:
+        spent_usd, spent_tokens = ledger.spent(run_id)
+        paused = (
+            " (paused: raise it with submit.py --resume)" if run.status == RunStatus.PAUSED_BUDGET else ""
+        )
+        fields.append(
+            ("budget", f"{budget.describe()}; spent ${spent_usd:,.4f} and {spent_tokens:,} tokens{paused}")
+        )
     if run.shadow_of is not None:
         fields.append(("shadow of", f"run {run.shadow_of} (its usage counts as the shadow's)"))
     for shadow in ledger.shadow_runs(run.run_id):

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 from celery import Celery
 
+from core.budget import OPTIONS_KEY as BUDGET_KEY
+from core.budget import Budget
 from core.errors import RerankError
 from core.messages import send_shard
 from core.model_spec import ModelSpec
@@ -65,6 +67,7 @@ def create_run(
     reused_from: str | None = None,
     canary: Canary | None = None,
     shadow_of: str | None = None,
+    budget: Budget | None = None,
 ) -> CreatedRun:
     """Record a new run of a validated corpus, with its shard inputs written under the run dir.
 
@@ -133,6 +136,7 @@ def create_run(
                 "reused_from": reused_from,
                 "reused_pairs": reused,
                 **({"canary": canary_options} if canary_options is not None else {}),
+                **({BUDGET_KEY: budget.as_options()} if budget is not None and budget.limited else {}),
             },
             created_at=utcnow(),
             shadow_of=shadow_of,

@@ -142,6 +142,6 @@ def wait_for_run(
             display.show(progress, rate)
             if on_poll is not None:
                 on_poll(progress)
-            if progress.finished or (timeout_s is not None and elapsed >= timeout_s):
+            if progress.finished or progress.paused or (timeout_s is not None and elapsed >= timeout_s):
                 return progress
             time.sleep(poll_s)

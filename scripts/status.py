@@ -5,7 +5,7 @@ keeps running as a daemon after every script and worker has exited, holding the 
 ``--stop-broker`` stops it (queued shards are kept on disk and served again when it next starts).
 
 Exit codes: 0 completed; 1 completed with failures; 4 still queued or running; 2 no such run; 5 completed,
-but the run's canary drifted from its previous run (completed_with_drift).
+but the run's canary drifted from its previous run (completed_with_drift); 6 paused by its budget.
 
 Examples:
   python scripts/status.py 20261121-231500-ab12cd
@@ -25,7 +25,7 @@ from producer.canary import check_canary
 from producer.report import show_run_summary
 from storage.ledger import Ledger, RunStatus
 
-EXIT_COMPLETED, EXIT_FAILURES, EXIT_NO_RUN, EXIT_UNFINISHED, EXIT_DRIFT = 0, 1, 2, 4, 5
+EXIT_COMPLETED, EXIT_FAILURES, EXIT_NO_RUN, EXIT_UNFINISHED, EXIT_DRIFT, EXIT_PAUSED = 0, 1, 2, 4, 5, 6
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     show_run_summary(ledger, run.run_id, sys.stdout, max_failed=None)
     if run.status == RunStatus.COMPLETED_WITH_DRIFT:
         return EXIT_DRIFT
+    if run.status == RunStatus.PAUSED_BUDGET:
+        return EXIT_PAUSED
     if run.status == RunStatus.COMPLETED:
         return EXIT_COMPLETED
     if run.status == RunStatus.COMPLETED_WITH_FAILURES:

@@ -3,7 +3,8 @@ the ledger and enqueue one task per shard for the workers that host the model.
 
 Exit codes: 0 done (or enqueued, without --wait); 1 finished with failed shards; 2 bad input or flags;
 3 broker or ledger unreachable; 4 --timeout passed before the run finished; 5 finished, but the canary
-drifted (--canary); 130 interrupted (the run goes on; follow it again with --resume RUN_ID --wait).
+drifted (--canary); 6 paused: the run's budget is spent (raise it with --resume RUN_ID --max-cost-usd);
+130 interrupted (the run goes on; follow it again with --resume RUN_ID --wait).
 
 Examples:
   python scripts/submit.py corpus.parquet --model all-MiniLM-L6-v2 --wait --out scores.parquet
@@ -24,6 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.broker import resolve_broker_url
 from core.broker.celery_app import create_app
 from core.broker.presence import live_workers
+from core.broker.url import connect
+from core.budget import Budget, spend_keys
 from core.errors import BrokerError, CorpusError, RerankError, StorageUnreachableError
 from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
@@ -45,7 +48,7 @@ from producer.submission import (
 from producer.truncation_check import sample_truncation, truncation_warning
 from producer.watch import wait_for_run
 from storage.corpus import CorpusColumns, CorpusSummary, validate_corpus
-from storage.ledger import Ledger, Shard
+from storage.ledger import Ledger, RunStatus, Shard
 from storage.ledger.schema import Run
 from storage.ledger.types import RunProgress
 from storage.location import Location, data_location, location_of
@@ -53,7 +56,7 @@ from storage.shards.publication import settle_run
 from storage.shards.scores import merge_scores, read_metadata
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-EXIT_DRIFT = 5
+EXIT_DRIFT, EXIT_PAUSED = 5, 6
 WORKER_CHECK_EVERY_S = 15.0
 
 
@@ -103,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
         "the run's _shadow/ directory and its usage counted as the shadow's; --wait then compares the two "
         "(the production output, --out included, is --model's alone)",
     )
+    parser.add_argument(
+        "--max-cost-usd",
+        type=float,
+        metavar="USD",
+        help="the run's budget in API cost: workers send no request once spent plus reserved reach it, and "
+        "the run pauses (paused_budget) until --resume RUN_ID raises it (with --resume: the new budget)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="the run's budget in tokens, enforced as --max-cost-usd is (with --resume: the new budget)",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
     parser.add_argument(
         "--out", help="with --wait: merge all scores into this Parquet file (a local path or a URI)"
@@ -144,6 +160,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--shadow starts with a new run: give a corpus and --model")
     if args.out is not None and not args.wait:
         parser.error("--out needs --wait: the scores are merged once the run has finished")
+    if args.max_cost_usd is not None and not args.max_cost_usd > 0:
+        parser.error("--max-cost-usd must be a positive amount")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        parser.error("--max-tokens must be at least 1")
+    if args.retry_failed and (args.max_cost_usd is not None or args.max_tokens is not None):
+        parser.error("a budget is given to a new run or raised with --resume RUN_ID, not --retry-failed")
     if args.shard_pairs is not None and args.shard_pairs < 1:
         parser.error("--shard-pairs must be at least 1")
     return args
@@ -193,6 +215,15 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         if run is None:
             raise RerankError(f"{flag} {run_id}: no such run in the ledger at {_safe(settings)}")
         broker_url = resolve_broker_url(settings)
+        if args.max_cost_usd is not None or args.max_tokens is not None:
+            run = _raise_budget(ledger, settings, broker_url, run, args)
+        elif run.status == RunStatus.PAUSED_BUDGET:
+            described = Budget.from_options(run.options).describe()
+            print(
+                f"warning: run {run.run_id} is paused by its budget ({described}); its shards stop again "
+                "at once unless --max-cost-usd or --max-tokens raises it",
+                file=sys.stderr,
+            )
         shards = unfinished_shards(ledger, run.run_id) if args.resume else failed_shards(ledger, run.run_id)
     else:
         spec = ModelSpec.parse(args.model)
@@ -212,8 +243,19 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         size = shard_size(settings, ledger, str(spec), args.shard_pairs)
         shard_pairs = size.pairs
         data.check_container()  # a missing bucket or denied access is told before anything is written
+        budget = Budget(args.max_cost_usd, args.max_tokens)
         created = create_run(
-            corpus, summary, spec, columns, settings, ledger, shard_pairs, previous, reused_from, canary
+            corpus,
+            summary,
+            spec,
+            columns,
+            settings,
+            ledger,
+            shard_pairs,
+            previous,
+            reused_from,
+            canary,
+            budget=budget,
         )
         run = ledger.get_run(created.run_id)
         assert run is not None
@@ -270,6 +312,16 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     finished = ledger.get_run(run.run_id)
     verdict = check_canary(ledger, settings, finished) if finished is not None else None
     show_run_summary(ledger, run.run_id, sys.stderr)
+    if progress.paused and not progress.finished:
+        paused = ledger.get_run(run.run_id)
+        cost, tokens = ledger.spent(run.run_id)
+        described = Budget.from_options(paused.options if paused else None).describe()
+        print(
+            f"run {run.run_id} is paused: its budget ({described}) is spent (${cost:,.4f}, {tokens:,} tokens "
+            f"so far); raise it with: submit.py --resume {run.run_id} --max-cost-usd AMOUNT --wait",
+            file=sys.stderr,
+        )
+        return EXIT_PAUSED
     if not progress.finished:
         print(f"error: run {run.run_id} is not finished after {args.timeout}s", file=sys.stderr)
         return EXIT_TIMEOUT
@@ -358,6 +410,26 @@ def _compare_with_shadow(
     print(f"production {production.run_id} (A) against its shadow {shadow.run_id} (B):", file=sys.stderr)
     comparison = compare(run_side(ledger, settings, production), run_side(ledger, settings, shadow))
     show_comparison(comparison, sys.stderr)
+
+
+def _raise_budget(
+    ledger: Ledger, settings: Settings, broker_url: str, run: Run, args: argparse.Namespace
+) -> Run:
+    """Give the run its new budget (a limit not given stays as it was) and restart the fleet's counters
+    from the ledger, so that the workers go on."""
+    old = Budget.from_options(run.options)
+    new = Budget(
+        args.max_cost_usd if args.max_cost_usd is not None else old.max_cost_usd,
+        args.max_tokens if args.max_tokens is not None else old.max_tokens,
+    )
+    updated = ledger.set_budget(run.run_id, new)
+    client = connect(broker_url)
+    try:
+        client.delete(*spend_keys(settings.redis_key_prefix, run.run_id))
+    finally:
+        client.close()
+    print(f"run {run.run_id}: budget {old.describe()} -> {new.describe()}", file=sys.stderr)
+    return updated
 
 
 def _warn_if_truncating(spec: ModelSpec, settings: Settings, shard_inputs: list[Location]) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import threading
 
+import redis
+
+from core.broker import resolve_broker_url
+from core.broker.url import connect
+from core.budget import Budget
 from core.errors import MessageError
 from core.model_spec import ModelSpec
 from core.settings import Settings, get_settings
@@ -12,6 +17,7 @@ from storage.ledger import Ledger
 from storage.location import data_location
 from worker.backends import load_reranker
 from worker.backends.base import Reranker
+from worker.spend_gate import RedisSpendGate
 
 
 class WrongModelError(MessageError):
@@ -28,7 +34,17 @@ class WorkerRuntime:
         self.ledger = Ledger(settings.resolved_ledger_url)
         self.leases = self.ledger.leases(settings.max_attempts, settings.lease_s)
         self._reranker: Reranker | None = reranker
+        self._redis: redis.Redis | None = None
         self._lock = threading.Lock()
+
+    def spend_gate(self, run_id: str, budget: Budget) -> RedisSpendGate:
+        """The fleet-wide gate of a run with a budget, on the broker's Redis."""
+        with self._lock:
+            if self._redis is None:
+                self._redis = connect(resolve_broker_url(self.settings))
+        return RedisSpendGate(
+            self._redis, self.settings.redis_key_prefix, run_id, budget, lambda: self.ledger.spent(run_id)
+        )
 
     def reranker(self, spec: ModelSpec) -> Reranker:
         with self._lock:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from core.errors import MessageError, PermanentProviderError, ProviderError, RerankError
+from core.errors import BudgetExhaustedError, MessageError, PermanentProviderError, ProviderError, RerankError
 from core.messages import ShardRef
 from core.model_spec import ModelSpec
 from storage.atomic import staged
@@ -20,6 +20,7 @@ from storage.shards.inputs import read_shard_input
 from storage.shards.publication import attempt_key, settle
 from storage.shards.scores import scores_table, write_staged_scores
 from worker.backends.progress_sink import listening
+from worker.backends.spending import spending
 from worker.lease_keeper import LeaseGuard, LeaseKeeper
 from worker.phase_clock import PhaseClock
 from worker.runtime import WorkerRuntime
@@ -33,7 +34,7 @@ PERMANENT_ERRORS: tuple[type[Exception], ...] = (MessageError, PermanentProvider
 
 @dataclass(frozen=True)
 class ShardOutcome:
-    status: Literal["done", "closed", "superseded"]
+    status: Literal["done", "closed", "superseded", "paused"]
     attempt: int | None
     pairs: int
     seconds: float
@@ -78,6 +79,9 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     clock = time.monotonic()
     device = device_label(reranker.describe())
     usage = AttemptUsage(worker=worker, model=ref.model, device=device)
+    gate = runtime.spend_gate(ref.run_id, grant.budget) if grant.budget.limited else None
+    if gate is not None and gate.exhausted():
+        return _pause_for_budget(ref, runtime, attempt, usage, started_at, clock, None)
     scores_key = attempt_key(output_key, attempt)
     scores_file = data.join(scores_key)
     publishing = False
@@ -89,7 +93,7 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
                     pairs = read_shard_input(input_file)
                 guard = LeaseGuard(keeper)
                 # stops the scoring at the next batch once the lease is lost
-                with listening(guard), phases.phase("score"):
+                with listening(guard), spending(gate), phases.phase("score"):
                     scored = score_shard_pairs(reranker, pairs)
                 result = scored.result
                 with phases.phase("write"):
@@ -121,6 +125,8 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
             device_seconds=result.device_seconds,
             wall_seconds=time.monotonic() - clock,
         )
+        if gate is not None and not result.requests:  # a local model: its tokens count against the budget
+            gate.settle(0.0, 0, 0.0, result.tokens)
         publishing = True
         with phases.phase("ledger"):
             held = runtime.leases.publish(ref.run_id, ref.shard_id, attempt, usage, started_at, scores_key)
@@ -129,6 +135,8 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
             _delete_quietly(scores_file)
         if guard is not None and guard.stopped:
             return _record_lost_lease(ref, runtime, attempt, usage, started_at, clock, guard, exc)
+        if isinstance(exc, BudgetExhaustedError):
+            return _pause_for_budget(ref, runtime, attempt, usage, started_at, clock, exc)
         _record_failure(ref, runtime, attempt, usage, started_at, clock, exc, grant.final_try)
         raise ShardAttemptError(
             f"{type(exc).__name__}: {exc}", grant.final_try or isinstance(exc, PERMANENT_ERRORS), attempt
@@ -220,6 +228,32 @@ def _record_lost_lease(
         seconds,
     )
     return ShardOutcome("superseded", attempt, lost_usage.pairs, seconds)
+
+
+def _pause_for_budget(
+    ref: ShardRef,
+    runtime: WorkerRuntime,
+    attempt: int,
+    usage: AttemptUsage,
+    started_at: datetime,
+    clock: float,
+    error: BudgetExhaustedError | None,
+) -> ShardOutcome:
+    """The run's budget is spent: record the requests this attempt made (they are billed), give the
+    shard back to the queue without using a try, pause the run and publish nothing."""
+    requests = error.requests if error is not None else ()
+    runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, usage.worker, usage.model, requests)
+    seconds = time.monotonic() - clock
+    stopped = AttemptUsage(worker=usage.worker, model=usage.model, device=usage.device, wall_seconds=seconds)
+    runtime.leases.pause_for_budget(ref.run_id, ref.shard_id, attempt, stopped, started_at)
+    log.warning(
+        "shard %s/%s: the run's budget is spent; shard returned unscored and the run paused (%d request(s) "
+        "made by this attempt)",
+        ref.run_id,
+        ref.shard_id,
+        len(requests),
+    )
+    return ShardOutcome("paused", attempt, 0, seconds)
 
 
 def _record_failure(

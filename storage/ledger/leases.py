@@ -11,12 +11,13 @@ chosen file. Every attempt's summary usage row is written here, once, through ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.budget import Budget
 from storage.ledger.completion import close_run_if_finished
 from storage.ledger.schema import Run, Shard
 from storage.ledger.statuses import FINAL_SHARD_STATUSES, RunStatus, ShardStatus, UsageOutcome
@@ -30,6 +31,7 @@ class Granted:
 
     attempt: int
     final_try: bool
+    budget: Budget = field(default_factory=Budget)  # the run's, which the worker enforces as it scores
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class ShardLeases:
                 return Closed("unknown")
             if shard.status in FINAL_SHARD_STATUSES:
                 return Closed(shard.status)
+            run = session.get(Run, run_id)
+            if run is not None and run.status == RunStatus.PAUSED_BUDGET:
+                return Closed(RunStatus.PAUSED_BUDGET)  # --resume sends the shard again
             lease_end = _aware(shard.lease_expires_at)
             if shard.status == ShardStatus.RUNNING and lease_end is not None and lease_end > now:
                 return Busy((lease_end - now).total_seconds() + 1.0)
@@ -96,7 +101,8 @@ class ShardLeases:
                 .where(Run.run_id == run_id, Run.status == RunStatus.QUEUED)
                 .values(status=RunStatus.RUNNING)
             )
-            return Granted(shard.attempts, shard.attempts - shard.attempts_base >= self.max_attempts)
+            budget = Budget.from_options(run.options if run is not None else None)
+            return Granted(shard.attempts, shard.attempts - shard.attempts_base >= self.max_attempts, budget)
 
     def renew(self, run_id: str, shard_id: int, attempt: int) -> bool:
         """Extend the lease of ``attempt``; False when it no longer holds the shard."""
@@ -161,6 +167,30 @@ class ShardLeases:
             )
             close_run_if_finished(session, run_id)
 
+    def pause_for_budget(
+        self, run_id: str, shard_id: int, attempt: int, usage: AttemptUsage, started_at: datetime
+    ) -> None:
+        """Record an attempt that stopped because the run's budget was spent (outcome ``budget``), put the
+        shard back in the queue without using up a try, and pause the run. The shard waits, unsent, for
+        ``submit.py --resume`` (the reaper leaves it alone: it has no pending message)."""
+        with self._sessions() as session, session.begin():
+            record_attempt_row(session, run_id, shard_id, attempt, usage, UsageOutcome.BUDGET, started_at)
+            session.execute(
+                update(Shard)
+                .where(*_held_by(run_id, shard_id, attempt))
+                .values(
+                    status=ShardStatus.QUEUED,
+                    lease_expires_at=None,
+                    attempts_base=Shard.attempts,
+                    enqueued_at=None,
+                )
+            )
+            session.execute(
+                update(Run)
+                .where(Run.run_id == run_id, Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
+                .values(status=RunStatus.PAUSED_BUDGET)
+            )
+
     def superseded(
         self, run_id: str, shard_id: int, attempt: int, usage: AttemptUsage, started_at: datetime
     ) -> None:
@@ -185,9 +215,12 @@ class ShardLeases:
         with self._sessions() as session:
             query = (
                 select(Shard)
+                .join(Run, Run.run_id == Shard.run_id)
                 .where(
                     Shard.status == ShardStatus.QUEUED,
                     Shard.enqueued_at < utcnow() - timedelta(seconds=older_than_s),
+                    # A paused run's shards wait for submit.py --resume, not for the reaper.
+                    Run.status != RunStatus.PAUSED_BUDGET,
                 )
                 .limit(limit)
             )

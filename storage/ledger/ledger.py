@@ -15,12 +15,13 @@ from sqlalchemy import Engine, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.budget import Budget
 from core.pricing import PriceTable
 from core.usage import RequestUsage
 from storage.ledger.cost_report import CostRow, Dimension, cost_report
 from storage.ledger.engine import create_ledger_engine
 from storage.ledger.leases import ShardLeases, move_scores
-from storage.ledger.reports import api_usage_totals, measured_speed, run_progress, usage_totals
+from storage.ledger.reports import api_usage_totals, measured_speed, run_progress, spent, usage_totals
 from storage.ledger.runs import (
     add_run,
     latest_completed_run_id,
@@ -30,6 +31,7 @@ from storage.ledger.runs import (
     record_canary_verdict,
     run_shards,
     runs_since,
+    set_budget,
     shadow_runs,
 )
 from storage.ledger.schema import Run, Shard
@@ -95,6 +97,16 @@ class Ledger:
         """The id of the newest run of ``model`` that completed without failures."""
         with self._sessions() as session:
             return latest_completed_run_id(session, model)
+
+    def set_budget(self, run_id: str, budget: Budget) -> Run:
+        """Give the run ``budget``; a run its old budget paused goes on."""
+        with self._sessions() as session, session.begin():
+            return set_budget(session, run_id, budget)
+
+    def spent(self, run_id: str) -> tuple[float, int]:
+        """The run's recorded API cost (USD) and tokens so far."""
+        with self._sessions() as session:
+            return spent(session, run_id)
 
     def runs_since(self, since: datetime) -> list[Run]:
         """Runs created since ``since`` and every run still queued or running, oldest first."""

@@ -37,6 +37,16 @@ def run_progress(session: Session, run_id: str) -> RunProgress:
     )
 
 
+def spent(session: Session, run_id: str) -> tuple[float, int]:
+    """What the run has used so far, as recorded: API cost (USD) and tokens, failed attempts included."""
+    cost, tokens = session.execute(
+        select(func.coalesce(func.sum(Usage.cost_usd), 0.0), func.coalesce(func.sum(Usage.tokens), 0)).where(
+            Usage.run_id == run_id
+        )
+    ).one()
+    return float(cost or 0.0), int(tokens or 0)
+
+
 def usage_totals(session: Session, run_id: str) -> UsageTotals:
     """Attempts, pairs and times from the attempts' summary rows; tokens from every row, since API
     models keep theirs on the request rows only."""

@@ -9,6 +9,8 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from core.budget import OPTIONS_KEY as BUDGET_KEY
+from core.budget import Budget
 from storage.ledger.schema import Run, Shard
 from storage.ledger.statuses import RunStatus, ShardStatus
 from storage.ledger.types import ShardPlanRow, utcnow
@@ -84,6 +86,17 @@ def latest_completed_run_id(session: Session, model: str) -> str | None:
         .order_by(Run.created_at.desc())
         .limit(1)
     )
+
+
+def set_budget(session: Session, run_id: str, budget: Budget) -> Run:
+    """Record the run's new budget; a run paused by its old one goes on (``running``)."""
+    run = session.get(Run, run_id, with_for_update=True)
+    if run is None:
+        raise KeyError(run_id)
+    run.options = {**run.options, BUDGET_KEY: budget.as_options()}
+    if run.status == RunStatus.PAUSED_BUDGET:
+        run.status = RunStatus.RUNNING
+    return run
 
 
 def runs_since(session: Session, since: datetime) -> list[Run]:

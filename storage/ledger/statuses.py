@@ -18,6 +18,9 @@ class RunStatus(StrEnum):
     COMPLETED_WITH_FAILURES = "completed_with_failures"
     # Every shard done, but the run's canary pairs scored unlike the canary's previous run.
     COMPLETED_WITH_DRIFT = "completed_with_drift"
+    # Its budget (submit.py --max-cost-usd / --max-tokens) is spent: nothing more is scored until
+    # submit.py --resume raises it.
+    PAUSED_BUDGET = "paused_budget"
 
 
 class ShardStatus(StrEnum):
@@ -40,6 +43,7 @@ class UsageOutcome(StrEnum):
     OK = "ok"
     ERROR = "error"
     LEASE_LOST = "lease_lost"
+    BUDGET = "budget"  # stopped before a request or shard the run's budget could not pay for
     RATE_LIMITED = "rate_limited"
     SERVER_ERROR = "server_error"
     TIMEOUT = "timeout"

@@ -53,6 +53,11 @@ class RunProgress:
     def finished(self) -> bool:
         return self.shards_done + self.shards_failed >= self.shards_total
 
+    @property
+    def paused(self) -> bool:
+        """Stopped by its budget until ``submit.py --resume`` raises it."""
+        return self.status == RunStatus.PAUSED_BUDGET
+
 
 @dataclass(frozen=True)
 class MeasuredSpeed:

@@ -18,6 +18,7 @@ from worker.backends.api.planning import PlannedRequest, plan_requests
 from worker.backends.api.sender import RequestSender, UsageLog
 from worker.backends.base import ScoreResult
 from worker.backends.progress_sink import report_progress
+from worker.backends.spending import current_gate
 
 
 class ApiReranker:
@@ -39,8 +40,9 @@ class ApiReranker:
         scores = np.full(len(queries), np.nan, dtype=np.float32)
         usage = UsageLog()
         cancelled = threading.Event()
+        gate = current_gate()  # read here: the request threads do not see this thread's context
         futures: dict[Future[list[float]], PlannedRequest] = {
-            self._pool.submit(self.sender.send, request, usage, cancelled): request for request in plan
+            self._pool.submit(self.sender.send, request, usage, cancelled, gate): request for request in plan
         }
         try:
             for future in as_completed(futures):

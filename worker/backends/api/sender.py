@@ -19,7 +19,7 @@ from datetime import datetime
 
 import httpx
 
-from core.errors import PermanentProviderError, ProviderError
+from core.errors import BudgetExhaustedError, PermanentProviderError, ProviderError
 from core.kinds import ProviderLimits
 from core.pricing import PriceTable
 from core.usage import RequestOutcome, RequestUsage
@@ -35,6 +35,7 @@ from worker.backends.api.provider import (
 from worker.backends.api.rate_headers import retry_after_seconds
 from worker.backends.api.rate_limiter import CancelledError, FleetRateLimiter
 from worker.backends.api.tokens import TokenCalibration
+from worker.backends.spending import SpendGate
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +112,31 @@ class RequestSender:
         self.calibration = TokenCalibration()
         self.endpoint = credentials.base_url.rstrip("/") + provider.path
 
-    def send(self, request: PlannedRequest, usage: UsageLog, cancelled: threading.Event) -> list[float]:
+    def send(
+        self,
+        request: PlannedRequest,
+        usage: UsageLog,
+        cancelled: threading.Event,
+        gate: SpendGate | None = None,
+    ) -> list[float]:
         """The request's scores, in the order of ``request.texts``. Raises ``ProviderError`` (retries
-        exhausted), ``PermanentProviderError`` or ``CancelledError``."""
+        exhausted), ``PermanentProviderError``, ``BudgetExhaustedError`` (``gate`` refused the request:
+        the run's budget is spent) or ``CancelledError``."""
         served_model = None if self.model == "default" else self.model
         body = self.provider.body(served_model, request.query, request.texts, self.limits)
         for retry in range(self.policy.max_retries + 1):
             if cancelled.is_set():
                 raise CancelledError
+            reserved = self._reserve(request, gate)
             lease = self.limiter.acquire(self.calibration.scale(request.estimated_tokens), cancelled)
             index, started_at, clock = usage.next_index(), utcnow(), time.monotonic()
             attempt = self._post(body, len(request.texts))
             reported = attempt.answer.tokens if attempt.answer is not None else None
             self.limiter.release(lease, reported if reported is not None else request.estimated_tokens)
-            usage.add(self._record(index, request, attempt, started_at, time.monotonic() - clock))
+            record = self._record(index, request, attempt, started_at, time.monotonic() - clock)
+            usage.add(record)
+            if gate is not None:
+                gate.settle(reserved, request.estimated_tokens, record.cost_usd or 0.0, record.tokens)
             if attempt.answer is not None:
                 if reported is not None:
                     self.calibration.observe(request.estimated_tokens, reported)
@@ -143,6 +155,21 @@ class RequestSender:
                 log.warning("%s; retrying in %.2fs", message, delay)
                 cancelled.wait(delay)
         raise AssertionError("unreachable: the last retry returns or raises")
+
+    def _reserve(self, request: PlannedRequest, gate: SpendGate | None) -> float:
+        """Reserve the request's estimated cost and tokens with ``gate``; returns the reserved cost."""
+        if gate is None:
+            return 0.0
+        search_units = self.provider.estimate_search_units(len(request.texts))
+        estimate = self.prices.api_cost(
+            self.provider.kind, self.model, utcnow().date(), request.estimated_tokens, 0, search_units
+        )
+        cost = estimate or 0.0
+        if not gate.reserve(cost, request.estimated_tokens):
+            raise BudgetExhaustedError(
+                f"the run's budget is spent; stopped before a request of {len(request.texts)} pairs"
+            )
+        return cost
 
     def _post(self, body: dict[str, object], n_texts: int) -> _Attempt:
         try:
