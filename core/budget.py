@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 
 OPTIONS_KEY = "budget"
 
@@ -47,3 +48,11 @@ def spend_keys(key_prefix: str, run_id: str) -> tuple[str, str]:
     start from the ledger's figures; ``submit.py --resume`` with a new budget deletes them so that they
     start from the ledger again."""
     return f"{key_prefix}budget:{run_id}:cost", f"{key_prefix}budget:{run_id}:tokens"
+
+
+def daily_spend_keys(key_prefix: str, day: date, name: str) -> tuple[str, str]:
+    """The Redis keys of a model's or provider's spent-plus-reserved cost and tokens on ``day`` (UTC)."""
+    return (
+        f"{key_prefix}budget:day:{day.isoformat()}:{name}:cost",
+        f"{key_prefix}budget:day:{day.isoformat()}:{name}:tokens",
+    )

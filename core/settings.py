@@ -212,6 +212,12 @@ class Settings(_ApiKindSettings):
         description="The compare.py conditions under which the canary has drifted, marking the run "
         "completed_with_drift.",
     )
+    daily_budgets_usd: dict[str, float] = Field(
+        default={},
+        description="Per-day API spending limits (USD, UTC days) by model (kind:name) or provider (the "
+        'kind), as JSON, e.g. {"cohere": 50}: a run meeting one pauses (paused_budget) like one meeting '
+        "its --max-cost-usd.",
+    )
     truncation_warning: float = Field(
         default=0.05,
         ge=0,

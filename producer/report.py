@@ -14,6 +14,7 @@ from core.budget import Budget
 from producer.canary import CanaryVerdict
 from producer.terminal import show
 from storage.ledger import Ledger, RunStatus, ShardStatus
+from storage.ledger.leases import PAUSED_BY
 
 _STATUS_STYLES: dict[str, str] = {
     RunStatus.COMPLETED: "bold green",
@@ -82,12 +83,9 @@ def summarize_run(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> R
     budget = Budget.from_options(run.options)
     if budget.limited:
         spent_usd, spent_tokens = ledger.spent(run_id)
-        paused = (
-            " (paused: raise it with submit.py --resume)" if run.status == RunStatus.PAUSED_BUDGET else ""
-        )
-        fields.append(
-            ("budget", f"{budget.describe()}; spent ${spent_usd:,.4f} and {spent_tokens:,} tokens{paused}")
-        )
+        fields.append(("budget", f"{budget.describe()}; spent ${spent_usd:,.4f} and {spent_tokens:,} tokens"))
+    if run.status == RunStatus.PAUSED_BUDGET:
+        fields.append(("paused", f"{run.options.get(PAUSED_BY)}; go on with submit.py --resume {run_id}"))
     if run.shadow_of is not None:
         fields.append(("shadow of", f"run {run.shadow_of} (its usage counts as the shadow's)"))
     for shadow in ledger.shadow_runs(run.run_id):

@@ -49,6 +49,7 @@ from producer.truncation_check import sample_truncation, truncation_warning
 from producer.watch import wait_for_run
 from storage.corpus import CorpusColumns, CorpusSummary, validate_corpus
 from storage.ledger import Ledger, RunStatus, Shard
+from storage.ledger.leases import PAUSED_BY
 from storage.ledger.schema import Run
 from storage.ledger.types import RunProgress
 from storage.location import Location, data_location, location_of
@@ -315,10 +316,10 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if progress.paused and not progress.finished:
         paused = ledger.get_run(run.run_id)
         cost, tokens = ledger.spent(run.run_id)
-        described = Budget.from_options(paused.options if paused else None).describe()
+        reason = (paused.options if paused else {}).get(PAUSED_BY, "its budget is spent")
         print(
-            f"run {run.run_id} is paused: its budget ({described}) is spent (${cost:,.4f}, {tokens:,} tokens "
-            f"so far); raise it with: submit.py --resume {run.run_id} --max-cost-usd AMOUNT --wait",
+            f"run {run.run_id} is paused: {reason} (${cost:,.4f}, {tokens:,} tokens so far); go on with: "
+            f"submit.py --resume {run.run_id} --max-cost-usd AMOUNT --wait (a daily limit: on the next day)",
             file=sys.stderr,
         )
         return EXIT_PAUSED

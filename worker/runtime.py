@@ -17,7 +17,7 @@ from storage.ledger import Ledger
 from storage.location import data_location
 from worker.backends import load_reranker
 from worker.backends.base import Reranker
-from worker.spend_gate import RedisSpendGate
+from worker.spend_gate import RedisSpendGate, run_limits
 
 
 class WrongModelError(MessageError):
@@ -37,14 +37,26 @@ class WorkerRuntime:
         self._redis: redis.Redis | None = None
         self._lock = threading.Lock()
 
-    def spend_gate(self, run_id: str, budget: Budget) -> RedisSpendGate:
-        """The fleet-wide gate of a run with a budget, on the broker's Redis."""
+    def spend_gate(self, run_id: str, spec: ModelSpec, budget: Budget) -> RedisSpendGate | None:
+        """The fleet-wide gate of a run's limits (its budget, the day's limit of its model or provider),
+        on the broker's Redis; None when no limit applies."""
+        daily = self.settings.daily_budgets_usd
+        if not budget.limited and str(spec) not in daily and spec.kind not in daily:
+            return None
         with self._lock:
             if self._redis is None:
                 self._redis = connect(resolve_broker_url(self.settings))
-        return RedisSpendGate(
-            self._redis, self.settings.redis_key_prefix, run_id, budget, lambda: self.ledger.spent(run_id)
+        limits = run_limits(
+            self.settings.redis_key_prefix,
+            run_id,
+            str(spec),
+            spec.kind,
+            budget,
+            daily,
+            lambda: self.ledger.spent(run_id),
+            self.ledger.spent_on,
         )
+        return RedisSpendGate(self._redis, limits)
 
     def reranker(self, spec: ModelSpec) -> Reranker:
         with self._lock:

@@ -79,9 +79,11 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     clock = time.monotonic()
     device = device_label(reranker.describe())
     usage = AttemptUsage(worker=worker, model=ref.model, device=device)
-    gate = runtime.spend_gate(ref.run_id, grant.budget) if grant.budget.limited else None
-    if gate is not None and gate.exhausted():
-        return _pause_for_budget(ref, runtime, attempt, usage, started_at, clock, None)
+    gate = runtime.spend_gate(ref.run_id, ModelSpec.parse(ref.model), grant.budget)
+    reached = gate.exhausted() if gate is not None else None
+    if reached is not None:
+        error = BudgetExhaustedError(f"{reached} is spent")
+        return _pause_for_budget(ref, runtime, attempt, usage, started_at, clock, error)
     scores_key = attempt_key(output_key, attempt)
     scores_file = data.join(scores_key)
     publishing = False
@@ -125,8 +127,8 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
             device_seconds=result.device_seconds,
             wall_seconds=time.monotonic() - clock,
         )
-        if gate is not None and not result.requests:  # a local model: its tokens count against the budget
-            gate.settle(0.0, 0, 0.0, result.tokens)
+        if gate is not None and not result.requests:  # a local model: its tokens count against the limits
+            gate.record(0.0, result.tokens)
         publishing = True
         with phases.phase("ledger"):
             held = runtime.leases.publish(ref.run_id, ref.shard_id, attempt, usage, started_at, scores_key)
@@ -237,20 +239,20 @@ def _pause_for_budget(
     usage: AttemptUsage,
     started_at: datetime,
     clock: float,
-    error: BudgetExhaustedError | None,
+    error: BudgetExhaustedError,
 ) -> ShardOutcome:
     """The run's budget is spent: record the requests this attempt made (they are billed), give the
     shard back to the queue without using a try, pause the run and publish nothing."""
-    requests = error.requests if error is not None else ()
+    requests = error.requests
     runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, usage.worker, usage.model, requests)
     seconds = time.monotonic() - clock
     stopped = AttemptUsage(worker=usage.worker, model=usage.model, device=usage.device, wall_seconds=seconds)
-    runtime.leases.pause_for_budget(ref.run_id, ref.shard_id, attempt, stopped, started_at)
+    runtime.leases.pause_for_budget(ref.run_id, ref.shard_id, attempt, stopped, started_at, str(error))
     log.warning(
-        "shard %s/%s: the run's budget is spent; shard returned unscored and the run paused (%d request(s) "
-        "made by this attempt)",
+        "shard %s/%s: %s; shard returned unscored and the run paused (%d request(s) made by this attempt)",
         ref.run_id,
         ref.shard_id,
+        error,
         len(requests),
     )
     return ShardOutcome("paused", attempt, 0, seconds)

@@ -24,6 +24,8 @@ from storage.ledger.statuses import FINAL_SHARD_STATUSES, RunStatus, ShardStatus
 from storage.ledger.types import AttemptUsage, utcnow
 from storage.ledger.usage_rows import record_attempt_row
 
+PAUSED_BY = "paused_by"  # the run option saying which limit paused it
+
 
 @dataclass(frozen=True)
 class Granted:
@@ -168,7 +170,7 @@ class ShardLeases:
             close_run_if_finished(session, run_id)
 
     def pause_for_budget(
-        self, run_id: str, shard_id: int, attempt: int, usage: AttemptUsage, started_at: datetime
+        self, run_id: str, shard_id: int, attempt: int, usage: AttemptUsage, started_at: datetime, reason: str
     ) -> None:
         """Record an attempt that stopped because the run's budget was spent (outcome ``budget``), put the
         shard back in the queue without using up a try, and pause the run. The shard waits, unsent, for
@@ -185,11 +187,10 @@ class ShardLeases:
                     enqueued_at=None,
                 )
             )
-            session.execute(
-                update(Run)
-                .where(Run.run_id == run_id, Run.status.in_([RunStatus.QUEUED, RunStatus.RUNNING]))
-                .values(status=RunStatus.PAUSED_BUDGET)
-            )
+            run = session.get(Run, run_id, with_for_update=True)
+            if run is not None and run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
+                run.status = RunStatus.PAUSED_BUDGET
+                run.options = {**run.options, PAUSED_BY: reason}
 
     def superseded(
         self, run_id: str, shard_id: int, attempt: int, usage: AttemptUsage, started_at: datetime

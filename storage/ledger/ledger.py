@@ -21,7 +21,14 @@ from core.usage import RequestUsage
 from storage.ledger.cost_report import CostRow, Dimension, cost_report
 from storage.ledger.engine import create_ledger_engine
 from storage.ledger.leases import ShardLeases, move_scores
-from storage.ledger.reports import api_usage_totals, measured_speed, run_progress, spent, usage_totals
+from storage.ledger.reports import (
+    api_usage_totals,
+    measured_speed,
+    run_progress,
+    spent,
+    spent_on,
+    usage_totals,
+)
 from storage.ledger.runs import (
     add_run,
     latest_completed_run_id,
@@ -107,6 +114,11 @@ class Ledger:
         """The run's recorded API cost (USD) and tokens so far."""
         with self._sessions() as session:
             return spent(session, run_id)
+
+    def spent_on(self, day: date, name: str) -> tuple[float, int]:
+        """The API cost (USD) and tokens recorded on ``day`` for a model (``kind:name``) or provider."""
+        with self._sessions() as session:
+            return spent_on(session, day, name)
 
     def runs_since(self, since: datetime) -> list[Run]:
         """Runs created since ``since`` and every run still queued or running, oldest first."""

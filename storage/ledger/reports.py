@@ -3,7 +3,9 @@ measured speed, which sizes the shards of its next run. Each function reads insi
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from datetime import UTC, date, datetime, time, timedelta
+
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.ledger.schema import Run, Shard, Usage
@@ -42,6 +44,20 @@ def spent(session: Session, run_id: str) -> tuple[float, int]:
     cost, tokens = session.execute(
         select(func.coalesce(func.sum(Usage.cost_usd), 0.0), func.coalesce(func.sum(Usage.tokens), 0)).where(
             Usage.run_id == run_id
+        )
+    ).one()
+    return float(cost or 0.0), int(tokens or 0)
+
+
+def spent_on(session: Session, day: date, name: str) -> tuple[float, int]:
+    """The API cost (USD) and tokens recorded on ``day`` (UTC) for model ``name`` (``kind:name``) or
+    provider ``name`` (the kind), whatever the run."""
+    start = datetime.combine(day, time.min, UTC)
+    cost, tokens = session.execute(
+        select(func.coalesce(func.sum(Usage.cost_usd), 0.0), func.coalesce(func.sum(Usage.tokens), 0)).where(
+            Usage.finished_at >= start,
+            Usage.finished_at < start + timedelta(days=1),
+            or_(Usage.model == name, Usage.provider == name),
         )
     ).one()
     return float(cost or 0.0), int(tokens or 0)

@@ -4,6 +4,7 @@ it with every pair in the output once."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -55,7 +56,7 @@ def test_a_spent_budget_pauses_the_run_and_a_raised_one_completes_it(redis_url: 
                 )
                 assert first.returncode == 6, first.stderr + fleet.log()[-3000:]
                 run_id = first.stdout.strip().splitlines()[-1]
-                assert f"run {run_id} is paused: its budget ($0.0040) is spent" in first.stderr
+                assert f"run {run_id} is paused: the run's budget ($0.0040) is spent" in first.stderr
                 assert ledger.get_run(run_id).status == RunStatus.PAUSED_BUDGET  # type: ignore[union-attr]
                 status = run_script("status.py", run_id, env=submit_env)
                 assert status.returncode == 6 and "paused_budget" in status.stdout, status.stdout
@@ -99,6 +100,48 @@ def test_a_spent_budget_pauses_the_run_and_a_raised_one_completes_it(redis_url: 
         assert paused_attempts and len(server.scored()) == 24 + len(wasted)
         assert ledger.usage_totals(run_id).pairs == corpus.num_rows
         assert ledger.get_run(run_id).status == RunStatus.COMPLETED  # type: ignore[union-attr]
+    finally:
+        ledger.dispose()
+        delete_prefixed(redis_url, prefix)
+
+
+def test_a_models_daily_limit_pauses_a_run_without_a_budget(redis_url: str, tmp_path: Path) -> None:
+    prefix = new_prefix()
+    data = tmp_path / "data"
+    shared = {"data_dir": str(data), "broker_url": redis_url, "redis_key_prefix": prefix, "heartbeat_s": "1"}
+    prices = str(write_prices(tmp_path))
+    server = FakeRerankServer("openai-rerank", api_key=API_KEY)
+    worker_env = clean_env(
+        **shared,
+        openai_rerank_api_key=API_KEY,
+        api_max_documents="3",
+        prices_path=prices,
+        daily_budgets_usd=json.dumps({MODEL: BUDGET_USD}),
+    )
+    corpus_path = corpora.write(
+        corpora.long_corpus(n_queries=12, docs_per_query=6, seed=5), tmp_path / "c.parquet"
+    )
+    ledger = Ledger(f"sqlite:///{data / 'ledger.db'}")
+    args = ["--api", "openai-rerank", "--model", "bge-test", "--processes", "1", "--concurrency", "1"]
+    try:
+        with running(server):
+            worker_env["RERANK_OPENAI_RERANK_BASE_URL"] = server.url
+            fleet = start_workers(
+                args, ModelSpec.parse(MODEL), 1, worker_env, redis_url, prefix, tmp_path / "w.log"
+            )
+            try:
+                run = run_script(
+                    "submit.py", str(corpus_path), "--model", MODEL, "--wait", "--timeout", "120",
+                    env=clean_env(**shared, prices_path=prices),
+                )  # fmt: skip
+            finally:
+                fleet.stop()
+        assert run.returncode == 6, run.stderr + fleet.log()[-3000:]
+        assert f"is paused: the daily limit of {MODEL} ($0.0040 on " in run.stderr
+        with ledger.session() as session:
+            requests = session.query(Usage).where(Usage.request_index > 0).all()
+        spent, _ = ledger.spent_on(requests[0].finished_at.date(), MODEL)
+        assert BUDGET_USD <= spent <= BUDGET_USD + max(row.cost_usd or 0.0 for row in requests)
     finally:
         ledger.dispose()
         delete_prefixed(redis_url, prefix)

@@ -1,10 +1,11 @@
 """Where a backend asks whether the run may spend more before it sends a request.
 
 The worker installs the run's gate for the scoring of a shard (``spending``); an API backend reserves
-each request's estimated cost and tokens with it before sending (``reserve``: False means the budget is
-spent) and settles the reservation with what the answer cost. Nothing is installed for a run without a
-budget, nor in benchmarks and tests that call a reranker directly. The gate is passed by the backend to
-its request threads explicitly: context variables do not follow work into a thread pool."""
+each request's estimated cost and tokens with it before sending (``reserve`` raises
+``BudgetExhaustedError`` when a limit is spent) and settles the reservation with what the answer cost.
+Nothing is installed for a run under no limit, nor in benchmarks and tests that call a reranker
+directly. The gate is passed by the backend to its request threads explicitly: context variables do not
+follow work into a thread pool."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from typing import Protocol
 
 
 class SpendGate(Protocol):
-    def reserve(self, cost_usd: float, tokens: int) -> bool:
-        """Reserve a request's estimated cost and tokens; False when the run's budget is spent."""
+    def reserve(self, cost_usd: float, tokens: int) -> object:
+        """Reserve a request's estimated cost and tokens; raises ``BudgetExhaustedError`` (naming the
+        limit) when the run may not spend more. Returns the reservation, for ``settle``."""
         ...
 
-    def settle(self, reserved_cost_usd: float, reserved_tokens: int, cost_usd: float, tokens: int) -> None:
+    def settle(self, reservation: object, cost_usd: float, tokens: int) -> None:
         """Replace a reservation by what the request actually cost."""
         ...
 

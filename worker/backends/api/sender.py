@@ -19,7 +19,7 @@ from datetime import datetime
 
 import httpx
 
-from core.errors import BudgetExhaustedError, PermanentProviderError, ProviderError
+from core.errors import PermanentProviderError, ProviderError
 from core.kinds import ProviderLimits
 from core.pricing import PriceTable
 from core.usage import RequestOutcome, RequestUsage
@@ -136,7 +136,7 @@ class RequestSender:
             record = self._record(index, request, attempt, started_at, time.monotonic() - clock)
             usage.add(record)
             if gate is not None:
-                gate.settle(reserved, request.estimated_tokens, record.cost_usd or 0.0, record.tokens)
+                gate.settle(reserved, record.cost_usd or 0.0, record.tokens)
             if attempt.answer is not None:
                 if reported is not None:
                     self.calibration.observe(request.estimated_tokens, reported)
@@ -156,20 +156,15 @@ class RequestSender:
                 cancelled.wait(delay)
         raise AssertionError("unreachable: the last retry returns or raises")
 
-    def _reserve(self, request: PlannedRequest, gate: SpendGate | None) -> float:
-        """Reserve the request's estimated cost and tokens with ``gate``; returns the reserved cost."""
+    def _reserve(self, request: PlannedRequest, gate: SpendGate | None) -> object:
+        """Reserve the request's estimated cost and tokens with ``gate`` (None: no limit applies)."""
         if gate is None:
-            return 0.0
+            return None
         search_units = self.provider.estimate_search_units(len(request.texts))
         estimate = self.prices.api_cost(
             self.provider.kind, self.model, utcnow().date(), request.estimated_tokens, 0, search_units
         )
-        cost = estimate or 0.0
-        if not gate.reserve(cost, request.estimated_tokens):
-            raise BudgetExhaustedError(
-                f"the run's budget is spent; stopped before a request of {len(request.texts)} pairs"
-            )
-        return cost
+        return gate.reserve(estimate or 0.0, request.estimated_tokens)
 
     def _post(self, body: dict[str, object], n_texts: int) -> _Attempt:
         try:
