@@ -88,32 +88,14 @@ def create_run(
         inputs_dir = run_location.join(INPUTS_DIRNAME)
         inputs = write_shard_inputs(corpus, columns, summary, plans, inputs_dir, annotations)
         reused = sum(shard.reused_pairs for shard in inputs)
-        rows = [
-            ShardPlanRow(
-                shard_id=shard.shard_id,
-                pairs=shard.n_pairs,
-                queries=shard.n_queries,
-                input_path=shard.location.relative_to(data),
-                output_path=f"{run_dir}/{shard_output_name(shard.shard_id)}",
-            )
-            for shard in inputs
-        ]
+        rows = _plan_rows(inputs, data, run_dir)
         canary_options: dict[str, object] | None = None
         canary_inputs: list[ShardInput] = []
         if canary is not None:
             canary_inputs, identity = write_canary_inputs(
                 canary, inputs_dir.join(CANARY_DIRNAME), fingerprint, first_shard_id=len(inputs)
             )
-            rows += [
-                ShardPlanRow(
-                    shard_id=shard.shard_id,
-                    pairs=shard.n_pairs,
-                    queries=shard.n_queries,
-                    input_path=shard.location.relative_to(data),
-                    output_path=f"{run_dir}/{CANARY_DIRNAME}/{shard_output_name(shard.shard_id)}",
-                )
-                for shard in canary_inputs
-            ]
+            rows += _plan_rows(canary_inputs, data, f"{run_dir}/{CANARY_DIRNAME}")
             canary_options = {
                 "path": canary.location.uri,
                 "identity": identity,
@@ -147,6 +129,20 @@ def create_run(
             run_location.delete_tree()
         raise
     return CreatedRun(run_id, ledger.shards(run_id), summary.n_pairs, summary.n_queries, reused, canary_pairs)
+
+
+def _plan_rows(inputs: list[ShardInput], data: Location, output_dir: str) -> list[ShardPlanRow]:
+    """The ledger rows of written shard inputs whose scores go to ``output_dir`` (under the data dir)."""
+    return [
+        ShardPlanRow(
+            shard_id=shard.shard_id,
+            pairs=shard.n_pairs,
+            queries=shard.n_queries,
+            input_path=shard.location.relative_to(data),
+            output_path=f"{output_dir}/{shard_output_name(shard.shard_id)}",
+        )
+        for shard in inputs
+    ]
 
 
 def enqueue_shards(app: Celery, ledger: Ledger, run: Run, shards: list[Shard]) -> int:

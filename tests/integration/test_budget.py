@@ -24,20 +24,33 @@ MODEL = "openai-rerank:bge-test"
 BUDGET_USD = 0.004  # the prices say $10 per million tokens: a few of the run's 24 requests
 
 
-def test_a_spent_budget_pauses_the_run_and_a_raised_one_completes_it(redis_url: str, tmp_path: Path) -> None:
-    prefix = new_prefix()
-    data = tmp_path / "data"
-    shared = {"data_dir": str(data), "broker_url": redis_url, "redis_key_prefix": prefix, "heartbeat_s": "1"}
+def _envs(
+    tmp_path: Path, redis_url: str, prefix: str, **worker_settings: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The API workers' environment (the key, the prices, small requests) and submit.py's."""
+    shared = {
+        "data_dir": str(tmp_path / "data"),
+        "broker_url": redis_url,
+        "redis_key_prefix": prefix,
+        "heartbeat_s": "1",
+    }
     prices = str(write_prices(tmp_path))
-    server = FakeRerankServer("openai-rerank", api_key=API_KEY)
     worker_env = clean_env(
         **shared,
         openai_rerank_api_key=API_KEY,
         api_max_documents="3",
         api_backoff_max_s="0.05",
         prices_path=prices,
+        **worker_settings,
     )
-    submit_env = clean_env(**shared, prices_path=prices)
+    return worker_env, clean_env(**shared, prices_path=prices)
+
+
+def test_a_spent_budget_pauses_the_run_and_a_raised_one_completes_it(redis_url: str, tmp_path: Path) -> None:
+    prefix = new_prefix()
+    data = tmp_path / "data"
+    worker_env, submit_env = _envs(tmp_path, redis_url, prefix)
+    server = FakeRerankServer("openai-rerank", api_key=API_KEY)
     corpus = corpora.long_corpus(n_queries=12, docs_per_query=6, seed=5)  # 2 requests per query
     corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
     out = tmp_path / "scores.parquet"
@@ -108,16 +121,10 @@ def test_a_spent_budget_pauses_the_run_and_a_raised_one_completes_it(redis_url: 
 def test_a_models_daily_limit_pauses_a_run_without_a_budget(redis_url: str, tmp_path: Path) -> None:
     prefix = new_prefix()
     data = tmp_path / "data"
-    shared = {"data_dir": str(data), "broker_url": redis_url, "redis_key_prefix": prefix, "heartbeat_s": "1"}
-    prices = str(write_prices(tmp_path))
-    server = FakeRerankServer("openai-rerank", api_key=API_KEY)
-    worker_env = clean_env(
-        **shared,
-        openai_rerank_api_key=API_KEY,
-        api_max_documents="3",
-        prices_path=prices,
-        daily_budgets_usd=json.dumps({MODEL: BUDGET_USD}),
+    worker_env, submit_env = _envs(
+        tmp_path, redis_url, prefix, daily_budgets_usd=json.dumps({MODEL: BUDGET_USD})
     )
+    server = FakeRerankServer("openai-rerank", api_key=API_KEY)
     corpus_path = corpora.write(
         corpora.long_corpus(n_queries=12, docs_per_query=6, seed=5), tmp_path / "c.parquet"
     )
@@ -132,7 +139,7 @@ def test_a_models_daily_limit_pauses_a_run_without_a_budget(redis_url: str, tmp_
             try:
                 run = run_script(
                     "submit.py", str(corpus_path), "--model", MODEL, "--wait", "--timeout", "120",
-                    env=clean_env(**shared, prices_path=prices),
+                    env=submit_env,
                 )  # fmt: skip
             finally:
                 fleet.stop()
