@@ -61,10 +61,11 @@ class Distribution:
 def per_query(groups: QueryGroups, a: np.ndarray, b: np.ndarray, top_ks: Sequence[int]) -> PerQuery:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
+    ranks_a, ranks_b = _descending_ranks(groups, a), _descending_ranks(groups, b)
     return PerQuery(
         spearman=spearman_per_query(groups, a, b),
         kendall=kendall_per_query(groups, a, b),
-        top_k_overlap={k: top_k_overlap(groups, a, b, k) for k in top_ks},
+        top_k_overlap={k: _overlap(groups, ranks_a, ranks_b, k) for k in set(top_ks)},
     )
 
 
@@ -132,9 +133,13 @@ def kendall_per_query(groups: QueryGroups, a: np.ndarray, b: np.ndarray) -> np.n
 def top_k_overlap(groups: QueryGroups, a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
     """Per query, the share of A's ``k`` best pairs that are also among B's ``k`` best (of
     ``min(k, pairs)``). Equal scores are ordered by position, the same way on both sides."""
+    return _overlap(groups, _descending_ranks(groups, a), _descending_ranks(groups, b), k)
+
+
+def _overlap(groups: QueryGroups, ranks_a: np.ndarray, ranks_b: np.ndarray, k: int) -> np.ndarray:
     if groups.count == 0:
         return np.empty(0)
-    in_both = (_descending_ranks(groups, a) <= k) & (_descending_ranks(groups, b) <= k)
+    in_both = (ranks_a <= k) & (ranks_b <= k)
     return _per_query_sum(groups, in_both.astype(np.float64)) / np.minimum(k, groups.sizes)
 
 
