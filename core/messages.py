@@ -42,6 +42,9 @@ class ShardRef(BaseModel):
     output_path: str = Field(min_length=1)
     model: str = Field(min_length=1)
     pairs: int = Field(ge=0)
+    # The run has a budget (submit.py --max-cost-usd / --max-tokens): the worker reads it from the ledger
+    # as it takes the shard's lease; other runs' leases skip that read.
+    budgeted: bool = False
 
     def to_message(self) -> dict[str, Any]:
         """The JSON body of the Celery message, its version included."""

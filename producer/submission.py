@@ -152,7 +152,7 @@ def enqueue_shards(app: Celery, ledger: Ledger, run: Run, shards: list[Shard]) -
     marked = set(ledger.mark_enqueued(run.run_id, [shard.shard_id for shard in shards]))
     for shard in shards:
         if shard.shard_id in marked:
-            send_shard(app, shard.ref(run.model), run.queue)
+            send_shard(app, shard.ref(run), run.queue)
     return len(marked)
 
 

@@ -419,6 +419,12 @@ def _raise_budget(
     """Give the run its new budget (a limit not given stays as it was) and restart the fleet's counters
     from the ledger, so that the workers go on."""
     old = Budget.from_options(run.options)
+    if not old.limited:
+        # Its shards' messages already sent say it has no budget, and would be scored past a new one.
+        raise RerankError(
+            f"--resume {run.run_id}: the run has no budget to raise; a budget is given when a run is "
+            "submitted"
+        )
     new = Budget(
         args.max_cost_usd if args.max_cost_usd is not None else old.max_cost_usd,
         args.max_tokens if args.max_tokens is not None else old.max_tokens,

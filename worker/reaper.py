@@ -35,7 +35,7 @@ def requeue_expired_shards(leases: ShardLeases, ledger: Ledger, app: Celery) -> 
         run = ledger.get_run(shard.run_id)
         if run is None or not leases.requeue_expired(shard.run_id, shard.shard_id, shard.attempts):
             continue
-        send_shard(app, shard.ref(run.model), run.queue)
+        send_shard(app, shard.ref(run), run.queue)
         log.warning(
             "shard %s/%s: attempt %d on %s stopped renewing its lease; sent again",
             shard.run_id,
@@ -64,7 +64,7 @@ def resend_stranded_shards(
             shard.run_id, shard.shard_id, shard.enqueued_at
         ):
             continue
-        send_shard(app, shard.ref(run.model), run.queue)
+        send_shard(app, shard.ref(run), run.queue)
         log.warning(
             "shard %s/%s: queued for over %.0fs with its queue empty (its message was lost with a host); "
             "sent again",

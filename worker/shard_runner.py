@@ -67,7 +67,7 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     phases = PhaseClock()
 
     with phases.phase("lease"):
-        grant = runtime.leases.acquire(ref.run_id, ref.shard_id, worker)
+        grant = runtime.leases.acquire(ref.run_id, ref.shard_id, worker, ref.budgeted)
     if isinstance(grant, Closed):
         log.info("shard %s/%s is %s; nothing to do", ref.run_id, ref.shard_id, grant.status)
         return ShardOutcome("closed", None, 0, 0.0)

@@ -69,9 +69,10 @@ class ShardLeases:
         self.max_attempts = max_attempts
         self.lease = timedelta(seconds=lease_s)
 
-    def acquire(self, run_id: str, shard_id: int, worker: str) -> Grant:
+    def acquire(self, run_id: str, shard_id: int, worker: str, budgeted: bool = False) -> Grant:
         """Start a new attempt unless the shard is closed or another attempt's lease is alive. A shard
-        whose tries are used up (its workers kept dying) is marked failed here."""
+        whose tries are used up (its workers kept dying) is marked failed here. For a ``budgeted`` run it
+        also reads the run: a paused one's shard is not leased, and the grant carries the budget."""
         now = utcnow()
         with self._sessions() as session, session.begin():
             shard = session.get(Shard, (run_id, shard_id), with_for_update=True)
@@ -79,7 +80,7 @@ class ShardLeases:
                 return Closed("unknown")
             if shard.status in FINAL_SHARD_STATUSES:
                 return Closed(shard.status)
-            run = session.get(Run, run_id)
+            run = session.get(Run, run_id) if budgeted else None
             if run is not None and run.status == RunStatus.PAUSED_BUDGET:
                 return Closed(RunStatus.PAUSED_BUDGET)  # --resume sends the shard again
             lease_end = _aware(shard.lease_expires_at)

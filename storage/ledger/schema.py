@@ -12,6 +12,7 @@ from enum import StrEnum
 from sqlalchemy import JSON, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.budget import Budget
 from core.messages import ShardRef
 from storage.ledger.statuses import RunStatus, ShardStatus, UsageOutcome
 
@@ -89,15 +90,16 @@ class Shard(Base):
         """Where this done shard's scores are, relative to the data dir."""
         return self.scores_path or self.output_path
 
-    def ref(self, model: str) -> ShardRef:
-        """The message body that names this shard of a run of ``model``."""
+    def ref(self, run: Run) -> ShardRef:
+        """The message body that names this shard of ``run``."""
         return ShardRef(
             run_id=self.run_id,
             shard_id=self.shard_id,
             input_path=self.input_path,
             output_path=self.output_path,
-            model=model,
+            model=run.model,
             pairs=self.pairs,
+            budgeted=Budget.from_options(run.options).limited,
         )
 
 

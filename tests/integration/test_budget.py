@@ -149,6 +149,9 @@ def test_a_models_daily_limit_pauses_a_run_without_a_budget(redis_url: str, tmp_
             requests = session.query(Usage).where(Usage.request_index > 0).all()
         spent, _ = ledger.spent_on(requests[0].finished_at.date(), MODEL)
         assert BUDGET_USD <= spent <= BUDGET_USD + max(row.cost_usd or 0.0 for row in requests)
+        run_id = run.stdout.strip().splitlines()[-1]
+        no_budget = run_script("submit.py", "--resume", run_id, "--max-cost-usd", "1", env=submit_env)
+        assert no_budget.returncode == 2 and "the run has no budget to raise" in no_budget.stderr
     finally:
         ledger.dispose()
         delete_prefixed(redis_url, prefix)

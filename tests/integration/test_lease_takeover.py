@@ -49,7 +49,9 @@ def test_an_api_attempt_whose_lease_was_taken_over_stops_at_its_next_request(
         created = create_run(
             corpus, validate_corpus(corpus, columns), SPEC, columns, first_settings, ledger, 100_000
         )
-        ref = created.shards[0].ref(str(SPEC))
+        run = ledger.get_run(created.run_id)
+        assert run is not None
+        ref = created.shards[0].ref(run)
 
         with (
             api_reranker("tei", first_settings) as first,

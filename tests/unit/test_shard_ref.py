@@ -18,7 +18,9 @@ GOOD = {
 
 def test_round_trip() -> None:
     ref = ShardRef.from_message(dict(GOOD))
-    assert ref.to_message() == GOOD
+    assert ref.to_message() == {**GOOD, "budgeted": False}
+    budgeted = ShardRef.from_message({**GOOD, "budgeted": True})
+    assert budgeted.budgeted and budgeted.to_message() == {**GOOD, "budgeted": True}
 
 
 def test_a_reference_is_frozen() -> None:
@@ -64,7 +66,7 @@ def test_a_message_without_a_version_is_read_as_version_1() -> None:
     """Producers from before the field sent exactly version 1's fields without it."""
     unversioned = {k: v for k, v in GOOD.items() if k != "schema_version"}
     ref = ShardRef.from_message(unversioned)
-    assert ref.schema_version == 1 and ref.to_message() == GOOD
+    assert ref.schema_version == 1 and ref.to_message() == {**GOOD, "budgeted": False}
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,9 @@ def submit(tmp_path: Path, n_queries: int, docs_per_query: int) -> tuple[Setting
     summary = validate_corpus(corpus, columns)
     created = create_run(corpus, summary, SPEC, columns, settings, ledger, shard_pairs=100_000)
     [shard] = created.shards
-    return settings, ledger, shard.ref(str(SPEC))
+    run = ledger.get_run(created.run_id)
+    assert run is not None
+    return settings, ledger, shard.ref(run)
 
 
 def attempt_rows(ledger: Ledger, run_id: str) -> list[Usage]:
