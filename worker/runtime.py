@@ -40,22 +40,21 @@ class WorkerRuntime:
     def spend_gate(self, run_id: str, spec: ModelSpec, budget: Budget) -> RedisSpendGate | None:
         """The fleet-wide gate of a run's limits (its budget, the day's limit of its model or provider),
         on the broker's Redis; None when no limit applies."""
-        daily = self.settings.daily_budgets_usd
-        if not budget.limited and str(spec) not in daily and spec.kind not in daily:
-            return None
-        with self._lock:
-            if self._redis is None:
-                self._redis = connect(resolve_broker_url(self.settings))
         limits = run_limits(
             self.settings.redis_key_prefix,
             run_id,
             str(spec),
             spec.kind,
             budget,
-            daily,
+            self.settings.daily_budgets_usd,
             lambda: self.ledger.spent(run_id),
             self.ledger.spent_on,
         )
+        if not limits():
+            return None
+        with self._lock:
+            if self._redis is None:
+                self._redis = connect(resolve_broker_url(self.settings))
         return RedisSpendGate(self._redis, limits)
 
     def reranker(self, spec: ModelSpec) -> Reranker:

@@ -79,11 +79,12 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
     clock = time.monotonic()
     device = device_label(reranker.describe())
     usage = AttemptUsage(worker=worker, model=ref.model, device=device)
-    gate = runtime.spend_gate(ref.run_id, ModelSpec.parse(ref.model), grant.budget)
-    reached = gate.exhausted() if gate is not None else None
-    if reached is not None:
-        error = BudgetExhaustedError(f"{reached} is spent")
-        return _pause_for_budget(ref, runtime, attempt, usage, started_at, clock, error)
+    gate = runtime.spend_gate(ref.run_id, reranker.spec, grant.budget)
+    if gate is not None:
+        try:
+            gate.check()
+        except BudgetExhaustedError as exhausted:
+            return _pause_for_budget(ref, runtime, attempt, usage, started_at, clock, exhausted)
     scores_key = attempt_key(output_key, attempt)
     scores_file = data.join(scores_key)
     publishing = False

@@ -96,15 +96,10 @@ class RedisSpendGate:
             tokens,
         )
 
-    def exhausted(self) -> str | None:
-        """The description of a limit already reached (nothing more may start), or None."""
-        for limit in self._current():
-            cost, tokens = (float(value or 0) for value in self.client.mget(list(limit.keys)))
-            if (limit.max_cost_usd is not None and cost >= limit.max_cost_usd) or (
-                limit.max_tokens is not None and tokens >= limit.max_tokens
-            ):
-                return limit.description
-        return None
+    def check(self) -> None:
+        """Raise ``BudgetExhaustedError`` when a limit is already reached (nothing more may start): the
+        reservation's own test, reserving nothing."""
+        self.reserve(0.0, 0)
 
     def _current(self) -> list[Limit]:
         limits = list(self._limits())

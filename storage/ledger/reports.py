@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.ledger.schema import Run, Shard, Usage
@@ -41,23 +41,25 @@ def run_progress(session: Session, run_id: str) -> RunProgress:
 
 def spent(session: Session, run_id: str) -> tuple[float, int]:
     """What the run has used so far, as recorded: API cost (USD) and tokens, failed attempts included."""
-    cost, tokens = session.execute(
-        select(func.coalesce(func.sum(Usage.cost_usd), 0.0), func.coalesce(func.sum(Usage.tokens), 0)).where(
-            Usage.run_id == run_id
-        )
-    ).one()
-    return float(cost or 0.0), int(tokens or 0)
+    return _cost_and_tokens(session, Usage.run_id == run_id)
 
 
 def spent_on(session: Session, day: date, name: str) -> tuple[float, int]:
     """The API cost (USD) and tokens recorded on ``day`` (UTC) for model ``name`` (``kind:name``) or
     provider ``name`` (the kind), whatever the run."""
     start = datetime.combine(day, time.min, UTC)
+    return _cost_and_tokens(
+        session,
+        Usage.finished_at >= start,
+        Usage.finished_at < start + timedelta(days=1),
+        or_(Usage.model == name, Usage.provider == name),
+    )
+
+
+def _cost_and_tokens(session: Session, *where: ColumnElement[bool]) -> tuple[float, int]:
     cost, tokens = session.execute(
         select(func.coalesce(func.sum(Usage.cost_usd), 0.0), func.coalesce(func.sum(Usage.tokens), 0)).where(
-            Usage.finished_at >= start,
-            Usage.finished_at < start + timedelta(days=1),
-            or_(Usage.model == name, Usage.provider == name),
+            *where
         )
     ).one()
     return float(cost or 0.0), int(tokens or 0)

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from storage.shards.content_hash import pair_hashes
-from storage.shards.reuse import PreviousScores
+from storage.shards.reuse import Carried, PreviousScores
 
 CONTENT_HASH = "content_hash"
 REUSED_SCORE = "reused_score"
@@ -46,9 +46,7 @@ class PairAnnotations:
     def annotate(self, pairs: pa.Table) -> tuple[pa.Table, int]:
         """``pairs`` with their annotation columns, and how many of them carry a reused score."""
         hashes = pair_hashes(self.fingerprint, pairs.column("query"), pairs.column("text"))
-        carried = (self.previous or PreviousScores(np.empty(0, np.uint64), np.empty(0, np.float32))).lookup(
-            hashes
-        )
+        carried = Carried.nothing(hashes.size) if self.previous is None else self.previous.lookup(hashes)
         annotated = (
             pairs.append_column(CONTENT_HASH, pa.array(hashes, pa.uint64()))
             .append_column(REUSED_SCORE, pa.array(carried.scores, pa.float32(), mask=~carried.found))

@@ -11,7 +11,9 @@ import pyarrow.compute as pc
 
 from core.errors import RerankError
 from storage.location import Location
-from storage.shards.scores import read_scores
+from storage.shards.scores import read_schema, read_scores
+
+_COLUMNS = ("content_hash", "score", "tokens", "truncated")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,16 @@ class Carried:
     scores: np.ndarray  # float32
     tokens: np.ndarray  # int64, -1: unknown
     truncated: np.ndarray  # int8: 1 truncated, 0 not, -1 unknown
+
+    @classmethod
+    def nothing(cls, n_pairs: int) -> Carried:
+        """No earlier score for any of ``n_pairs`` pairs."""
+        return cls(
+            np.zeros(n_pairs, dtype=bool),
+            np.full(n_pairs, np.nan, dtype=np.float32),
+            np.full(n_pairs, -1, dtype=np.int64),
+            np.full(n_pairs, -1, dtype=np.int8),
+        )
 
 
 class PreviousScores:
@@ -49,7 +61,9 @@ class PreviousScores:
             raise RerankError("the run to reuse has no score files")
         hashes, scores, tokens, truncated = [], [], [], []
         for location in score_files:
-            table = read_scores(location)
+            # Outputs written before provenance existed have no tokens and truncated columns.
+            present = read_schema(location).names
+            table = read_scores(location, columns=[name for name in _COLUMNS if name in present])
             hashes.append(table.column("content_hash").to_numpy())
             scores.append(table.column("score").to_numpy())
             tokens.append(_or_unknown(table, "tokens", pa.int64()).astype(np.int64))
@@ -67,12 +81,7 @@ class PreviousScores:
     def lookup(self, hashes: np.ndarray) -> Carried:
         """For each hash: whether an earlier score exists, and what the earlier run recorded."""
         if not len(self._hashes):
-            return Carried(
-                np.zeros(len(hashes), dtype=bool),
-                np.full(len(hashes), np.nan, dtype=np.float32),
-                np.full(len(hashes), -1, dtype=np.int64),
-                np.full(len(hashes), -1, dtype=np.int8),
-            )
+            return Carried.nothing(len(hashes))
         positions = np.searchsorted(self._hashes, hashes)
         clipped = np.minimum(positions, len(self._hashes) - 1)
         found = self._hashes[clipped] == hashes

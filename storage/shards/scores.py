@@ -103,8 +103,13 @@ def read_scores(location: Location, columns: Sequence[str] | None = None) -> pa.
     )
 
 
+def read_schema(location: Location) -> pa.Schema:
+    """A scores file's schema (its footer only)."""
+    return guarded(lambda: pq.read_schema(location.path, filesystem=location.filesystem), location)
+
+
 def read_metadata(location: Location) -> dict[str, object]:
-    schema = guarded(lambda: pq.read_schema(location.path, filesystem=location.filesystem), location)
+    schema = read_schema(location)
     raw = (schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
 
@@ -115,7 +120,7 @@ def merge_scores(shard_files: Sequence[Location], target: Location, metadata: Ma
     if not shard_files:
         raise ValueError("no shard score files to merge")
     first = shard_files[0]
-    schema = guarded(lambda: pq.read_schema(first.path, filesystem=first.filesystem), first).remove_metadata()
+    schema = read_schema(first).remove_metadata()
     schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
     rows = 0
     with (
