@@ -12,9 +12,15 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from core.errors import ConfigError
+
+# What a kind's raw score is. "logit": unbounded, a sigmoid turns it into a probability; "probability":
+# already in [0, 1], never squashed again; "similarity": a bi-encoder's cosine; "score": unbounded and no
+# logit; "activation": the loaded model's own activation decides (a sentence-transformers CrossEncoder
+# applies Sigmoid or Identity), and each scores file records which (its "activation" metadata).
+ScoreScale = Literal["logit", "probability", "similarity", "score", "activation"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class LocalKind:
     kind: str
     loader: str
     summary: str
+    score_scale: ScoreScale
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,7 @@ class ApiKind:
     summary: str
     base_url: str
     limits: ProviderLimits
+    score_scale: ScoreScale
     requires_key: bool = False
 
     def __post_init__(self) -> None:
@@ -83,16 +91,23 @@ LOCAL_KINDS_TABLE: tuple[LocalKind, ...] = (
         "cross-encoder",
         "worker.backends.local.cross_encoder:load_cross_encoder",
         "sentence-transformers CrossEncoder",
+        "activation",
     ),
-    LocalKind("flag", "worker.backends.local.flag:load_flag", "FlagEmbedding encoder-only reranker"),
-    LocalKind("flag-llm", "worker.backends.local.flag:load_flag", "FlagEmbedding decoder-only LLM reranker"),
+    LocalKind("flag", "worker.backends.local.flag:load_flag", "FlagEmbedding encoder-only reranker", "logit"),
     LocalKind(
-        "embedding", "worker.backends.local.embedding:load_embedding", "sentence-transformers bi-encoder"
+        "flag-llm", "worker.backends.local.flag:load_flag", "FlagEmbedding decoder-only LLM reranker", "logit"
+    ),
+    LocalKind(
+        "embedding",
+        "worker.backends.local.embedding:load_embedding",
+        "sentence-transformers bi-encoder",
+        "similarity",
     ),
     LocalKind(
         "null",
         "worker.backends.local.null_scorer:load_null",
         "no model: a hash of the pair, to measure the worker machinery",
+        "score",
     ),
 )
 
@@ -105,6 +120,7 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         requires_key=True,
         # Cohere recommends at most 1,000 documents a request; 4,096 is its own max_tokens_per_doc.
         limits=ProviderLimits(max_documents=1000, max_tokens_per_document=4096),
+        score_scale="probability",
     ),
     ApiKind(
         "jina",
@@ -113,6 +129,7 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         base_url="https://api.jina.ai",
         requires_key=True,
         limits=ProviderLimits(max_documents=100, max_tokens_per_document=8192),
+        score_scale="probability",
     ),
     ApiKind(
         "voyage",
@@ -124,6 +141,7 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         limits=ProviderLimits(
             max_documents=1000, max_tokens_per_document=32000, max_tokens_per_request=600_000
         ),
+        score_scale="probability",
     ),
     ApiKind(
         "tei",
@@ -132,6 +150,7 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         base_url="http://127.0.0.1:8080",
         # TEI refuses more texts than its --max-client-batch-size, 32 by default.
         limits=ProviderLimits(max_documents=32, max_tokens_per_document=512),
+        score_scale="probability",
     ),
     ApiKind(
         "openai-rerank",
@@ -140,6 +159,7 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         base_url="http://127.0.0.1:8000",
         # These servers publish no documents-a-request limit; 100 keeps requests small.
         limits=ProviderLimits(max_documents=100, max_tokens_per_document=8192),
+        score_scale="probability",
     ),
     ApiKind(
         "vllm-score",
@@ -148,6 +168,7 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         base_url="http://127.0.0.1:8000",
         # vLLM publishes no per-request limit; 100 keeps requests small.
         limits=ProviderLimits(max_documents=100, max_tokens_per_document=8192),
+        score_scale="probability",
     ),
     ApiKind(
         "nim",
@@ -156,6 +177,7 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         base_url="http://127.0.0.1:8000",
         # NIM's reference states no passages-a-request limit; 100 keeps requests small.
         limits=ProviderLimits(max_documents=100, max_tokens_per_document=512),
+        score_scale="logit",
     ),
     ApiKind(
         "llm-judge",
@@ -164,6 +186,7 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         base_url="https://api.openai.com",
         # The judge scores one pair a request.
         limits=ProviderLimits(max_documents=1, max_tokens_per_document=8192),
+        score_scale="probability",
     ),
 )
 

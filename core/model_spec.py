@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelSpecError
-from core.kinds import API_KINDS, KINDS
+from core.kinds import API_KINDS, KINDS, LOCAL_KINDS, ScoreScale
 
 # Names that resolve to weights shipped inside an installed Python package, so they load offline.
 _PACKAGED_MODELS = {
@@ -57,6 +57,11 @@ class ModelSpec:
         slug = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")[:40] or "model"
         digest = hashlib.sha1(str(self).encode()).hexdigest()[:8]
         return f"rerank.{self.kind}.{slug}.{digest}"
+
+    @property
+    def declared_scale(self) -> ScoreScale:
+        """What the kind declares its raw scores to be (``core.kinds.ScoreScale``)."""
+        return API_KINDS[self.kind].score_scale if self.is_api else LOCAL_KINDS[self.kind].score_scale
 
     @property
     def is_local(self) -> bool:

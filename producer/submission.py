@@ -16,6 +16,8 @@ from core.messages import send_shard
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from producer.canary import Canary, write_canary_inputs
+from producer.ranking_recipe import OPTIONS_KEY as RANKING_KEY
+from producer.ranking_recipe import RankingRecipe
 from producer.run_parts import CANARY_DIRNAME
 from storage.corpus import CorpusColumns, CorpusSummary
 from storage.ledger import Ledger, Run, RunStatus, Shard, ShardPlanRow, ShardStatus, utcnow
@@ -68,6 +70,7 @@ def create_run(
     canary: Canary | None = None,
     shadow_of: str | None = None,
     budget: Budget | None = None,
+    recipe: RankingRecipe | None = None,
 ) -> CreatedRun:
     """Record a new run of a validated corpus, with its shard inputs written under the run dir.
 
@@ -119,6 +122,7 @@ def create_run(
                 "reused_pairs": reused,
                 **({"canary": canary_options} if canary_options is not None else {}),
                 **({BUDGET_KEY: budget.as_options()} if budget is not None and budget.limited else {}),
+                **({RANKING_KEY: recipe.as_options()} if recipe is not None and not recipe.empty else {}),
             },
             created_at=utcnow(),
             shadow_of=shadow_of,

@@ -35,8 +35,12 @@ from core.settings import Settings, get_settings
 from producer.canary import check_canary, validate_canary
 from producer.comparison import compare, run_side
 from producer.comparison_report import show_comparison
+from producer.fusion import DEFAULT_RRF_K, FUSIONS, METRICS
+from producer.ranking_recipe import DEFAULT_RERANK_WEIGHT, RankingRecipe, recipe_from_flags
 from producer.report import show_run_summary
+from producer.run_output import write_run_output
 from producer.run_parts import corpus_shards
+from producer.score_transforms import NORMALIZATIONS, SCOPES
 from producer.shard_size import shard_size
 from producer.submission import (
     create_run,
@@ -53,8 +57,6 @@ from storage.ledger.leases import PAUSED_BY
 from storage.ledger.schema import Run
 from storage.ledger.types import RunProgress
 from storage.location import Location, data_location, location_of
-from storage.shards.publication import settle_run
-from storage.shards.scores import merge_scores, read_metadata
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_DRIFT, EXIT_PAUSED = 5, 6
@@ -120,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="the run's budget in tokens, enforced as --max-cost-usd is (with --resume: the new budget)",
     )
+    _add_ranking_flags(parser)
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
     parser.add_argument(
         "--out", help="with --wait: merge all scores into this Parquet file (a local path or a URI)"
@@ -143,6 +146,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="nested form's list column (default: %(default)s)",
     )
     return parser
+
+
+def _add_ranking_flags(parser: argparse.ArgumentParser) -> None:
+    ranking = parser.add_argument_group(
+        "ranking (columns added to the --out file beside the raw score; see README, Ranking)"
+    )
+    ranking.add_argument(
+        "--normalize",
+        choices=NORMALIZATIONS,
+        help="add normalized_score: the raw score transformed (a probability is never put through a "
+        "sigmoid again)",
+    )
+    ranking.add_argument(
+        "--normalize-over",
+        choices=SCOPES,
+        default="query",
+        help="statistics of each query (default) or of the whole run",
+    )
+    ranking.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar=f"NAME=COLUMN[:{'|'.join(m for m in METRICS if m != 'score')}]",
+        help="a first-stage column of the corpus (a score, a distance or a rank), kept as source_NAME and "
+        "fused by --fuse; repeat for several",
+    )
+    ranking.add_argument(
+        "--fuse", choices=FUSIONS, help="fuse the sources and the reranker into final_score and final_rank"
+    )
+    ranking.add_argument(
+        "--rrf-k", type=float, default=DEFAULT_RRF_K, help="k of --fuse rrf (default: %(default)s)"
+    )
+    ranking.add_argument(
+        "--fusion-weights", metavar="NAME=W,...", help="the sources' weights in the fusion (default: 1 each)"
+    )
+    ranking.add_argument(
+        "--rerank-weight",
+        type=float,
+        default=DEFAULT_RERANK_WEIGHT,
+        help="final = W * reranker term + (1 - W) * fused sources (default: %(default)s)",
+    )
+    ranking.add_argument(
+        "--source-normalize",
+        choices=NORMALIZATIONS,
+        default="minmax",
+        help="per-query normalization of each source before --fuse weighted (default: %(default)s)",
+    )
+
+
+def _ranking_recipe(args: argparse.Namespace) -> RankingRecipe:
+    return recipe_from_flags(
+        args.normalize,
+        args.normalize_over,
+        args.source,
+        args.fuse,
+        args.rrf_k,
+        args.fusion_weights,
+        args.rerank_weight,
+        args.source_normalize,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -169,6 +232,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("a budget is given to a new run or raised with --resume RUN_ID, not --retry-failed")
     if args.shard_pairs is not None and args.shard_pairs < 1:
         parser.error("--shard-pairs must be at least 1")
+    if existing and not _ranking_recipe(args).empty:
+        parser.error("--resume/--retry-failed take no ranking flags: the run already records its recipe")
     return args
 
 
@@ -199,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    recipe = _ranking_recipe(args)
     data = data_location(settings)
     out = _checked_out(location_of(args.out, settings)) if args.out is not None else None
     columns = CorpusColumns(
@@ -207,6 +273,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         doc_id=args.doc_id_column,
         text=args.text_column,
         candidates=args.candidates_column,
+        carried=recipe.carried_columns,
     )
     shadow: _Shadow | None = None
     if args.resume or args.retry_failed:
@@ -231,6 +298,11 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         shadow_spec = ModelSpec.parse(args.shadow) if args.shadow else None
         if shadow_spec == spec:
             raise RerankError(f"--shadow {args.shadow} is the production model itself; name a second model")
+        if recipe.normalize == "sigmoid" and spec.declared_scale == "probability":
+            print(
+                f"note: {spec.kind} scores already are probabilities; normalized_score keeps them as is",
+                file=sys.stderr,
+            )
         corpus = location_of(args.corpus, settings)
         summary = validate_corpus(corpus, columns)
         canary_file = args.canary or settings.canary_path
@@ -257,6 +329,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             reused_from,
             canary,
             budget=budget,
+            recipe=recipe,
         )
         run = ledger.get_run(created.run_id)
         assert run is not None
@@ -334,7 +407,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_FAILED_SHARDS
     if out is not None:
-        _write_merged(ledger, run, data, out)
+        rows = write_run_output(ledger, run, data, out)
+        print(f"wrote {rows:,} scores to {out.uri}", file=sys.stderr)
     if verdict is not None and verdict.drifted:
         print(
             f"run {run.run_id}: the canary drifted ({verdict.describe()}); see scripts/compare.py",
@@ -458,15 +532,6 @@ def _checked_out(out: Location) -> Location:
     if out.is_dir():
         raise RerankError(f"--out {out.uri} is a directory; give the path of the Parquet file to write")
     return out
-
-
-def _write_merged(ledger: Ledger, run: Run, data: Location, out: Location) -> None:
-    settle_run(data, ledger, run.run_id)
-    files = [data.join(shard.published_scores) for shard in corpus_shards(run, ledger.shards(run.run_id))]
-    metadata = {**read_metadata(files[0]), "run_id": run.run_id}
-    metadata.pop("shard_id", None)
-    rows = merge_scores(files, out, metadata)
-    print(f"wrote {rows:,} scores to {out.uri}", file=sys.stderr)
 
 
 def _safe(settings: Settings) -> str:

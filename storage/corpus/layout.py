@@ -7,7 +7,9 @@ A corpus comes in one of two forms, told apart by its schema:
 
 Canonical pairs always have the columns ``query_id, query, doc_id, text``. Integer ids (any width,
 signed or unsigned) become ``int64``, string ids become ``large_string``; ``query`` and ``text`` are
-always ``large_string`` (64-bit offsets, so a batch of long documents never overflows).
+always ``large_string`` (64-bit offsets, so a batch of long documents never overflows). Numeric
+columns the corpus names as ``carried`` (first-stage scores, distances or ranks, per pair: columns of a
+long corpus, fields of a nested corpus's candidates) follow as ``float64`` columns ``carried.<name>``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ CANONICAL_COLUMNS = ("query_id", "query", "doc_id", "text")
 TEXT_TYPE = pa.large_string()
 INTEGER_ID_TYPE = pa.int64()
 STRING_ID_TYPE = pa.large_string()
+CARRIED_TYPE = pa.float64()
+CARRIED_PREFIX = "carried."
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class CorpusColumns:
     doc_id: str = "doc_id"
     text: str = "text"
     candidates: str = "candidates"
+    # Per-pair numeric columns copied into the shard inputs, for the ranking after scoring.
+    carried: tuple[str, ...] = ()
 
     @staticmethod
     def flag_for(field_name: str) -> str:
@@ -57,18 +63,32 @@ class CorpusLayout:
         """Top-level columns to read from the file."""
         if self.form == "nested":
             return [self.columns.query_id, self.columns.query, self.columns.candidates]
-        return [self.columns.query_id, self.columns.query, self.columns.doc_id, self.columns.text]
+        return [
+            self.columns.query_id,
+            self.columns.query,
+            self.columns.doc_id,
+            self.columns.text,
+            *self.columns.carried,
+        ]
 
     @property
     def pair_schema(self) -> pa.Schema:
-        return pair_schema(self.query_id_type, self.doc_id_type)
+        return pair_schema(self.query_id_type, self.doc_id_type, self.columns.carried)
 
 
-def pair_schema(query_id_type: pa.DataType, doc_id_type: pa.DataType) -> pa.Schema:
-    """The canonical schema of pairs, given the canonical id types."""
+def pair_schema(
+    query_id_type: pa.DataType, doc_id_type: pa.DataType, carried: tuple[str, ...] = ()
+) -> pa.Schema:
+    """The canonical schema of pairs, given the canonical id types and the carried columns."""
     return pa.schema(
         [("query_id", query_id_type), ("query", TEXT_TYPE), ("doc_id", doc_id_type), ("text", TEXT_TYPE)]
+        + [(carried_column(name), CARRIED_TYPE) for name in carried]
     )
+
+
+def carried_column(name: str) -> str:
+    """The pair column that holds the corpus's carried column ``name``."""
+    return f"{CARRIED_PREFIX}{name}"
 
 
 def plain_type(data_type: pa.DataType) -> pa.DataType:
@@ -117,9 +137,13 @@ def layout_problems(schema: pa.Schema, columns: CorpusColumns) -> tuple[list[str
     _text_type(schema.field(columns.query).type, columns.query, problems)
     if form == "nested":
         doc_id_type = _candidate_types(schema.field(columns.candidates).type, columns, problems)
+        if doc_id_type is not None:
+            candidate = schema.field(columns.candidates).type.value_type
+            _carried_types(candidate, columns, f" in the {columns.candidates!r} structs", problems)
     else:
         doc_id_type = _id_type(schema.field(columns.doc_id).type, columns.doc_id, problems)
         _text_type(schema.field(columns.text).type, columns.text, problems)
+        _carried_types(pa.struct(list(schema)), columns, "", problems)
     if problems or query_id_type is None or doc_id_type is None:
         return problems, None
     return [], CorpusLayout(form, columns, query_id_type, doc_id_type)
@@ -188,3 +212,19 @@ def _candidate_types(
     doc_id_type = _id_type(struct_type.field(columns.doc_id).type, f"{label}.{columns.doc_id}", problems)
     _text_type(struct_type.field(columns.text).type, f"{label}.{columns.text}", problems)
     return doc_id_type
+
+
+def _carried_types(fields: pa.StructType, columns: CorpusColumns, where: str, problems: list[str]) -> None:
+    """Each carried column exists (a long corpus's column, a nested corpus's candidate field) and holds
+    numbers."""
+    names = [fields.field(i).name for i in range(fields.num_fields)]
+    for name in columns.carried:
+        if name not in names:
+            existing = ", ".join(repr(n) for n in names)
+            problems.append(
+                f"no column {name!r} to read first-stage values from{where} (there are {existing})"
+            )
+            continue
+        data_type = plain_type(fields.field(name).type)
+        if not (pa.types.is_integer(data_type) or pa.types.is_floating(data_type)):
+            problems.append(f"column {name!r} has type {data_type}; first-stage values must be numbers")

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.errors import CorpusError
-from storage.corpus.layout import TEXT_TYPE, CorpusColumns, CorpusLayout, plain_type
+from storage.corpus.layout import CARRIED_TYPE, TEXT_TYPE, CorpusColumns, CorpusLayout, plain_type
 from storage.corpus.read_ahead import Read, ReadError, decoded_batches
 from storage.corpus.source import Corpus, CorpusFile, open_corpus
 from storage.location import Location
@@ -89,6 +89,7 @@ def to_pairs(raw: pa.RecordBatch, layout: CorpusLayout) -> pa.RecordBatch:
     if layout.form == "long":
         doc_ids = _cast(raw.column(names.doc_id), layout.doc_id_type)
         texts = _cast(raw.column(names.text), TEXT_TYPE)
+        carried = [_cast(raw.column(name), CARRIED_TYPE) for name in names.carried]
     else:
         candidates = raw.column(names.candidates)
         lengths = pc.fill_null(pc.list_value_length(candidates), 0).to_numpy()
@@ -97,9 +98,12 @@ def to_pairs(raw: pa.RecordBatch, layout: CorpusLayout) -> pa.RecordBatch:
         # struct_field (unlike StructArray.field) turns the fields of a null candidate into nulls.
         doc_ids = _cast(pc.struct_field(flat, names.doc_id), layout.doc_id_type)
         texts = _cast(pc.struct_field(flat, names.text), TEXT_TYPE)
+        carried = [_cast(pc.struct_field(flat, name), CARRIED_TYPE) for name in names.carried]
         query_ids = query_ids.take(row_of_pair)
         queries = queries.take(row_of_pair)
-    return pa.RecordBatch.from_arrays([query_ids, queries, doc_ids, texts], schema=layout.pair_schema)
+    return pa.RecordBatch.from_arrays(
+        [query_ids, queries, doc_ids, texts, *carried], schema=layout.pair_schema
+    )
 
 
 def pairs_with_ids(pairs: pa.RecordBatch) -> pa.RecordBatch:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from core.errors import CorpusError, StorageError
 from storage.corpus.keys import id_keys
-from storage.corpus.layout import CANONICAL_COLUMNS, CorpusColumns, pair_schema
+from storage.corpus.layout import CANONICAL_COLUMNS, CorpusColumns, carried_column, pair_schema
 from storage.corpus.reader import DEFAULT_BATCH_ROWS, iter_pairs
 from storage.corpus.source import UNREADABLE_ERRORS
 from storage.corpus.validation import CorpusSummary
@@ -33,9 +33,11 @@ from storage.shards.plan import ShardPlan
 from storage.shards.shard_files import ShardFiles, ShardInput, changed_since_validation, shard_file_name
 from storage.shards.spill import run_bounds, write_through_spill
 
-__all__ = ["ShardInput", "read_shard_input", "shard_file_name", "write_shard_inputs"]
+__all__ = ["ShardInput", "read_carried", "read_shard_input", "shard_file_name", "write_shard_inputs"]
 
 _SHARD_READ_ERRORS: tuple[type[Exception], ...] = (StorageError, *UNREADABLE_ERRORS)
+# A carried column the file lacks (a run submitted without that --source).
+_CARRIED_READ_ERRORS: tuple[type[Exception], ...] = (*_SHARD_READ_ERRORS, KeyError)
 
 
 def write_shard_inputs(
@@ -52,7 +54,7 @@ def write_shard_inputs(
     _check_plans(summary, plans)
     router = _ShardRouter(summary, plans)
     inputs_dir.make_dir()
-    schema = pair_schema(summary.query_id_type, summary.doc_id_type)
+    schema = pair_schema(summary.query_id_type, summary.doc_id_type, columns.carried)
     batches = iter_pairs(corpus, columns, batch_rows)
     with ShardFiles(inputs_dir, schema, plans, annotations) as shard_files:
         if summary.queries_contiguous:
@@ -80,6 +82,23 @@ def read_shard_input(location: Location) -> pa.Table:
             f"shard input {location.uri} has columns {table.column_names}, not {list(CANONICAL_COLUMNS)}"
         )
     return table
+
+
+def read_carried(location: Location, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The carried columns ``names`` of one shard input, float64 in the shard's order, NaN where the
+    corpus had no value."""
+    if not names:
+        return {}
+    wanted = [carried_column(name) for name in names]
+    try:
+        with location.open_input() as source:
+            table = pq.ParquetFile(source).read(columns=wanted)
+    except _CARRIED_READ_ERRORS as exc:
+        raise CorpusError(f"shard input {location.uri} cannot give columns {wanted}: {exc}") from exc
+    return {
+        name: table.column(column).to_numpy().astype(np.float64, copy=False)
+        for name, column in zip(names, wanted, strict=True)
+    }
 
 
 def _check_plans(summary: CorpusSummary, plans: list[ShardPlan]) -> None:

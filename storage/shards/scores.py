@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,23 +114,34 @@ def read_metadata(location: Location) -> dict[str, object]:
     return json.loads(raw) if raw else {}
 
 
-def merge_scores(shard_files: Sequence[Location], target: Location, metadata: Mapping[str, object]) -> int:
+def merge_scores(
+    shard_files: Sequence[Location],
+    target: Location,
+    metadata: Mapping[str, object],
+    transform: Callable[[int, pa.Table], pa.Table] | None = None,
+) -> int:
     """Concatenate shard score files (in the given order) into ``target``, one file at a time, and
-    publish it atomically: complete or not at all. Returns the number of rows written."""
+    publish it atomically: complete or not at all. ``transform(i, table)``, given, turns the i-th file's
+    table into what is written (the same columns for every file). Returns the number of rows written."""
     if not shard_files:
         raise ValueError("no shard score files to merge")
-    first = shard_files[0]
-    schema = read_schema(first).remove_metadata()
-    schema = schema.with_metadata({METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+
+    def table_of(index: int) -> pa.Table:
+        table = read_scores(shard_files[index])
+        return transform(index, table) if transform is not None else table
+
+    first = table_of(0)
+    encoded = {METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
+    schema = first.schema.remove_metadata().with_metadata(encoded)
     rows = 0
     with (
         atomic_write(target) as temporary,
         temporary.open_output() as sink,
         pq.ParquetWriter(sink, schema, compression="zstd") as out,
     ):
-        for location in shard_files:
-            table = read_scores(location).replace_schema_metadata(schema.metadata)
-            out.write_table(table.cast(schema))
+        for index in range(len(shard_files)):
+            table = first if index == 0 else table_of(index)
+            out.write_table(table.replace_schema_metadata(schema.metadata).cast(schema))
             rows += table.num_rows
     return rows
 

@@ -47,7 +47,7 @@ class AcmeProvider(Provider):
 
 REGISTRY_LINE = (
     '    ApiKind("acme", "acme_rerank:AcmeProvider", "Acme rerank", "http://127.0.0.1:9", '
-    "ProviderLimits(4, 256), requires_key=True),\n"
+    'ProviderLimits(4, 256), "probability", requires_key=True),\n'
 )
 TABLE_START = "API_KINDS_TABLE: tuple[ApiKind, ...] = (\n"
 

@@ -32,6 +32,7 @@ def entry(**changes: object) -> ApiKind:
         "summary": "Acme rerank",
         "base_url": "https://acme.test",
         "limits": LIMITS,
+        "score_scale": "probability",
         "requires_key": True,
     }
     return ApiKind(**{**fields, **changes})  # type: ignore[arg-type]
