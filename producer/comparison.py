@@ -18,6 +18,7 @@ from producer.run_parts import canary_shards, corpus_shards
 from producer.score_agreement import QUANTILES, PerQuery, QueryGroups, distribution, per_query
 from storage.ledger import Ledger, Run, ShardStatus
 from storage.location import Location, data_location, guarded, location_of
+from storage.shards.scores import read_metadata
 
 KEYS = ("query_id", "doc_id")
 OPTIONAL_COLUMNS = ("tokens", "truncated")
@@ -36,6 +37,7 @@ class ScoreSide:
     model: str | None
     table: pa.Table
     notes: tuple[str, ...] = ()
+    metadata: dict[str, object] = field(default_factory=dict)  # the first scores file's
 
     @property
     def truncation_rate(self) -> float | None:
@@ -97,16 +99,17 @@ def run_side(ledger: Ledger, settings: Settings, run: Run, canary: bool = False)
     missing = len(shards) - len(done)
     notes = (f"{missing} of {len(shards)} shards not done",) if missing else ()
     data = data_location(settings)
-    table = _read_scores([data.join(shard.published_scores) for shard in done], run.run_id)
-    return ScoreSide(label=run.run_id, model=run.model, table=table, notes=notes)
+    files = [data.join(shard.published_scores) for shard in done]
+    table = _read_scores(files, run.run_id)
+    return ScoreSide(run.run_id, run.model, table, notes, read_metadata(files[0]))
 
 
 def compare(a: ScoreSide, b: ScoreSide, top_ks: Sequence[int] = DEFAULT_TOP_KS) -> Comparison:
     """Join the two sides on ``(query_id, doc_id)`` and measure how the common pairs' scores agree."""
     top_ks = tuple(sorted(set(top_ks)))
     for side in (a, b):
-        _check_unique(side)
-    keys = {key: _common_key_type(a, b, key) for key in KEYS}
+        check_unique(side)
+    keys = {key: common_key_type([a, b], key) for key in KEYS}
     left = pa.table(
         {**{key: a.table[key].cast(kind) for key, kind in keys.items()}, "score_a": a.table["score"]}
     )
@@ -175,7 +178,9 @@ def _file_side(text: str, settings: Settings) -> ScoreSide:
     files = [location] if location.is_file() else [f for f in location.files() if f.name.endswith(".parquet")]
     if not files:
         raise RerankError(f"{text}: no .parquet files in that directory")
-    return ScoreSide(label=text, model=None, table=_read_scores(files, text))
+    return ScoreSide(
+        label=text, model=None, table=_read_scores(files, text), metadata=read_metadata(files[0])
+    )
 
 
 def _read_scores(files: Sequence[Location], label: str) -> pa.Table:
@@ -196,19 +201,18 @@ def _read_scores(files: Sequence[Location], label: str) -> pa.Table:
         raise StorageError(f"{label}: reading its scores failed: {exc}") from exc
 
 
-def _common_key_type(a: ScoreSide, b: ScoreSide, key: str) -> pa.DataType:
-    """One type for ``key`` on both sides: text (string or large_string) or integers of any width."""
-    types = (a.table.schema.field(key).type, b.table.schema.field(key).type)
+def common_key_type(sides: Sequence[ScoreSide], key: str) -> pa.DataType:
+    """One type for ``key`` on every side: text (string or large_string) or integers of any width."""
+    types = [side.table.schema.field(key).type for side in sides]
     if all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in types):
         return pa.large_string()
     if all(pa.types.is_integer(t) for t in types):
         return pa.int64()
-    raise RerankError(
-        f"{key} is {types[0]} in {a.label} but {types[1]} in {b.label}: the two cannot name the same pairs"
-    )
+    described = ", ".join(f"{t} in {side.label}" for t, side in zip(types, sides, strict=True))
+    raise RerankError(f"{key} is {described}: they cannot name the same pairs")
 
 
-def _check_unique(side: ScoreSide) -> None:
+def check_unique(side: ScoreSide) -> None:
     distinct = side.table.group_by(list(KEYS)).aggregate([]).num_rows
     if distinct != side.table.num_rows:
         raise RerankError(

@@ -158,7 +158,18 @@ def test_normalize_and_fuse_first_stage_scores_through_real_workers(redis_url: s
                 assert row["final_score"] == pytest.approx(0.7 * row["normalized_score"] + 0.3 * fused)
             assert [r["final_rank"] for r in group] == best_first([r["final_score"] for r in group])
 
-        run_id = weighted.stdout.strip().splitlines()[-1]
+        # fuse.py: the two runs' outputs, by their run ids, fused by reciprocal rank.
+        rrf_run, run_id = (result.stdout.strip().splitlines()[-1] for result in (rrf, weighted))
+        fused_out = tmp_path / "fused.parquet"
+        fuse = run_script(
+            "fuse.py", f"a={rrf_run}", f"b={run_id}", "--fuse", "rrf", "--out", str(fused_out), env=env
+        )
+        assert fuse.returncode == 0, fuse.stderr
+        assert f"wrote {corpus.num_rows} fused pairs of 30 queries" in fuse.stderr
+        fused = pq.read_table(fused_out).to_pylist()
+        for group in by_query(fused).values():
+            ranks = best_first([r["score_a"] for r in group])
+            assert [r["final_score"] for r in group] == pytest.approx([1 / (60 + rank) for rank in ranks])
         run = ledger.get_run(run_id)
         assert run is not None and run.options["ranking"]["normalize_over"] == "run"
         # The run's own shard files keep the model's scores alone.
@@ -169,6 +180,59 @@ def test_normalize_and_fuse_first_stage_scores_through_real_workers(redis_url: s
         fleet.stop()
         ledger.dispose()
         delete_prefixed(redis_url, prefix)
+
+
+def test_fuse_script_by_hand(tmp_path: Path) -> None:
+    """Two scores files, one without a pair the other has: RRF with weights and weighted minmax fusion."""
+    a = pa.table({"query_id": [1, 1, 1, 2], "doc_id": ["x", "y", "z", "w"], "score": [3.0, 1.0, 2.0, 0.5]})
+    b = pa.table({"query_id": [1, 1, 2], "doc_id": ["y", "x", "w"], "score": [0.9, 0.1, 0.4]})
+    pq.write_table(a, tmp_path / "a.parquet")
+    pq.write_table(b, tmp_path / "b.parquet")
+    env = clean_env(data_dir=str(tmp_path / "data"))
+    files = [f"first={tmp_path / 'a.parquet'}", f"second={tmp_path / 'b.parquet'}"]
+    rrf, weighted, bad_weight, one_input = run_scripts_at_once(
+        [
+            (
+                "fuse.py",
+                [
+                    *files,
+                    "--fuse",
+                    "rrf",
+                    "--rrf-k",
+                    "10",
+                    "--weights",
+                    "second=3",
+                    "--out",
+                    str(tmp_path / "rrf.parquet"),
+                ],
+                env,
+            ),
+            ("fuse.py", [*files, "--fuse", "weighted", "--out", str(tmp_path / "weighted.parquet")], env),
+            (
+                "fuse.py",
+                [*files, "--fuse", "rrf", "--weights", "second=lots", "--out", str(tmp_path / "x.parquet")],
+                env,
+            ),
+            ("fuse.py", [files[0], "--fuse", "rrf", "--out", str(tmp_path / "x.parquet")], env),
+        ]
+    )
+    assert rrf.returncode == 0 and weighted.returncode == 0, rrf.stderr + weighted.stderr
+    rows = {(r["query_id"], r["doc_id"]): r for r in pq.read_table(tmp_path / "rrf.parquet").to_pylist()}
+    # Query 1: a ranks x 1, z 2, y 3; b ranks y 1, x 2 and not z. Weights 1 and 3, k = 10.
+    assert rows[(1, "x")]["final_score"] == pytest.approx((1 / 11 + 3 / 12) / 4)
+    assert rows[(1, "y")]["final_score"] == pytest.approx((1 / 13 + 3 / 11) / 4)
+    assert rows[(1, "z")]["final_score"] == pytest.approx((1 / 12) / 4)
+    assert rows[(1, "z")]["score_second"] is None
+    assert [rows[(1, d)]["final_rank"] for d in "xyz"] == [2, 1, 3]
+    assert rows[(2, "w")]["final_rank"] == 1
+    rows = {(r["query_id"], r["doc_id"]): r for r in pq.read_table(tmp_path / "weighted.parquet").to_pylist()}
+    # minmax per query: a gives x 1, y 0, z .5; b gives y 1, x 0 (z none: 0).
+    assert [rows[(1, d)]["final_score"] for d in "xyz"] == pytest.approx([0.5, 0.5, 0.25])
+    metadata = json.loads(pq.read_schema(tmp_path / "weighted.parquet").metadata[METADATA_KEY])
+    assert "minmax" in metadata["columns"]["final_score"] and metadata["fused"][0]["name"] == "first"
+    assert bad_weight.returncode == 2 and "the weight 'lots' of second is not a number" in bad_weight.stderr
+    assert one_input.returncode == 2 and "at least two" in one_input.stderr
+    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_bad_recipes_exit_2_before_anything_is_written(
