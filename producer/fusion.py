@@ -50,15 +50,21 @@ def ranks_in_groups(values: np.ndarray, grouping: Grouping) -> np.ndarray:
     """Rank 1 = highest value within each group, ties in input order; NaN for a NaN value (unranked)."""
     ranks = np.full(len(values), np.nan)
     valid = np.flatnonzero(~np.isnan(values))
-    if valid.size == 0:
-        return ranks
-    codes = grouping.codes[valid]
-    order = np.lexsort((valid, -values[valid], codes))
+    if valid.size:
+        ranks[valid] = ranks_by(Grouping(grouping.codes[valid], grouping.count), values[valid])
+    return ranks
+
+
+def ranks_by(grouping: Grouping, *keys: np.ndarray) -> np.ndarray:
+    """Rank 1 = best within each group by ``keys`` (higher better; the first key decides, the next breaks
+    its ties, ...), remaining ties in input order."""
+    codes = grouping.codes
+    order = np.lexsort((np.arange(len(codes)), *(-key for key in reversed(keys)), codes))
     sorted_codes = codes[order]
     new_group = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]
-    starts = np.flatnonzero(new_group)
-    first_of = starts[np.cumsum(new_group) - 1]
-    ranks[valid[order]] = np.arange(len(order)) - first_of + 1
+    first_of = np.flatnonzero(new_group)[np.cumsum(new_group) - 1]
+    ranks = np.empty(len(codes), dtype=np.int64)
+    ranks[order] = np.arange(len(order)) - first_of + 1
     return ranks
 
 

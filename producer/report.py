@@ -12,8 +12,9 @@ from rich.text import Text
 
 from core.budget import Budget
 from producer.canary import CanaryVerdict
+from producer.cascade import CascadePlan
 from producer.terminal import show
-from storage.ledger import Ledger, RunStatus, ShardStatus
+from storage.ledger import Ledger, Run, RunStatus, ShardStatus
 from storage.ledger.leases import PAUSED_BY
 
 _STATUS_STYLES: dict[str, str] = {
@@ -90,6 +91,7 @@ def summarize_run(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> R
         fields.append(("shadow of", f"run {run.shadow_of} (its usage counts as the shadow's)"))
     for shadow in ledger.shadow_runs(run.run_id):
         fields.append(("shadow", f"run {shadow.run_id}: {shadow.model}, {shadow.status}"))
+    fields += _stage_fields(ledger, run)
     canary = run.options.get("canary") if run.options else None
     if isinstance(canary, dict):
         verdict = canary.get("verdict")
@@ -120,6 +122,35 @@ def summarize_run(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> R
 def run_summary(ledger: Ledger, run_id: str, max_failed: int | None = 10) -> str:
     """The run's summary as plain lines (what logs and scripts parse)."""
     return summary_text(summarize_run(ledger, run_id, max_failed))
+
+
+def _stage_fields(ledger: Ledger, run: Run) -> list[tuple[str, str]]:
+    """A cascade's stages, on its first run's summary; a later stage names its cascade."""
+    if run.cascade_of is not None:
+        return [
+            ("stage", f"{run.stage} of cascade {run.cascade_of} (top {run.options.get('top_k')} a query)")
+        ]
+    plan = CascadePlan.of(run)
+    if plan is None:
+        return []
+    started = {later.stage: later for later in ledger.stage_runs(run.run_id)}
+    fields = [("stage 1", f"run {run.run_id}: {run.model}, every pair, {run.status}")]
+    for number, stage in enumerate(plan.stages, start=2):
+        later = started.get(number)
+        if later is None:
+            fields.append(
+                (f"stage {number}", f"{stage.model}, top {stage.top_k}: waits for stage {number - 1}")
+            )
+            continue
+        progress = ledger.progress(later.run_id)
+        fields.append(
+            (
+                f"stage {number}",
+                f"run {later.run_id}: {stage.model}, top {stage.top_k} a query ({later.n_pairs:,} pairs), "
+                f"{progress.shards_done}/{progress.shards_total} shards done, {later.status}",
+            )
+        )
+    return fields
 
 
 def show_run_summary(ledger: Ledger, run_id: str, stream: TextIO, max_failed: int | None = 10) -> None:

@@ -32,6 +32,7 @@ from storage.shards.shard_files import ShardInput
 RUNS_DIRNAME = "runs"
 INPUTS_DIRNAME = "_inputs"
 SHADOW_DIRNAME = "_shadow"
+STAGES_DIRNAME = "_stages"
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ def create_run(
     shadow_of: str | None = None,
     budget: Budget | None = None,
     recipe: RankingRecipe | None = None,
+    cascade_of: str | None = None,
+    stage: int | None = None,
+    options: dict[str, object] | None = None,
 ) -> CreatedRun:
     """Record a new run of a validated corpus, with its shard inputs written under the run dir.
 
@@ -78,11 +82,17 @@ def create_run(
     it carries over. The inputs are written before the run is recorded, so no worker ever sees a
     partial input; if writing them or recording the run fails, they are removed again. A ``canary``
     corpus becomes shards of its own after the corpus's (``producer.canary``). ``shadow_of`` makes it the
-    shadow run of that production run (``submit.py --shadow``)."""
+    shadow run of that production run (``submit.py --shadow``), ``cascade_of`` and ``stage`` a later
+    stage of that cascade (``producer.cascade``); ``options`` are recorded beside the run's own."""
     run_id = new_run_id()
     data = data_location(settings)
-    # A shadow run's files live under its production run's directory, out of that run's dataset.
-    run_dir = f"{run_key(shadow_of)}/{SHADOW_DIRNAME}/{run_id}" if shadow_of else run_key(run_id)
+    # A shadow run's or a later stage's files live under the first run's directory, out of its dataset.
+    if shadow_of:
+        run_dir = f"{run_key(shadow_of)}/{SHADOW_DIRNAME}/{run_id}"
+    elif cascade_of:
+        run_dir = f"{run_key(cascade_of)}/{STAGES_DIRNAME}/{run_id}"
+    else:
+        run_dir = run_key(run_id)
     run_location = data.join(run_dir)
     try:
         plans = plan_shards(summary, shard_pairs)
@@ -123,9 +133,12 @@ def create_run(
                 **({"canary": canary_options} if canary_options is not None else {}),
                 **({BUDGET_KEY: budget.as_options()} if budget is not None and budget.limited else {}),
                 **({RANKING_KEY: recipe.as_options()} if recipe is not None and not recipe.empty else {}),
+                **(options or {}),
             },
             created_at=utcnow(),
             shadow_of=shadow_of,
+            cascade_of=cascade_of,
+            stage=stage,
         )
         ledger.create_run(run, rows)
     except BaseException:

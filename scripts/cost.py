@@ -1,6 +1,6 @@
 """Cost accounting from the ledger: cost, tokens, search units, requests, scored pairs and GPU hours,
-grouped by run, model, provider, worker, day and/or role (production, or the shadow runs of submit.py
---shadow), over a date range, with cost per million pairs.
+grouped by run, model, provider, worker, day, role (production, or the shadow runs of submit.py
+--shadow) and/or stage (of a submit.py --then cascade), over a date range, with cost per million pairs.
 API requests are priced when they are recorded; GPU hours are priced here from the [[gpu]] entries of
 the same price table (RERANK_PRICES_PATH, default core/prices.toml).
 
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--since", type=date.fromisoformat, help="first day (YYYY-MM-DD, UTC) to count")
     parser.add_argument("--until", type=date.fromisoformat, help="last day (YYYY-MM-DD, UTC) to count")
-    parser.add_argument("--run", metavar="RUN_ID", help="only this run")
+    parser.add_argument(
+        "--run", metavar="RUN_ID", help="only this run (a cascade's first run: all its stages)"
+    )
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     return parser
 

@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from celery import Celery
 from sqlalchemy.exc import SQLAlchemyError
 
 from core.broker import resolve_broker_url
@@ -33,6 +34,8 @@ from core.model_spec import ModelSpec
 from core.reach import local_only_warning
 from core.settings import Settings, get_settings
 from producer.canary import check_canary, validate_canary
+from producer.cascade import OPTIONS_KEY as CASCADE_KEY
+from producer.cascade import CascadePlan, first_run, next_stage, write_cascade_output
 from producer.comparison import compare, run_side
 from producer.comparison_report import show_comparison
 from producer.fusion import DEFAULT_RRF_K, FUSIONS, METRICS
@@ -121,6 +124,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="the run's budget in tokens, enforced as --max-cost-usd is (with --resume: the new budget)",
+    )
+    parser.add_argument(
+        "--then",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="a cascade: once --model has scored every pair, MODEL scores only each query's --top-k best, "
+        "as a stage of its own on MODEL's queue; repeat --then/--top-k for more stages",
+    )
+    parser.add_argument(
+        "--top-k",
+        action="append",
+        default=[],
+        type=int,
+        metavar="K",
+        help="with --then: the pairs of each query the stage scores (the previous stage's K best)",
     )
     _add_ranking_flags(parser)
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
@@ -234,6 +253,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--shard-pairs must be at least 1")
     if existing and not _ranking_recipe(args).empty:
         parser.error("--resume/--retry-failed take no ranking flags: the run already records its recipe")
+    if existing and (args.then or args.top_k):
+        parser.error("--then starts a new cascade; --resume/--retry-failed RUN_ID goes on with its stages")
+    if args.then or args.top_k:
+        if args.shadow is not None:
+            parser.error("--then and --shadow cannot be combined: give one of them")
+        if args.max_cost_usd is not None or args.max_tokens is not None:
+            parser.error("a budget limits one run; a cascade's stages are not budgeted (drop --max-*)")
+        if not _ranking_recipe(args).empty:
+            parser.error("--normalize/--source/--fuse apply to one model's scores, not to a cascade's stages")
     return args
 
 
@@ -282,6 +310,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         run = ledger.get_run(run_id) if ledger.exists() else None
         if run is None:
             raise RerankError(f"{flag} {run_id}: no such run in the ledger at {_safe(settings)}")
+        run = first_run(ledger, run)  # a cascade goes on from its first run, stage by stage
         broker_url = resolve_broker_url(settings)
         if args.max_cost_usd is not None or args.max_tokens is not None:
             run = _raise_budget(ledger, settings, broker_url, run, args)
@@ -295,6 +324,11 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         shards = unfinished_shards(ledger, run.run_id) if args.resume else failed_shards(ledger, run.run_id)
     else:
         spec = ModelSpec.parse(args.model)
+        cascade = (
+            CascadePlan.parse(args.model, args.then, args.top_k, args.reuse == "latest", args.shard_pairs)
+            if args.then or args.top_k
+            else None
+        )
         shadow_spec = ModelSpec.parse(args.shadow) if args.shadow else None
         if shadow_spec == spec:
             raise RerankError(f"--shadow {args.shadow} is the production model itself; name a second model")
@@ -330,6 +364,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             canary,
             budget=budget,
             recipe=recipe,
+            options={CASCADE_KEY: cascade.as_options()} if cascade is not None else None,
         )
         run = ledger.get_run(created.run_id)
         assert run is not None
@@ -367,6 +402,13 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             f"retry with --resume {run.run_id}"
         ) from exc
     if args.resume or args.retry_failed:
+        for later in ledger.stage_runs(run.run_id):
+            again = (
+                unfinished_shards(ledger, later.run_id)
+                if args.resume
+                else failed_shards(ledger, later.run_id)
+            )
+            sent += enqueue_shards(app, ledger, later, again)
         print(f"run {run.run_id}: re-enqueued {sent} shard(s)", file=sys.stderr)
     _warn_if_unserved(broker_url, settings, run)
     if shadow is not None:
@@ -376,9 +418,15 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     if warning:
         print(warning, file=sys.stderr)
     print(run.run_id, flush=True)  # stdout carries only the run id, for scripts
+    is_cascade = CascadePlan.of(run) is not None
     if not args.wait:
+        if is_cascade:
+            _advance_cascade(ledger, settings, app, run)
         return EXIT_OK
-    progress = _follow(ledger, run, broker_url, settings, args)
+    if is_cascade:
+        progress = _follow_cascade(ledger, settings, app, run, broker_url, args)
+    else:
+        progress = _follow(ledger, run, broker_url, settings, args)
     if shadow is not None:
         _compare_with_shadow(
             ledger, settings, run, shadow.run, _follow(ledger, shadow.run, broker_url, settings, args)
@@ -407,7 +455,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_FAILED_SHARDS
     if out is not None:
-        rows = write_run_output(ledger, run, data, out)
+        writer = write_cascade_output if is_cascade else write_run_output
+        rows = writer(ledger, run, data, out)
         print(f"wrote {rows:,} scores to {out.uri}", file=sys.stderr)
     if verdict is not None and verdict.drifted:
         print(
@@ -418,8 +467,55 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _advance_cascade(ledger: Ledger, settings: Settings, app: Celery, first: Run) -> Run:
+    """Walk the cascade's stages, starting the next one where the one before has completed; the last
+    stage that exists."""
+    current = first
+    while (later := next_stage(ledger, settings, app, first, current)) is not None:
+        if later.started_now:
+            _announce_stage(later.run)
+        current = later.run
+    return current
+
+
+def _announce_stage(stage: Run) -> None:
+    print(
+        f"stage {stage.stage}: run {stage.run_id} scores the top {stage.options.get('top_k')} pairs of each "
+        f"query ({stage.n_pairs:,} pairs) with {stage.model} on queue {stage.queue}",
+        file=sys.stderr,
+    )
+
+
+def _follow_cascade(
+    ledger: Ledger, settings: Settings, app: Celery, first: Run, broker_url: str, args: argparse.Namespace
+) -> RunProgress:
+    """Follow each stage in turn, starting the next once one completes; the progress of the last stage
+    followed (unfinished, failed or the cascade's last)."""
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    current = first
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        progress = _follow(ledger, current, broker_url, settings, args, timeout_s=left)
+        if not progress.finished or progress.shards_failed or progress.paused:
+            return progress
+        finished = ledger.get_run(current.run_id)
+        assert finished is not None
+        later = next_stage(ledger, settings, app, first, finished)
+        if later is None:
+            return progress
+        if later.started_now:
+            _announce_stage(later.run)
+            _warn_if_unserved(broker_url, settings, later.run)
+        current = later.run
+
+
 def _follow(
-    ledger: Ledger, run: Run, broker_url: str, settings: Settings, args: argparse.Namespace
+    ledger: Ledger,
+    run: Run,
+    broker_url: str,
+    settings: Settings,
+    args: argparse.Namespace,
+    timeout_s: float | None = None,
 ) -> RunProgress:
     last_check = time.monotonic()
 
@@ -429,7 +525,8 @@ def _follow(
             last_check = time.monotonic()
             _warn_if_unserved(broker_url, settings, run)
 
-    return wait_for_run(ledger, run.run_id, poll_s=args.poll, timeout_s=args.timeout, on_poll=check_workers)
+    timeout = args.timeout if timeout_s is None else timeout_s
+    return wait_for_run(ledger, run.run_id, poll_s=args.poll, timeout_s=timeout, on_poll=check_workers)
 
 
 def _warn_if_unserved(broker_url: str, settings: Settings, run: Run) -> None:

@@ -1,5 +1,5 @@
-"""Cost accounting from the ledger: usage and cost grouped by run, model, provider, worker, day or role
-(production, or the shadow runs of ``submit.py --shadow``).
+"""Cost accounting from the ledger: usage and cost grouped by run, model, provider, worker, day, role
+(production, or the shadow runs of ``submit.py --shadow``) or stage (of a ``submit.py --then`` cascade).
 
 API requests carry the cost priced when they were recorded; GPU hours are priced here from the price
 table's GPU-hour entries. A GPU costs what it is held, busy or not, so GPU hours are the wall time of every
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, select
+from sqlalchemy import ColumnElement, String, and_, case, cast, func, literal, or_, select
 from sqlalchemy.orm import Session
 
 from core.pricing import PriceTable
@@ -22,8 +22,8 @@ from storage.ledger.schema import Run, Usage
 from storage.ledger.statuses import UsageOutcome
 from storage.ledger.usage_rows import SUMMARY_ROW
 
-Dimension = Literal["run", "model", "provider", "worker", "day", "role"]
-DIMENSIONS: tuple[Dimension, ...] = ("run", "model", "provider", "worker", "day", "role")
+Dimension = Literal["run", "model", "provider", "worker", "day", "role", "stage"]
+DIMENSIONS: tuple[Dimension, ...] = ("run", "model", "provider", "worker", "day", "role", "stage")
 
 
 @dataclass
@@ -74,6 +74,8 @@ def _dimension_column(dimension: Dimension) -> ColumnElement[Any]:
         return func.coalesce(Usage.provider, literal("local"))
     if dimension == "worker":
         return Usage.worker.expression
+    if dimension == "stage":  # a cascade's later stages are numbered; every other run is its own stage 1
+        return case((Run.cascade_of.is_not(None), cast(Run.stage, String)), else_=literal("1"))
     if dimension == "role":  # a shadow run's usage is the shadow's, whatever its model
         return case((Run.shadow_of.is_not(None), literal("shadow")), else_=literal("production"))
     return func.date(Usage.finished_at)
@@ -117,8 +119,8 @@ def cost_report(
         query = query.where(Usage.finished_at >= datetime.combine(since, time.min, UTC))
     if until is not None:
         query = query.where(Usage.finished_at < datetime.combine(until + timedelta(days=1), time.min, UTC))
-    if run_id is not None:
-        query = query.where(Usage.run_id == run_id)
+    if run_id is not None:  # a cascade's first run stands for all of its stages
+        query = query.where(or_(Usage.run_id == run_id, Run.cascade_of == run_id))
     rows: dict[tuple[str, ...], CostRow] = {}
     unpriced: dict[tuple[str, ...], set[str]] = defaultdict(set)
     for record in session.execute(query):

@@ -40,6 +40,7 @@ from storage.ledger.runs import (
     runs_since,
     set_budget,
     shadow_runs,
+    stage_runs,
 )
 from storage.ledger.schema import Run, Shard
 from storage.ledger.statuses import ShardStatus
@@ -129,6 +130,11 @@ class Ledger:
         """The shadow runs of production run ``run_id`` (``submit.py --shadow``)."""
         with self._sessions() as session:
             return shadow_runs(session, run_id)
+
+    def stage_runs(self, run_id: str) -> list[Run]:
+        """The later stages of cascade ``run_id`` (``submit.py --then``), in stage order."""
+        with self._sessions() as session:
+            return stage_runs(session, run_id)
 
     def recent_runs(self, model: str, before: datetime, limit: int = 50) -> list[Run]:
         """Up to ``limit`` runs of ``model`` created before ``before``, newest first."""

@@ -107,6 +107,11 @@ def runs_since(session: Session, since: datetime) -> list[Run]:
     )
 
 
+def stage_runs(session: Session, run_id: str) -> list[Run]:
+    """The later stages of cascade ``run_id``, in stage order."""
+    return list(session.scalars(select(Run).where(Run.cascade_of == run_id).order_by(Run.stage)))
+
+
 def shadow_runs(session: Session, run_id: str) -> list[Run]:
     return list(session.scalars(select(Run).where(Run.shadow_of == run_id).order_by(Run.created_at)))
 

@@ -52,6 +52,12 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # A shadow run (``submit.py --shadow``): the production run whose corpus it scores with another model.
     shadow_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A later stage of a cascade (``submit.py --then``): the cascade's first run, and which stage (2, 3,
+    # ...); at most one run per stage.
+    cascade_of: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    stage: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (Index("uq_runs_cascade_stage", "cascade_of", "stage", unique=True),)
 
 
 class Shard(Base):

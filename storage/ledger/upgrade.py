@@ -43,7 +43,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 def unversioned_revision(connection: Connection) -> str:
     """The revision a ledger created without Alembic (tables made directly) corresponds to."""
     shard_columns = {column["name"] for column in inspect(connection).get_columns("shards")}
-    if "shadow_of" in {column["name"] for column in inspect(connection).get_columns("runs")}:
+    run_columns = {column["name"] for column in inspect(connection).get_columns("runs")}
+    if "cascade_of" in run_columns:
+        return "0006"
+    if "shadow_of" in run_columns:
         return "0005"
     if "truncated_pairs" in {column["name"] for column in inspect(connection).get_columns("usage")}:
         return "0004"

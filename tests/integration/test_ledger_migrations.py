@@ -47,7 +47,7 @@ def test_first_release_ledger_upgrades_in_place(fresh_ledger_url: str) -> None:
     run_id = f"old-{datetime.now(UTC).timestamp()}"
     _old_rows(ledger, run_id)
     ledger.create_schema()
-    assert current_revision(ledger.engine) == "0005"
+    assert current_revision(ledger.engine) == "0006"
     columns = {c["name"] for c in inspect(ledger.engine).get_columns("usage")}
     assert {"request_index", "provider", "cost_usd"} <= columns
     [shard] = ledger.shards(run_id)
@@ -70,7 +70,7 @@ def test_ledger_made_before_migrations_existed(tmp_path) -> None:
         conn.execute(text("drop table alembic_version"))  # as the first release's create_all left it
     _old_rows(ledger, "pre-alembic")
     ledger.create_schema()
-    assert current_revision(ledger.engine) == "0005"
+    assert current_revision(ledger.engine) == "0006"
     assert ledger.progress("pre-alembic").pairs_done == 5
 
 
@@ -80,7 +80,7 @@ def test_unversioned_ledger_at_the_latest_schema_is_only_stamped(tmp_path) -> No
     with ledger.engine.begin() as conn:
         conn.execute(text("drop table alembic_version"))
     ledger.create_schema()
-    assert current_revision(ledger.engine) == "0005"
+    assert current_revision(ledger.engine) == "0006"
 
 
 def test_the_migrations_make_the_schema_the_tables_map(fresh_ledger_url: str) -> None:

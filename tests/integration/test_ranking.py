@@ -235,7 +235,7 @@ def test_fuse_script_by_hand(tmp_path: Path) -> None:
     assert not (tmp_path / "x.parquet").exists()
 
 
-def test_bad_recipes_exit_2_before_anything_is_written(
+def test_bad_recipes_and_cascades_exit_2_before_anything_is_written(
     tmp_path: Path, redis_url: str, redis_prefix: str
 ) -> None:
     corpus = str(corpora.write(corpus_with_first_stage(seed=1), tmp_path / "corpus.parquet"))
@@ -255,6 +255,15 @@ def test_bad_recipes_exit_2_before_anything_is_written(
         "fuse without sources": (["--fuse", "rrf"], "--fuse rrf needs at least one --source"),
         "unknown normalization": (["--normalize", "softmax"], "invalid choice: 'softmax'"),
         "ranking on resume": (["--normalize", "minmax"], "take no ranking flags"),
+        "cascade keeping nothing": (
+            ["--then", "cross-encoder:other", "--top-k", "0"],
+            "--top-k 0: a stage must keep at least 1 pair per query",
+        ),
+        "cascade without top-k": (["--then", "cross-encoder:other"], "each --then MODEL needs its --top-k K"),
+        "cascade of one model": (
+            ["--then", "cross-encoder:m", "--top-k", "3"],
+            "follows a stage of the same model",
+        ),
     }
     calls = [
         ("submit.py", (["--resume", "r1"] if name == "ranking on resume" else base) + flags, env)
