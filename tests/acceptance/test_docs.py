@@ -108,7 +108,7 @@ def test_the_settings_table_lists_every_setting_with_its_default() -> None:
     assert api_row[0] == "`RERANK_<KIND>_BASE_URL`, `_API_KEY`, `_API_KEY_FILE`"
 
 
-@pytest.mark.parametrize("script", ["submit.py", "workers.py", "compare.py"])
+@pytest.mark.parametrize("script", ["submit.py", "workers.py", "compare.py", "fuse.py"])
 def test_every_flag_is_documented(script: str) -> None:
     parser = load_script(script).build_parser()
     for action in parser._actions:
