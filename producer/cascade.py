@@ -21,10 +21,10 @@ from sqlalchemy.exc import IntegrityError
 
 from core.errors import RerankError
 from core.model_spec import ModelSpec
+from core.score_transforms import Grouping
 from core.settings import Settings
 from producer.fusion import ranks_by
 from producer.run_parts import corpus_shards
-from producer.score_transforms import Grouping
 from producer.shard_size import shard_size
 from producer.submission import STAGES_DIRNAME, create_run, enqueue_shards, previous_scores, run_key
 from storage.corpus import CorpusColumns, validate_corpus

@@ -26,7 +26,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from producer.score_transforms import Grouping
+from core.score_transforms import Grouping
 
 Metric = Literal["score", "ip", "cosine", "l2", "rank"]
 METRICS: tuple[str, ...] = get_args(Metric)

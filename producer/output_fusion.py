@@ -11,10 +11,9 @@ import numpy as np
 import pyarrow as pa
 
 from core.errors import RerankError
+from core.score_transforms import Grouping, Normalization, Normalizer, score_scale
 from producer.comparison import KEYS, ScoreSide, check_unique, common_key_type
 from producer.fusion import FusedInput, Fusion, ranks_in_groups, reciprocal_ranks, weighted_mean
-from producer.ranking import score_scale
-from producer.score_transforms import Grouping, Normalization, Normalizer
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.kinds import ScoreScale
-from core.model_spec import ModelSpec
+from core.score_transforms import Grouping, Normalizer
 from producer.fusion import (
     FusedInput,
     final_scores,
@@ -20,16 +20,6 @@ from producer.fusion import (
     weighted_mean,
 )
 from producer.ranking_recipe import RankingRecipe, Source
-from producer.score_transforms import Grouping, Normalizer
-
-
-def score_scale(model: str, metadata: Mapping[str, object]) -> ScoreScale:
-    """What ``model``'s raw scores are: its kind's declaration, or where the model's activation decides,
-    the activation its scores file records."""
-    declared = ModelSpec.parse(model).declared_scale
-    if declared != "activation":
-        return declared
-    return "probability" if str(metadata.get("activation", "")).endswith("Sigmoid") else "logit"
 
 
 class Ranker:

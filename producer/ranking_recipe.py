@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from core.errors import RerankError
+from core.score_transforms import NORMALIZATIONS, SCOPES, Normalization, Scope
 from producer.fusion import DEFAULT_RRF_K, FUSIONS, METRICS, Fusion, Metric
-from producer.score_transforms import NORMALIZATIONS, SCOPES, Normalization, Scope
 
 OPTIONS_KEY = "ranking"
 DEFAULT_RERANK_WEIGHT = 0.5

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from producer.ranking import Ranker, score_scale
+from core.score_transforms import score_scale
+from producer.ranking import Ranker
 from producer.ranking_recipe import OPTIONS_KEY, RankingRecipe
 from producer.run_parts import corpus_shards
 from storage.ledger import Ledger, Run
@@ -29,6 +30,9 @@ def write_run_output(ledger: Ledger, run: Run, data: Location, out: Location) ->
     files = [data.join(shard.published_scores) for shard in shards]
     metadata: dict[str, object] = {**read_metadata(files[0]), "run_id": run.run_id}
     metadata.pop("shard_id", None)
+    fields = (run.options or {}).get("fields")
+    if isinstance(fields, dict):
+        metadata["fields"] = fields
     recipe = run_recipe(run)
     if recipe.empty:
         return merge_scores(files, out, metadata)

@@ -12,6 +12,7 @@ from celery import Celery
 from core.budget import OPTIONS_KEY as BUDGET_KEY
 from core.budget import Budget
 from core.errors import RerankError
+from core.field_scoring import FieldPlan
 from core.messages import send_shard
 from core.model_spec import ModelSpec
 from core.settings import Settings
@@ -75,6 +76,7 @@ def create_run(
     cascade_of: str | None = None,
     stage: int | None = None,
     options: dict[str, object] | None = None,
+    fields: FieldPlan | None = None,
 ) -> CreatedRun:
     """Record a new run of a validated corpus, with its shard inputs written under the run dir.
 
@@ -83,7 +85,8 @@ def create_run(
     partial input; if writing them or recording the run fails, they are removed again. A ``canary``
     corpus becomes shards of its own after the corpus's (``producer.canary``). ``shadow_of`` makes it the
     shadow run of that production run (``submit.py --shadow``), ``cascade_of`` and ``stage`` a later
-    stage of that cascade (``producer.cascade``); ``options`` are recorded beside the run's own."""
+    stage of that cascade (``producer.cascade``); ``options`` are recorded beside the run's own. ``fields``
+    makes it a multi-field run (``core.field_scoring``), its plan in every shard input."""
     run_id = new_run_id()
     data = data_location(settings)
     # A shadow run's or a later stage's files live under the first run's directory, out of its dataset.
@@ -96,10 +99,20 @@ def create_run(
     run_location = data.join(run_dir)
     try:
         plans = plan_shards(summary, shard_pairs)
-        fingerprint = scoring_fingerprint(str(spec), settings.max_length)
+        # A multi-field score is another score of the same texts: its content hashes must differ.
+        scored_as = str(spec) if fields is None else f"{spec} fields={fields.as_options()}"
+        fingerprint = scoring_fingerprint(scored_as, settings.max_length)
         annotations = PairAnnotations(fingerprint, previous)
         inputs_dir = run_location.join(INPUTS_DIRNAME)
-        inputs = write_shard_inputs(corpus, columns, summary, plans, inputs_dir, annotations)
+        inputs = write_shard_inputs(
+            corpus,
+            columns,
+            summary,
+            plans,
+            inputs_dir,
+            annotations,
+            metadata=fields.metadata() if fields is not None else None,
+        )
         reused = sum(shard.reused_pairs for shard in inputs)
         rows = _plan_rows(inputs, data, run_dir)
         canary_options: dict[str, object] | None = None
@@ -133,6 +146,7 @@ def create_run(
                 **({"canary": canary_options} if canary_options is not None else {}),
                 **({BUDGET_KEY: budget.as_options()} if budget is not None and budget.limited else {}),
                 **({RANKING_KEY: recipe.as_options()} if recipe is not None and not recipe.empty else {}),
+                **({"fields": fields.as_options()} if fields is not None else {}),
                 **(options or {}),
             },
             created_at=utcnow(),

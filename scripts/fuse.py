@@ -25,12 +25,12 @@ import sys
 import pyarrow.compute as pc
 
 from core.errors import RerankError, StorageUnreachableError
+from core.score_transforms import NORMALIZATIONS
 from core.settings import get_settings
 from producer.comparison import load_side
 from producer.fusion import DEFAULT_RRF_K, FUSIONS
 from producer.output_fusion import NamedSide, fuse_outputs
 from producer.ranking_recipe import RankingRecipe, Source, parse_weights
-from producer.score_transforms import NORMALIZATIONS
 from storage.location import location_of
 from storage.shards.scores import METADATA_KEY, write_scores
 

@@ -29,9 +29,11 @@ from core.broker.presence import live_workers
 from core.broker.url import connect
 from core.budget import Budget, spend_keys
 from core.errors import BrokerError, CorpusError, RerankError, StorageUnreachableError
+from core.field_scoring import FieldPlan
 from core.kinds import API_KINDS, LOCAL_KINDS
 from core.model_spec import ModelSpec
 from core.reach import local_only_warning
+from core.score_transforms import NORMALIZATIONS, SCOPES
 from core.settings import Settings, get_settings
 from producer.canary import check_canary, validate_canary
 from producer.cascade import OPTIONS_KEY as CASCADE_KEY
@@ -43,7 +45,6 @@ from producer.ranking_recipe import DEFAULT_RERANK_WEIGHT, RankingRecipe, recipe
 from producer.report import show_run_summary
 from producer.run_output import write_run_output
 from producer.run_parts import corpus_shards
-from producer.score_transforms import NORMALIZATIONS, SCOPES
 from producer.shard_size import shard_size
 from producer.submission import (
     create_run,
@@ -142,6 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --then: the pairs of each query the stage scores (the previous stage's K best)",
     )
     _add_ranking_flags(parser)
+    fields = parser.add_argument_group("multi-field scoring")
+    fields.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="NAME=COLUMN",
+        help="score this text column of each document as a field of its own (give two or more); the score "
+        "is the weighted sum of the fields' scores, each kept as score_NAME",
+    )
+    fields.add_argument("--field-weight", metavar="NAME=W,...", help="the fields' weights (default: 1 each)")
+    fields.add_argument(
+        "--field-normalize",
+        choices=NORMALIZATIONS,
+        help="normalize each field's scores per query before the weighted sum (default: raw scores)",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the run until it finishes")
     parser.add_argument(
         "--out", help="with --wait: merge all scores into this Parquet file (a local path or a URI)"
@@ -255,6 +271,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--resume/--retry-failed take no ranking flags: the run already records its recipe")
     if existing and (args.then or args.top_k):
         parser.error("--then starts a new cascade; --resume/--retry-failed RUN_ID goes on with its stages")
+    if (args.field_weight or args.field_normalize) and not args.field:
+        parser.error("--field-weight and --field-normalize apply to --field NAME=COLUMN fields")
+    if args.field:
+        if existing:
+            parser.error("--field starts a new run; --resume/--retry-failed RUN_ID keeps the run's fields")
+        for flag, given in (("--reuse", args.reuse), ("--then", args.then), ("--shadow", args.shadow)):
+            if given:
+                parser.error(f"--field cannot be combined with {flag} yet")
     if args.then or args.top_k:
         if args.shadow is not None:
             parser.error("--then and --shadow cannot be combined: give one of them")
@@ -293,15 +317,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
     recipe = _ranking_recipe(args)
+    fields = FieldPlan.parse(args.field, args.field_weight, args.field_normalize) if args.field else None
     data = data_location(settings)
     out = _checked_out(location_of(args.out, settings)) if args.out is not None else None
     columns = CorpusColumns(
         query_id=args.query_id_column,
         query=args.query_column,
         doc_id=args.doc_id_column,
-        text=args.text_column,
+        text=fields.columns[0] if fields is not None else args.text_column,
         candidates=args.candidates_column,
         carried=recipe.carried_columns,
+        fields=fields.columns[1:] if fields is not None else (),
     )
     shadow: _Shadow | None = None
     if args.resume or args.retry_failed:
@@ -365,6 +391,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             budget=budget,
             recipe=recipe,
             options={CASCADE_KEY: cascade.as_options()} if cascade is not None else None,
+            fields=fields,
         )
         run = ledger.get_run(created.run_id)
         assert run is not None

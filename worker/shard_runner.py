@@ -108,6 +108,7 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
                         metadata,
                         scored.content_hashes,
                         scored.provenance,
+                        scored.field_scores,
                     )
                     write_staged_scores(table, staged_scores)
             # The attempt's own file is whole before the ledger may choose it.

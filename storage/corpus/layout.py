@@ -9,7 +9,8 @@ Canonical pairs always have the columns ``query_id, query, doc_id, text``. Integ
 signed or unsigned) become ``int64``, string ids become ``large_string``; ``query`` and ``text`` are
 always ``large_string`` (64-bit offsets, so a batch of long documents never overflows). Numeric
 columns the corpus names as ``carried`` (first-stage scores, distances or ranks, per pair: columns of a
-long corpus, fields of a nested corpus's candidates) follow as ``float64`` columns ``carried.<name>``.
+long corpus, fields of a nested corpus's candidates) follow as ``float64`` columns ``carried.<name>``, and
+further text ``fields`` of each document (a title beside the body, say) as ``field.<name>``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ INTEGER_ID_TYPE = pa.int64()
 STRING_ID_TYPE = pa.large_string()
 CARRIED_TYPE = pa.float64()
 CARRIED_PREFIX = "carried."
+FIELD_PREFIX = "field."
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class CorpusColumns:
     candidates: str = "candidates"
     # Per-pair numeric columns copied into the shard inputs, for the ranking after scoring.
     carried: tuple[str, ...] = ()
+    # Further text columns of each document, scored beside ``text`` (multi-field scoring).
+    fields: tuple[str, ...] = ()
 
     @staticmethod
     def flag_for(field_name: str) -> str:
@@ -69,21 +73,31 @@ class CorpusLayout:
             self.columns.doc_id,
             self.columns.text,
             *self.columns.carried,
+            *self.columns.fields,
         ]
 
     @property
     def pair_schema(self) -> pa.Schema:
-        return pair_schema(self.query_id_type, self.doc_id_type, self.columns.carried)
+        return pair_schema(self.query_id_type, self.doc_id_type, self.columns.carried, self.columns.fields)
 
 
 def pair_schema(
-    query_id_type: pa.DataType, doc_id_type: pa.DataType, carried: tuple[str, ...] = ()
+    query_id_type: pa.DataType,
+    doc_id_type: pa.DataType,
+    carried: tuple[str, ...] = (),
+    fields: tuple[str, ...] = (),
 ) -> pa.Schema:
-    """The canonical schema of pairs, given the canonical id types and the carried columns."""
+    """The canonical schema of pairs, given the canonical id types, the carried columns and the fields."""
     return pa.schema(
         [("query_id", query_id_type), ("query", TEXT_TYPE), ("doc_id", doc_id_type), ("text", TEXT_TYPE)]
         + [(carried_column(name), CARRIED_TYPE) for name in carried]
+        + [(field_column(name), TEXT_TYPE) for name in fields]
     )
+
+
+def field_column(name: str) -> str:
+    """The pair column that holds the corpus's text column ``name`` scored as a field of its own."""
+    return f"{FIELD_PREFIX}{name}"
 
 
 def carried_column(name: str) -> str:
@@ -228,3 +242,9 @@ def _carried_types(fields: pa.StructType, columns: CorpusColumns, where: str, pr
         data_type = plain_type(fields.field(name).type)
         if not (pa.types.is_integer(data_type) or pa.types.is_floating(data_type)):
             problems.append(f"column {name!r} has type {data_type}; first-stage values must be numbers")
+    for name in columns.fields:
+        if name not in names:
+            existing = ", ".join(repr(n) for n in names)
+            problems.append(f"no column {name!r} to score as a field{where} (there are {existing})")
+        elif not is_string_type(fields.field(name).type):
+            problems.append(f"column {name!r} has type {fields.field(name).type}; a field must be text")

@@ -90,6 +90,7 @@ def to_pairs(raw: pa.RecordBatch, layout: CorpusLayout) -> pa.RecordBatch:
         doc_ids = _cast(raw.column(names.doc_id), layout.doc_id_type)
         texts = _cast(raw.column(names.text), TEXT_TYPE)
         carried = [_cast(raw.column(name), CARRIED_TYPE) for name in names.carried]
+        fields = [_cast(raw.column(name), TEXT_TYPE) for name in names.fields]
     else:
         candidates = raw.column(names.candidates)
         lengths = pc.fill_null(pc.list_value_length(candidates), 0).to_numpy()
@@ -99,10 +100,11 @@ def to_pairs(raw: pa.RecordBatch, layout: CorpusLayout) -> pa.RecordBatch:
         doc_ids = _cast(pc.struct_field(flat, names.doc_id), layout.doc_id_type)
         texts = _cast(pc.struct_field(flat, names.text), TEXT_TYPE)
         carried = [_cast(pc.struct_field(flat, name), CARRIED_TYPE) for name in names.carried]
+        fields = [_cast(pc.struct_field(flat, name), TEXT_TYPE) for name in names.fields]
         query_ids = query_ids.take(row_of_pair)
         queries = queries.take(row_of_pair)
     return pa.RecordBatch.from_arrays(
-        [query_ids, queries, doc_ids, texts, *carried], schema=layout.pair_schema
+        [query_ids, queries, doc_ids, texts, *carried, *fields], schema=layout.pair_schema
     )
 
 

@@ -48,13 +48,17 @@ def write_shard_inputs(
     inputs_dir: Location,
     annotations: PairAnnotations | None = None,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    metadata: dict[bytes, bytes] | None = None,
 ) -> list[ShardInput]:
     """Write ``inputs_dir/shard-00000.parquet``, ... (canonical pairs, corpus order) for plans, each
-    pair with its ``annotations`` when given (else the worker scores every pair)."""
+    pair with its ``annotations`` when given (else the worker scores every pair); ``metadata`` goes into
+    every file's schema."""
     _check_plans(summary, plans)
     router = _ShardRouter(summary, plans)
     inputs_dir.make_dir()
-    schema = pair_schema(summary.query_id_type, summary.doc_id_type, columns.carried)
+    schema = pair_schema(summary.query_id_type, summary.doc_id_type, columns.carried, columns.fields)
+    if metadata:  # what the workers read beside the pairs (the fields' recipe)
+        schema = schema.with_metadata(metadata)
     batches = iter_pairs(corpus, columns, batch_rows)
     with ShardFiles(inputs_dir, schema, plans, annotations) as shard_files:
         if summary.queries_contiguous:

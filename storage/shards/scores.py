@@ -54,10 +54,12 @@ def scores_table(
     metadata: Mapping[str, object],
     content_hashes: pa.Array | pa.ChunkedArray | None = None,
     provenance: PairProvenance | None = None,
+    field_scores: Mapping[str, np.ndarray] | None = None,
 ) -> pa.Table:
     """The output schema: ``query_id, doc_id, score (float32), rank (int32)``, ``content_hash``
     (uint64, when given), ``tokens`` (int32), ``truncated`` (bool) and ``model`` (dictionary-encoded
-    string) when ``provenance`` is given, plus run metadata.
+    string) when ``provenance`` is given, ``score_<field>`` (float32) for each of ``field_scores`` (a
+    multi-field run's fields), plus run metadata.
     Raises ``NonFiniteScoresError`` rather than let a NaN or infinite score into the output."""
     scores32 = np.asarray(scores, dtype=np.float32)
     bad = np.flatnonzero(~np.isfinite(scores32))
@@ -73,6 +75,8 @@ def scores_table(
         "score": pa.array(scores32, type=pa.float32()),
         "rank": pa.array(ranks_within_queries(query_ids, scores32), type=pa.int32()),
     }
+    for name, values in (field_scores or {}).items():
+        columns[f"score_{name}"] = pa.array(np.asarray(values, dtype=np.float32), type=pa.float32())
     if content_hashes is not None:
         columns["content_hash"] = content_hashes
     if provenance is not None:

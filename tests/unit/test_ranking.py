@@ -8,10 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from core.score_transforms import Grouping, Normalizer, score_scale
 from producer.fusion import ranks_in_groups
-from producer.ranking import Ranker, score_scale
+from producer.ranking import Ranker
 from producer.ranking_recipe import RankingRecipe, RecipeError, Source, recipe_from_flags
-from producer.score_transforms import Grouping, Normalizer
 
 # Query a: three pairs; b: two tied; c: one.
 QUERY_IDS = pa.array(["a", "a", "a", "b", "b", "c"])

@@ -16,6 +16,7 @@ statistic skips NaN and every transform keeps it. What each normalization gives 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.kinds import ScoreScale
+from core.model_spec import ModelSpec
 
 Normalization = Literal["sigmoid", "bayes", "minmax", "percentile", "atan", "zscore"]
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
@@ -115,6 +117,15 @@ def group_percentiles(values: np.ndarray, grouping: Grouping) -> np.ndarray:
     percentile = np.where(size > 1, position / np.maximum(size - 1, 1), 1.0)
     result[valid[order]] = percentile
     return result
+
+
+def score_scale(model: str, metadata: Mapping[str, object]) -> ScoreScale:
+    """What ``model``'s raw scores are: its kind's declaration, or where the model's activation decides,
+    the activation its scores file records."""
+    declared = ModelSpec.parse(model).declared_scale
+    if declared != "activation":
+        return declared
+    return "probability" if str(metadata.get("activation", "")).endswith("Sigmoid") else "logit"
 
 
 class Normalizer:
