@@ -182,6 +182,7 @@ def write_cascade_output(ledger: Ledger, first: Run, data: Location, out: Locati
     where a stage did not score it), ``stage`` (the last stage that scored it), ``final_score`` (that
     stage's score) and ``final_rank``: a query's pairs that reached the last stage first, by its score,
     then those that stopped a stage earlier, by that stage's score, and so on."""
+    first = ledger.get_run(first.run_id) or first  # as it is now, not as the caller last read it
     runs = stage_runs(ledger, first)
     for run in runs:
         if run.status != RunStatus.COMPLETED:

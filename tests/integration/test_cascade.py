@@ -132,6 +132,22 @@ def test_two_stage_cascade_scores_each_querys_top_k_once(redis_url: str, tmp_pat
         status = run_script("status.py", run_id, env=env)
         assert f"run {stage2}: {second}, top {TOP_K} a query (5,000 pairs), " in status.stdout
         assert np.isfinite([r["final_score"] for r in rows]).all()
+
+        # The next night, --reuse latest: every stage carries its scores over and scores nothing again.
+        again = run_script(
+            "submit.py",
+            *(str(corpus_path), "--model", first, "--then", second, "--top-k", str(TOP_K)),
+            *("--reuse", "latest", "--wait", "--out", str(tmp_path / "night-2.parquet")),
+            env=env,
+        )
+        assert again.returncode == 0, again.stderr
+        second_night = again.stdout.strip().splitlines()[-1]
+        [second_stage] = ledger.stage_runs(second_night)
+        for run, pairs in ((ledger.get_run(second_night), corpus.num_rows), (second_stage, 1000 * TOP_K)):
+            assert run is not None and run.options["reused_pairs"] == pairs
+            assert ledger.usage_totals(run.run_id).pairs == 0
+        night_2 = pq.read_table(tmp_path / "night-2.parquet").to_pylist()
+        assert sorted(night_2, key=_row_key) == sorted(rows, key=_row_key)
     finally:
         for fleet in fleets.values():
             fleet.stop()
@@ -157,6 +173,10 @@ def _kill_a_stage_2_worker_mid_shard(ledger: Ledger, run_id: str, fleet) -> tupl
             victim.kill()
             return stages[0].run_id, running[0].shard_id
         victim.resume()
+
+
+def _row_key(row: dict) -> tuple[str, str]:
+    return row["query_id"], row["doc_id"]
 
 
 def _keys(table) -> list[tuple[str, str]]:
