@@ -97,6 +97,27 @@ def test_bench_api_smoke_keeps_under_the_limit_and_scores_every_pair_once() -> N
     assert f"{pairs}: every pair scored exactly once" in out
 
 
+def test_bench_cascade_smoke_saves_api_cost_with_a_local_first_stage() -> None:
+    result = run_script("bench_cascade.py", "--smoke", env=clean_env(), timeout=400)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr[-3000:]
+    assert re.search(
+        r"^CPU: .+; 40 queries x 20 documents = 800 pairs; API voyage:rerank-2.5$", out, re.MULTILINE
+    )
+    full = _figure(
+        r"^every pair with the API \(run \S+\): 800 pairs, (\d+) requests, ([\d,]+) tokens, \$([\d.]+)$", out
+    )
+    cascade = _figure(
+        r"^cascade \(run \S+\): stage 1 800 pairs on the local model; stage 2 \(run \S+\) the top 5 a query, "
+        r"200 pairs, (\d+) requests, ([\d,]+) tokens, \$([\d.]+)$",
+        out,
+    )
+    assert 0 < _number(cascade[2]) < _number(full[2]) and 0 < float(cascade[3]) < float(full[3])
+    saved = _figure(r"^API cost saved by the cascade: \$([\d.]+) \(([\d.]+)%\); priced by the ledger$", out)
+    assert float(saved[1]) == pytest.approx(float(full[3]) - float(cascade[3]), abs=2e-6)
+    assert float(saved[2]) == pytest.approx(100 * (1 - float(cascade[3]) / float(full[3])), abs=0.06)
+
+
 def test_bench_submit_smoke_times_the_producer_on_each_corpus() -> None:
     result = run_script("bench_submit.py", "--smoke", "--files", "3", "--s3", env=clean_env(), timeout=300)
     out = result.stdout

@@ -30,9 +30,11 @@ def _age(ledger: Ledger, run_id: str, shard_id: int, seconds: float) -> None:
 
 
 def test_a_stranded_shard_is_sent_again_once_and_only_while_its_queue_is_empty(
-    ledger_url: str, redis_url: str, redis_prefix: str
+    fresh_ledger_url: str, redis_url: str, redis_prefix: str
 ) -> None:
-    ledger = Ledger(ledger_url)
+    # A ledger of its own: the reaper looks at every run, and the session's shared schema holds other
+    # tests' runs, whose queued shards grow as old as these while the suite runs.
+    ledger = Ledger(fresh_ledger_url)
     ledger.create_schema()
     leases = ledger.leases(max_attempts=3, lease_s=60)
     run_id = record_run(ledger, 3)
