@@ -38,6 +38,8 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from storage.ledger import Ledger
 from storage.ledger.schema import Usage
+from storage.location import parse_location
+from storage.shards.publication import settle_run
 from testkit import corpora
 from testkit.model_factory import build_tiny_cross_encoder
 from worker.backends import load_reranker
@@ -306,6 +308,9 @@ def _verify(
 
     assert isinstance(corpus, pa.Table)
     run_dir = root / "data" / "runs" / run_id
+    # A worker killed between its fenced publish and the copy onto the shard's output key leaves the
+    # ledger naming its attempt file; the copy is finished here, as every reader of a run does.
+    settle_run(parse_location(str(root / "data")), ledger, run_id)
     scores = pq.read_table(run_dir)
     output_keys = list(
         zip(scores.column("query_id").to_pylist(), scores.column("doc_id").to_pylist(), strict=True)

@@ -61,6 +61,7 @@ from storage.ledger.leases import PAUSED_BY
 from storage.ledger.schema import Run
 from storage.ledger.types import RunProgress
 from storage.location import Location, data_location, location_of
+from storage.shards.publication import settle_run
 
 EXIT_OK, EXIT_FAILED_SHARDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 EXIT_DRIFT, EXIT_PAUSED = 5, 6
@@ -458,6 +459,9 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         _compare_with_shadow(
             ledger, settings, run, shadow.run, _follow(ledger, shadow.run, broker_url, settings, args)
         )
+    if progress.finished:  # the run directory holds every done shard's file, whoever was killed when
+        for settled in (run, *ledger.stage_runs(run.run_id)):
+            settle_run(data, ledger, settled.run_id)
     finished = ledger.get_run(run.run_id)
     verdict = check_canary(ledger, settings, finished) if finished is not None else None
     show_run_summary(ledger, run.run_id, sys.stderr)
