@@ -27,12 +27,13 @@ ScoreScale = Literal["logit", "probability", "similarity", "score", "activation"
 class LocalKind:
     """A model whose weights the worker loads. ``loader`` is ``"module:function"``, called as
     ``function(spec, settings)`` on the compute thread; ``worker/backends/local/pipeline.py`` says how to
-    write one."""
+    write one. ``options``: the names a model spec of this kind may set (``kind:PATH?name=value``)."""
 
     kind: str
     loader: str
     summary: str
     score_scale: ScoreScale
+    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,8 @@ class ApiKind:
     ``Provider`` (the request and answer shapes); the rest is what the settings (``RERANK_<KIND>_BASE_URL``,
     ``_API_KEY``, ``_API_KEY_FILE``), ``workers.py --help``, the key check and the request planner derive:
     the ``base_url`` the endpoint path is appended to unless the settings say otherwise, whether the API
-    ``requires_key``, and the request ``limits`` unless ``RERANK_API_MAX_*`` override them."""
+    ``requires_key``, and the request ``limits`` unless ``RERANK_API_MAX_*`` override them. ``options``: the
+    names a model spec of this kind may set (``kind:MODEL?name=value``)."""
 
     kind: str
     provider: str
@@ -72,6 +74,7 @@ class ApiKind:
     limits: ProviderLimits
     score_scale: ScoreScale
     requires_key: bool = False
+    options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _API_KIND_NAME.fullmatch(self.kind):
@@ -187,12 +190,19 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         # The judge scores one pair a request.
         limits=ProviderLimits(max_documents=1, max_tokens_per_document=8192),
         score_scale="probability",
+        options=("num_classes",),
     ),
 )
 
 LOCAL_KINDS: dict[str, LocalKind] = {entry.kind: entry for entry in LOCAL_KINDS_TABLE}
 API_KINDS: dict[str, ApiKind] = {entry.kind: entry for entry in API_KINDS_TABLE}
 KINDS: tuple[str, ...] = (*LOCAL_KINDS, *API_KINDS)
+
+
+def kind_options(kind: str) -> tuple[str, ...]:
+    """The option names a model spec of ``kind`` may set."""
+    entry: LocalKind | ApiKind = LOCAL_KINDS[kind] if kind in LOCAL_KINDS else API_KINDS[kind]
+    return entry.options
 
 
 def resolve(kind: str, role: str, reference: str) -> Any:

@@ -43,3 +43,21 @@ def test_queues_differ_per_model_and_are_stable() -> None:
 def test_bad_specs_are_refused(text: str) -> None:
     with pytest.raises(ModelSpecError):
         ModelSpec.parse(text)
+
+
+def test_options_follow_the_model_and_are_checked() -> None:
+    spec = ModelSpec.parse("llm-judge:gpt-4o-mini?num_classes=4")
+    assert (spec.name, spec.options, spec.int_option("num_classes", 2)) == (
+        "gpt-4o-mini",
+        (("num_classes", "4"),),
+        4,
+    )
+    assert str(spec) == "llm-judge:gpt-4o-mini?num_classes=4"
+    assert ModelSpec.parse(str(spec)) == spec
+    assert spec.queue != ModelSpec.parse("llm-judge:gpt-4o-mini").queue
+    with pytest.raises(ModelSpecError, match="has no option 'bogus'"):
+        ModelSpec.parse("llm-judge:gpt-4o-mini?bogus=1")
+    with pytest.raises(ModelSpecError, match="must be an integer >= 2"):
+        ModelSpec.parse("llm-judge:m?num_classes=1").int_option("num_classes", 2)
+    with pytest.raises(ModelSpecError, match="name=value"):
+        ModelSpec.parse("llm-judge:m?num_classes")
