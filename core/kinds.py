@@ -65,7 +65,9 @@ class ApiKind:
     ``_API_KEY``, ``_API_KEY_FILE``), ``workers.py --help``, the key check and the request planner derive:
     the ``base_url`` the endpoint path is appended to unless the settings say otherwise, whether the API
     ``requires_key``, and the request ``limits`` unless ``RERANK_API_MAX_*`` override them. ``options``: the
-    names a model spec of this kind may set (``kind:MODEL?name=value``)."""
+    names a model spec of this kind may set (``kind:MODEL?name=value``). ``aws_signing_service``: requests
+    are signed with AWS SigV4 for this service (credentials and region from the AWS chain) instead of
+    carrying a key; a ``{region}`` in ``base_url`` is the region."""
 
     kind: str
     provider: str
@@ -75,6 +77,7 @@ class ApiKind:
     score_scale: ScoreScale
     requires_key: bool = False
     options: tuple[str, ...] = ()
+    aws_signing_service: str | None = None
 
     def __post_init__(self) -> None:
         if not _API_KIND_NAME.fullmatch(self.kind):
@@ -96,15 +99,43 @@ LOCAL_KINDS_TABLE: tuple[LocalKind, ...] = (
         "sentence-transformers CrossEncoder",
         "activation",
     ),
+    LocalKind(
+        "classifier",
+        "worker.backends.local.classifier:load_classifier",
+        "transformers sequence classifier with graded labels",
+        "probability",
+        options=("label", "template"),
+    ),
     LocalKind("flag", "worker.backends.local.flag:load_flag", "FlagEmbedding encoder-only reranker", "logit"),
     LocalKind(
         "flag-llm", "worker.backends.local.flag:load_flag", "FlagEmbedding decoder-only LLM reranker", "logit"
+    ),
+    LocalKind(
+        "flag-layerwise",
+        "worker.backends.local.flag_cutoff:load_flag_layerwise",
+        "FlagEmbedding layerwise LLM reranker, scored at one cutoff layer",
+        "logit",
+        options=("cutoff_layers",),
+    ),
+    LocalKind(
+        "flag-lightweight",
+        "worker.backends.local.flag_cutoff:load_flag_lightweight",
+        "FlagEmbedding lightweight LLM reranker (token compression, cutoff layer)",
+        "logit",
+        options=("cutoff_layers", "compress_ratio", "compress_layers"),
     ),
     LocalKind(
         "embedding",
         "worker.backends.local.embedding:load_embedding",
         "sentence-transformers bi-encoder",
         "similarity",
+    ),
+    LocalKind(
+        "causal-lm",
+        "worker.backends.local.causal_lm:load_causal_lm",
+        "causal-LM yes/no reranker (Qwen3-Reranker, mxbai-rerank-v2): P(yes) of the next token",
+        "probability",
+        options=("template", "instruction", "yes_token", "no_token"),
     ),
     LocalKind(
         "null",
@@ -174,6 +205,16 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         score_scale="probability",
     ),
     ApiKind(
+        "vllm-classify",
+        "worker.backends.api.vllm_classify:VllmClassifyProvider",
+        "vLLM /classify",
+        base_url="http://127.0.0.1:8000",
+        # vLLM publishes no per-request limit; 100 keeps requests small.
+        limits=ProviderLimits(max_documents=100, max_tokens_per_document=8192),
+        score_scale="probability",
+        options=("label", "template"),
+    ),
+    ApiKind(
         "nim",
         "worker.backends.api.nim:NimProvider",
         "NVIDIA NIM ranking",
@@ -191,6 +232,36 @@ API_KINDS_TABLE: tuple[ApiKind, ...] = (
         limits=ProviderLimits(max_documents=1, max_tokens_per_document=8192),
         score_scale="probability",
         options=("num_classes",),
+    ),
+    ApiKind(
+        "bedrock",
+        "worker.backends.api.bedrock:BedrockProvider",
+        "Amazon Bedrock Rerank",
+        base_url="https://bedrock-agent-runtime.{region}.amazonaws.com",
+        # Bedrock takes up to 1,000 sources a request; Cohere Rerank 3.5 reads 4,096 tokens of each.
+        limits=ProviderLimits(max_documents=1000, max_tokens_per_document=4096),
+        score_scale="probability",
+        aws_signing_service="bedrock",
+    ),
+    ApiKind(
+        "dashscope",
+        "worker.backends.api.dashscope:DashScopeProvider",
+        "Alibaba Cloud DashScope text rerank",
+        base_url="https://dashscope.aliyuncs.com",
+        requires_key=True,
+        # DashScope's published limits for gte-rerank-v2 (see worker/backends/api/dashscope.py).
+        limits=ProviderLimits(max_documents=500, max_tokens_per_document=4000, max_tokens_per_request=30_000),
+        score_scale="probability",
+    ),
+    ApiKind(
+        "qianfan",
+        "worker.backends.api.qianfan:QianfanProvider",
+        "Baidu Qianfan rerankers (v2)",
+        base_url="https://qianfan.baidubce.com",
+        requires_key=True,
+        # Qianfan's published limits for bce-reranker-base (see worker/backends/api/qianfan.py).
+        limits=ProviderLimits(max_documents=64, max_tokens_per_document=1024),
+        score_scale="probability",
     ),
 )
 

@@ -26,7 +26,7 @@ Compile = Literal["auto", "on", "off"]
 BatchInvariant = Literal["auto", "on", "off"]
 
 ENV_PREFIX = "RERANK_"
-ApiSetting = Literal["base_url", "api_key", "api_key_file"]
+ApiSetting = Literal["base_url", "path", "api_key", "api_key_file"]
 
 
 def api_field_name(kind: str, setting: ApiSetting) -> str:
@@ -40,8 +40,9 @@ def api_variable(kind: str, setting: ApiSetting) -> str:
 
 
 def api_settings_fields(kinds: Iterable[ApiKind]) -> dict[str, Any]:
-    """The three settings fields of each API kind, for ``pydantic.create_model``: the base URL (its
-    registry default), the key (a ``SecretStr``) and the file that holds the key."""
+    """The four settings fields of each API kind, for ``pydantic.create_model``: the base URL (its
+    registry default), the endpoint path (unset: the provider's own), the key (a ``SecretStr``) and the
+    file that holds the key."""
     fields: dict[str, Any] = {}
     for entry in kinds:
         api = f"{entry.kind} API ({entry.summary})"
@@ -49,6 +50,14 @@ def api_settings_fields(kinds: Iterable[ApiKind]) -> dict[str, Any]:
             str,
             Field(
                 default=entry.base_url, description=f"Base URL of the {api}; the endpoint path is appended."
+            ),
+        )
+        fields[api_field_name(entry.kind, "path")] = (
+            str | None,
+            Field(
+                default=None,
+                description=f"Endpoint path of the {api} after the base URL, for servers that serve its "
+                "shape elsewhere (unset: the API's own path).",
             ),
         )
         fields[api_field_name(entry.kind, "api_key")] = (
@@ -72,6 +81,7 @@ class ApiEndpoint(BaseModel):
 
     kind: str
     base_url: str
+    path: str | None
     api_key: SecretStr | None
     api_key_file: Path | None
     requires_key: bool
@@ -357,6 +367,7 @@ class Settings(_ApiKindSettings):
         return ApiEndpoint(
             kind=kind,
             base_url=getattr(self, api_field_name(kind, "base_url")),
+            path=getattr(self, api_field_name(kind, "path")),
             api_key=getattr(self, api_field_name(kind, "api_key")),
             api_key_file=getattr(self, api_field_name(kind, "api_key_file")),
             requires_key=entry.requires_key,

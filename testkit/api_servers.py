@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from testkit.api_dialects import PATHS, BadRequestError, answer
+from testkit.loopback import serve_posts
+from testkit.provider_dialects import PROVIDER_DIALECTS, AwsIdentity, check_sigv4
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class FakeRerankServer:
 
     flavor: str
     api_key: str | None = None
+    aws: AwsIdentity | None = None  # requests must be SigV4-signed with these credentials instead
     limit_requests: int | None = None
     limit_tokens: int | None = None
     window_s: float = 60.0
@@ -71,23 +74,13 @@ class FakeRerankServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def path(self) -> str:
+        """The one path this provider answers on."""
+        return PROVIDER_DIALECTS[self.flavor][0] if self.flavor in PROVIDER_DIALECTS else PATHS[self.flavor]
+
     def start(self) -> FakeRerankServer:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                server._handle(self)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(
-            target=self._httpd.serve_forever, args=(0.02,), name=f"fake-{self.flavor}", daemon=True
-        ).start()
+        self._httpd = serve_posts(self._handle, f"fake-{self.flavor}")
         return self
 
     def stop(self) -> None:
@@ -136,15 +129,21 @@ class FakeRerankServer:
                 self.early_after_429 += 1
             fault = self._faults.popleft() if self._faults else None
         try:
-            if handler.path != PATHS[self.flavor]:
+            if handler.path != self.path:
                 raise BadRequestError(404, f"no route {handler.path}")
-            if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+            if self.aws is not None:
+                headers = {name.lower(): value for name, value in handler.headers.items()}
+                check_sigv4(self.aws, handler.path, headers, raw)
+            elif self.api_key is not None and authorization != f"Bearer {self.api_key}":
                 raise BadRequestError(401, "invalid api token")
             if fault is not None and fault.kind != "slow":
                 self._answer_fault(handler, fault, arrived, authorization)
                 return
             payload = json.loads(raw)
-            body, tokens, documents = answer(self.flavor, payload, self.token_scale)
+            if self.flavor in PROVIDER_DIALECTS:
+                body, tokens, documents = PROVIDER_DIALECTS[self.flavor][1](payload, self.token_scale)
+            else:
+                body, tokens, documents = answer(self.flavor, payload, self.token_scale)
         except BadRequestError as exc:
             self._send(handler, exc.status, {"message": str(exc)}, arrived, 0)
             return

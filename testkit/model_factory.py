@@ -23,6 +23,8 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     XLMRobertaConfig,
     XLMRobertaForSequenceClassification,
 )
@@ -77,6 +79,12 @@ def build_tiny_cross_encoder(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def build_tiny_classifier(path: Path, seed: int = 0, num_labels: int = 4, head_scale: float = 2.0) -> Path:
+    """A small graded relevance classifier: a ``BertForSequenceClassification`` (2 layers of width 32)
+    with ``num_labels`` labels, saved with the BERT tokenizer; returns ``path``."""
+    return build_tiny_cross_encoder(path, seed, num_labels=num_labels, head_scale=head_scale)
 
 
 def build_tiny_xlmr_cross_encoder(path: Path, seed: int = 0, head_scale: float = 2.0) -> Path:
@@ -146,27 +154,159 @@ def byte_level_tokenizer() -> PreTrainedTokenizerBase:
     )
 
 
+def tiny_decoder_shape(tokenizer: Any) -> dict[str, Any]:
+    """What the tiny decoders share: width 32, two attention heads, ``tokenizer``'s vocabulary, untied
+    output head."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 2 * MAX_POSITIONS,
+        "initializer_range": INITIALIZER_RANGE,
+        "tie_word_embeddings": False,
+    }
+
+
+def seeded(model_class: Any, config: Any, seed: int) -> Any:
+    """``model_class(config)`` in eval mode, its random weights drawn from ``seed``."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return model_class(config).eval()
+
+
 def build_tiny_decoder_reranker(path: Path, seed: int = 0, head_scale: float = 4.0) -> Path:
     """A 2-layer ``LlamaForCausalLM`` with the byte-level tokenizer, loadable as a FlagEmbedding
     decoder-only reranker (kind ``flag-llm``); returns ``path``."""
     tokenizer = byte_level_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        **tiny_decoder_shape(tokenizer),
         num_hidden_layers=2,
-        num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=2 * MAX_POSITIONS,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        initializer_range=INITIALIZER_RANGE,
-        tie_word_embeddings=False,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).eval()
+    model = seeded(LlamaForCausalLM, config, seed)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_layerwise_reranker(path: Path, seed: int = 0, head_scale: float = 4.0) -> Path:
+    """A 3-layer ``LayerWiseMiniCPMForCausalLM``, the model code FlagEmbedding ships for its layerwise
+    rerankers (one-logit heads after layers 1, 2 and 3), with the byte-level tokenizer; loadable as
+    ``decoder-only-layerwise`` (kind ``flag-layerwise``). Returns ``path``."""
+    from FlagEmbedding.inference.reranker.decoder_only.models.configuration_minicpm_reranker import (
+        LayerWiseMiniCPMConfig,
+    )
+    from FlagEmbedding.inference.reranker.decoder_only.models.modeling_minicpm_reranker import (
+        LayerWiseMiniCPMForCausalLM,
+    )
+
+    tokenizer = byte_level_tokenizer()
+    config = LayerWiseMiniCPMConfig(
+        **tiny_decoder_shape(tokenizer),
+        num_hidden_layers=3,
+        num_key_value_heads=2,
+        start_layer=1,
+        head_type="simple",
+        head_multi=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=False,
+        # transformers 5 turns rope_scaling=None into a dict without the "type" key that FlagEmbedding's
+        # MiniCPM code reads; a linear scaling keeps it.
+        rope_scaling={"type": "linear", "factor": 2.0},
+    )
+    model = seeded(LayerWiseMiniCPMForCausalLM, config, seed)
+    with torch.no_grad():
+        for head in model.lm_head:
+            head.linear_head.weight.mul_(head_scale)
+    _save_without_tied_weights(model, path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def build_tiny_lightweight_reranker(path: Path, seed: int = 0, head_scale: float = 4.0) -> Path:
+    """A 3-layer ``CostWiseGemmaForCausalLM``, the model code FlagEmbedding ships for its lightweight
+    rerankers (layer-wise one-logit heads after layers 1, 2 and 3, token compression), with the
+    byte-level tokenizer; loadable as ``decoder-only-lightweight`` (kind ``flag-lightweight``). Returns
+    ``path``."""
+    from FlagEmbedding.inference.reranker.decoder_only.models.gemma_config import CostWiseGemmaConfig
+    from FlagEmbedding.inference.reranker.decoder_only.models.gemma_model import CostWiseGemmaForCausalLM
+
+    tokenizer = byte_level_tokenizer()
+    config = CostWiseGemmaConfig(
+        **tiny_decoder_shape(tokenizer),
+        num_hidden_layers=3,
+        num_key_value_heads=2,
+        head_dim=16,
+        start_layer=1,
+        layer_sep=1,
+        layer_wise=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=False,
+    )
+    model = seeded(CostWiseGemmaForCausalLM, config, seed)
+    with torch.no_grad():
+        for head in model.lm_head:
+            head.linear_head.weight.mul_(head_scale)
+    _save_without_tied_weights(model, path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _save_without_tied_weights(model: Any, path: Path) -> None:
+    # FlagEmbedding's model code declares its tied weights as a list, transformers 5 reads a mapping; these
+    # models tie nothing (tie_word_embeddings=False).
+    model._tied_weights_keys = {}
+    model.save_pretrained(path)
+
+
+# Qwen's chat specials, whole tokens in its tokenizer; <|endoftext|> is its padding.
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# Merges that make the verdict labels "yes" and "no" single tokens, as they are in Qwen's vocabulary.
+YES_NO_MERGES = [("y", "e"), ("ye", "s"), ("n", "o")]
+
+
+def qwen_style_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer shaped like Qwen's: one token per byte except "yes" and "no" (single
+    tokens, by BPE merges), Qwen's chat specials as whole tokens, <|endoftext|> padding, no BOS."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    merged = ["".join(pair) for pair in YES_NO_MERGES]
+    vocab = {token: index for index, token in enumerate(QWEN_SPECIALS + alphabet + merged)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=YES_NO_MERGES))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIALS[1:],
+        model_max_length=2 * MAX_POSITIONS,
+    )
+
+
+def build_tiny_qwen3_reranker(path: Path, seed: int = 0, head_scale: float = 3.0) -> Path:
+    """A 2-layer ``Qwen3ForCausalLM`` of width 32 with ``qwen_style_tokenizer``, shaped like
+    Qwen3-Reranker (kind ``causal-lm``); returns ``path``. ``head_scale`` multiplies the output head so
+    P(yes) spreads over the pairs."""
+    tokenizer = qwen_style_tokenizer()
+    config = Qwen3Config(
+        **tiny_decoder_shape(tokenizer),
+        num_hidden_layers=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = seeded(Qwen3ForCausalLM, config, seed)
     with torch.no_grad():
         model.lm_head.weight.mul_(head_scale)
     model.save_pretrained(path)

@@ -73,7 +73,8 @@ def api_reranker(kind: str, settings: Settings, model: str = "m1") -> Iterator[A
 
 
 def expected_scores(flavor: str, queries: list[str], texts: list[str]) -> np.ndarray:
-    score = expected_judge_probability if flavor == "llm-judge" else expected_score
+    # The judge and the classifier answer probabilities; the rerank APIs the overlap score.
+    score = expected_judge_probability if flavor in ("llm-judge", "vllm-classify") else expected_score
     return np.array(
         [score(query, text) for query, text in zip(queries, texts, strict=True)], dtype=np.float32
     )

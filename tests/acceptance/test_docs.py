@@ -65,12 +65,16 @@ def test_the_api_table_lists_exactly_the_registry_kinds_with_their_paths_and_lim
 def test_the_key_table_lists_exactly_the_registry_kinds_with_their_variables_and_defaults() -> None:
     rows = readme_table("| kind | key | base URL (default) |")
     assert [row[0] for row in rows] == [f"`{kind}`" for kind in API_KINDS]
-    for kind, key, base_url, key_variable, key_file_variable in rows:
+    for kind, key, base_url, path_variable, key_variable, key_file_variable in rows:
         entry = API_KINDS[kind.strip("`")]
-        assert key == ("required" if entry.requires_key else "optional"), kind
+        if entry.aws_signing_service is not None:
+            assert key == "none: AWS SigV4", kind
+        else:
+            assert key == ("required" if entry.requires_key else "optional"), kind
         assert base_url.startswith(f"`{api_variable(entry.kind, 'base_url')}` (`{entry.base_url}`"), kind
-        assert key_variable == f"`{api_variable(entry.kind, 'api_key')}`"
-        assert key_file_variable == f"`{api_variable(entry.kind, 'api_key_file')}`"
+        assert path_variable == f"`{api_variable(entry.kind, 'path')}`", kind
+        assert key_variable.startswith(f"`{api_variable(entry.kind, 'api_key')}`"), kind
+        assert key_file_variable.startswith(f"`{api_variable(entry.kind, 'api_key_file')}`"), kind
 
 
 def test_the_models_table_lists_exactly_the_registry_kinds() -> None:
@@ -97,7 +101,7 @@ def test_the_settings_table_lists_every_setting_with_its_default() -> None:
     per_kind = {
         api_field_name(kind, setting)
         for kind in API_KINDS
-        for setting in ("base_url", "api_key", "api_key_file")
+        for setting in ("base_url", "path", "api_key", "api_key_file")
     }
     expected = {
         f"`RERANK_{name.upper()}`": documented_default(field.default)
@@ -105,7 +109,7 @@ def test_the_settings_table_lists_every_setting_with_its_default() -> None:
         if name not in per_kind
     }
     assert {row[0]: row[1].strip("`") for row in settings_rows} == expected
-    assert api_row[0] == "`RERANK_<KIND>_BASE_URL`, `_API_KEY`, `_API_KEY_FILE`"
+    assert api_row[0] == "`RERANK_<KIND>_BASE_URL`, `_PATH`, `_API_KEY`, `_API_KEY_FILE`"
 
 
 @pytest.mark.parametrize("script", ["submit.py", "workers.py", "compare.py", "fuse.py"])

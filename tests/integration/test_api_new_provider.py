@@ -145,8 +145,8 @@ def test_a_new_provider_is_one_module_and_one_registry_line(
         statuses = server.statuses()
 
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    # Settings: RERANK_ACME_BASE_URL, _API_KEY, _API_KEY_FILE, read from the environment.
-    assert report["fields"] == ["acme_base_url", "acme_api_key", "acme_api_key_file"]
+    # Settings: RERANK_ACME_BASE_URL, _PATH, _API_KEY, _API_KEY_FILE, read from the environment.
+    assert report["fields"] == ["acme_base_url", "acme_path", "acme_api_key", "acme_api_key_file"]
     assert report["base_url"] == server.url and report["requires_key"] and report["key_from_file"]
     # Help: the kind, its key requirement, request size and variables with the registry's default URL.
     assert "  acme           Acme rerank; key required; 4 documents a request" in report["help"]

@@ -45,7 +45,7 @@ def test_every_pair_scored_once_with_the_apis_absolute_score(
     assert [record.request_index for record in records] == list(range(1, expected_requests + 1))
     assert all(record.outcome is RequestOutcome.OK and record.provider == flavor for record in records)
     assert sum(record.pairs for record in records) == len(texts)
-    if flavor in ("jina", "voyage", "openai-rerank", "vllm-score", "nim", "llm-judge"):
+    if flavor in ("jina", "voyage", "openai-rerank", "vllm-score", "vllm-classify", "nim", "llm-judge"):
         # The provider reports usage: the records hold its counts.
         assert sorted(record.tokens for record in records) == sorted(r.tokens for r in server.scored())
     if flavor == "cohere":

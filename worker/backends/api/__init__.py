@@ -10,11 +10,13 @@ import redis
 
 from core.broker.url import connect, redact
 from core.errors import BrokerError, ConfigError
-from core.kinds import ProviderLimits
+from core.kinds import API_KINDS, ProviderLimits
 from core.model_spec import ModelSpec
 from core.pricing import load_price_table
 from core.settings import Settings
-from worker.backends.api.credentials import load_credentials
+from worker.backends.api.aws_auth import load_aws_signature
+from worker.backends.api.credentials import RequestAuth, load_credentials
+from worker.backends.api.provider import Provider
 from worker.backends.api.rate_limiter import FleetRateLimiter, RateLimits
 from worker.backends.api.registry import provider_for
 from worker.backends.api.reranker import ApiReranker
@@ -25,8 +27,8 @@ def load_api_reranker(spec: ModelSpec, settings: Settings) -> ApiReranker:
     """The reranker for API model ``spec``: its key, limits, price table, HTTP client and the fleet's
     rate limiter. Raises ``ConfigError`` for a missing key or a bad price table, ``BrokerError`` when
     the Redis that holds the shared budget does not answer."""
-    provider = provider_for(spec.kind)
-    credentials = load_credentials(settings.api(spec.kind))
+    provider = provider_for(spec)
+    credentials = load_auth(spec, provider, settings)
     limits = _limits(provider.defaults, settings)
     broker_url = settings.resolved_broker_url
     if broker_url is None:
@@ -74,9 +76,26 @@ def load_api_reranker(spec: ModelSpec, settings: Settings) -> ApiReranker:
 
 
 def check_api_config(spec: ModelSpec, settings: Settings) -> None:
-    """Fail before any worker starts when the key is missing or the price table is invalid."""
-    load_credentials(settings.api(spec.kind))
+    """Fail before any worker starts when the key (or AWS credentials) is missing, an option of the spec
+    is bad, the model cannot be named in requests, or the price table is invalid."""
+    provider = provider_for(spec)
+    provider.served_model(spec.name, load_auth(spec, provider, settings))
     load_price_table(settings.prices_path)
+
+
+def load_auth(spec: ModelSpec, provider: Provider, settings: Settings) -> RequestAuth:
+    """The endpoint and authentication of ``spec``'s API: an AWS signature where its kind signs requests,
+    else its key. Raises ``ConfigError`` when they are missing."""
+    endpoint = settings.api(spec.kind)
+    service = API_KINDS[spec.kind].aws_signing_service
+    if service is None:
+        return load_credentials(endpoint, provider.path)
+    if endpoint.api_key is not None or endpoint.api_key_file is not None:
+        raise ConfigError(
+            f"the {spec.kind} API signs requests with AWS credentials, not a key: unset "
+            f"{endpoint.variable('api_key')} and {endpoint.variable('api_key_file')}"
+        )
+    return load_aws_signature(endpoint, service, provider.path, spec.name)
 
 
 def _limits(defaults: ProviderLimits, settings: Settings) -> ProviderLimits:

@@ -1,6 +1,7 @@
 """What a hosted rerank API is to the worker: an endpoint path, a request body and a parser for its answer.
 One small module per API implements ``Provider``; its kind, default base URL, key requirement and request
-limits are declared once, in its ``core.kinds`` entry, which the provider is built with."""
+limits are declared once, in its ``core.kinds`` entry, which the provider is built with, together with the
+model spec it serves (whose options, ``kind:MODEL?name=value``, may shape the requests)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from core.kinds import ApiKind, ProviderLimits
+from core.model_spec import ModelSpec
+from worker.backends.api.credentials import RequestAuth
 from worker.backends.api.tokens import estimate_tokens
 
 
@@ -32,13 +35,17 @@ class MalformedAnswerError(ValueError):
 
 class Provider(ABC):
     """One API's request and answer shapes. Providers are stateless; one instance serves all threads.
-    Subclasses set ``path`` and ``score_meaning``; everything else comes from the registry ``entry``."""
+    Subclasses set ``path`` and ``score_meaning``; everything else comes from the registry ``entry`` and,
+    for a provider whose kind declares options, the ``spec`` it serves (None: built from the entry
+    alone, as the registry's table is; the options are then unset). A subclass that reads options checks
+    them in its ``__init__``, so a bad value fails when the worker loads the model."""
 
     path: ClassVar[str]
     score_meaning: ClassVar[str]
 
-    def __init__(self, entry: ApiKind) -> None:
+    def __init__(self, entry: ApiKind, spec: ModelSpec | None = None) -> None:
         self.entry = entry
+        self.spec = spec
 
     @property
     def kind(self) -> str:
@@ -52,6 +59,10 @@ class Provider(ABC):
     @property
     def requires_key(self) -> bool:
         return self.entry.requires_key
+
+    def served_model(self, model: str, auth: RequestAuth) -> str | None:
+        """What requests name as the model of spec name ``model``: None for a server's ``default``."""
+        return None if model == "default" else model
 
     @abstractmethod
     def body(

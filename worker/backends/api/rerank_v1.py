@@ -1,7 +1,9 @@
 """The ``POST /v1/rerank`` shape Jina defined and many servers speak: Jina's API, and the
 OpenAI-compatible rerank endpoint of vLLM, Xinference, LocalAI, GPUStack, SiliconFlow, Novita, Infinity
 and others (base URL configurable). Request ``{model, query, documents, top_n}``; answer
-``results[{index, relevance_score}]`` with ``usage.total_tokens``.
+``results[{index, relevance_score}]`` with the tokens counted in ``usage.total_tokens`` (Jina, vLLM,
+LocalAI, Together AI), ``usage.prompt_tokens``, ``meta.tokens.input_tokens`` (Xinference) or
+``tokens.input_tokens`` (SiliconFlow), whichever the server reports.
 
 We ask for every document back (``top_n`` = all) and read each one's ``relevance_score``, never its rank.
 """
@@ -30,10 +32,21 @@ class RerankV1Provider(Provider):
     def parse(self, payload: Any, n_texts: int) -> Answer:
         results = payload.get("results") if isinstance(payload, dict) else None
         scores = scores_by_index(results, n_texts, "relevance_score")
-        tokens = optional_count(payload, "usage", "total_tokens")
-        if tokens is None:
-            tokens = optional_count(payload, "usage", "prompt_tokens")
-        return Answer(scores=scores, tokens=tokens)
+        return Answer(scores=scores, tokens=reported_tokens(payload))
+
+
+def reported_tokens(payload: Any) -> int | None:
+    """The tokens a /v1/rerank server reports, wherever its dialect puts them (None: nowhere)."""
+    for path in (
+        ("usage", "total_tokens"),
+        ("usage", "prompt_tokens"),
+        ("meta", "tokens", "input_tokens"),
+        ("tokens", "input_tokens"),
+    ):
+        tokens = optional_count(payload, *path)
+        if tokens is not None:
+            return tokens
+    return None
 
 
 class JinaProvider(RerankV1Provider):

@@ -24,7 +24,7 @@ from core.kinds import ProviderLimits
 from core.pricing import PriceTable
 from core.usage import RequestOutcome, RequestUsage
 from storage.ledger import utcnow
-from worker.backends.api.credentials import Credentials
+from worker.backends.api.credentials import RequestAuth
 from worker.backends.api.planning import PlannedRequest
 from worker.backends.api.provider import (
     Answer,
@@ -94,7 +94,7 @@ class RequestSender:
         self,
         provider: Provider,
         model: str,
-        credentials: Credentials,
+        credentials: RequestAuth,
         http: httpx.Client,
         limiter: FleetRateLimiter,
         limits: ProviderLimits,
@@ -110,7 +110,8 @@ class RequestSender:
         self.policy = policy
         self.prices = prices
         self.calibration = TokenCalibration()
-        self.endpoint = credentials.base_url.rstrip("/") + provider.path
+        self.endpoint = credentials.endpoint_url
+        self.served_model = provider.served_model(model, credentials)
 
     def send(
         self,
@@ -122,8 +123,7 @@ class RequestSender:
         """The request's scores, in the order of ``request.texts``. Raises ``ProviderError`` (retries
         exhausted), ``PermanentProviderError``, ``BudgetExhaustedError`` (``gate`` refused the request:
         the run's budget is spent) or ``CancelledError``."""
-        served_model = None if self.model == "default" else self.model
-        body = self.provider.body(served_model, request.query, request.texts, self.limits)
+        body = self.provider.body(self.served_model, request.query, request.texts, self.limits)
         for retry in range(self.policy.max_retries + 1):
             if cancelled.is_set():
                 raise CancelledError
@@ -168,7 +168,9 @@ class RequestSender:
 
     def _post(self, body: dict[str, object], n_texts: int) -> _Attempt:
         try:
-            response = self.http.post(self.endpoint, json=body, headers=self.credentials.headers())
+            content = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **self.credentials.headers(self.endpoint, content)}
+            response = self.http.post(self.endpoint, content=content, headers=headers)
         except httpx.TimeoutException as exc:
             return _Attempt(RequestOutcome.TIMEOUT, None, detail=self._scrub(f"{type(exc).__name__}: {exc}"))
         except httpx.TransportError as exc:

@@ -15,7 +15,7 @@ import contextlib
 import copy
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Protocol
@@ -33,6 +33,15 @@ from worker.backends.local.pipeline import LocalReranker
 
 ENCODER_ONLY = "encoder-only-base"
 DECODER_ONLY = "decoder-only-base"
+LAYERWISE = "decoder-only-layerwise"
+LIGHTWEIGHT = "decoder-only-lightweight"
+# The kind that runs each FlagEmbedding model class ("flag" also takes a name FlagEmbedding maps to a class).
+FLAG_CLASS_KINDS = {
+    ENCODER_ONLY: "flag",
+    DECODER_ONLY: "flag-llm",
+    LAYERWISE: "flag-layerwise",
+    LIGHTWEIGHT: "flag-lightweight",
+}
 # FlagEmbedding's default max_length; it does not read the model's own limit.
 FLAG_DEFAULT_MAX_LENGTH = 512
 # The prompt BaseLLMReranker.compute_score_single_gpu uses when none is configured (not exported by it).
@@ -73,7 +82,7 @@ class EncoderOnlyFormat:
     def encode(self, pairs: list[list[str]]) -> list[dict[str, list[int]]]:
         from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 
-        query_ids, passage_ids = _tokenize_sides(self._encoder, pairs, self.query_max_length, self.max_length)
+        query_ids, passage_ids = tokenize_sides(self._encoder, pairs, self.query_max_length, self.max_length)
         return [
             dict(
                 prepare_for_model_compat(
@@ -121,27 +130,16 @@ class DecoderOnlyFormat:
         self.keeps_last_logit = "logits_to_keep" in inspect.signature(flag_model.model.forward).parameters
 
     def encode(self, pairs: list[list[str]]) -> list[dict[str, list[int]]]:
-        from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
-
-        query_ids, passage_ids = _tokenize_sides(
-            self.tokenizer, pairs, self.query_max_length, self.max_length
+        encoded = encode_prompted_pairs(
+            self.tokenizer,
+            pairs,
+            self.leading_ids,
+            self.sep_ids,
+            self.prompt_ids,
+            self.query_max_length,
+            self.max_length,
         )
-        encode_max_length = self.max_length + len(self.sep_ids) + len(self.prompt_ids)
-        items = []
-        for query, passage in zip(query_ids, passage_ids, strict=True):
-            item = prepare_for_model_compat(
-                self.tokenizer,
-                self.leading_ids + query,
-                self.sep_ids + passage,
-                truncation="only_second",
-                max_length=encode_max_length,
-                padding=False,
-                return_attention_mask=False,
-                return_token_type_ids=False,
-                add_special_tokens=False,
-            )
-            items.append({"input_ids": list(item["input_ids"]) + self.sep_ids + self.prompt_ids})
-        return items
+        return [{"input_ids": ids} for ids, _ in encoded]
 
     def collate(self, items: list[dict[str, list[int]]]) -> Features:
         width = max(len(item["input_ids"]) for item in items)
@@ -227,33 +225,16 @@ class FlagModel:
 def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
     """Load ``spec`` through ``FlagAutoReranker`` on the configured device and dtype."""
     target = resolve_compute(settings)
-    path = spec.resolve_path()
     model_class = flag_model_class(spec)
     if model_class not in (ENCODER_ONLY, DECODER_ONLY):
+        kind = FLAG_CLASS_KINDS.get(model_class)
+        advice = f"; load it as kind {kind!r}" if kind else ""
         raise ModelLoadError(
-            f"{spec.name!r} is a FlagEmbedding {model_class!r} reranker, which bulk-rerank does not run; "
-            f"supported: {ENCODER_ONLY} (kind 'flag') and {DECODER_ONLY} (kind 'flag-llm')"
+            f"{spec.name!r} is a FlagEmbedding {model_class!r} reranker, which kind {spec.kind!r} does not "
+            f"run{advice}"
         )
-    from FlagEmbedding import FlagAutoReranker
-
-    options: dict[str, Any] = {}
-    if model_class == DECODER_ONLY:
-        options["use_bf16"] = target.dtype == torch.bfloat16  # load straight into bf16, not fp32 first
-    try:
-        flag_model = FlagAutoReranker.from_finetuned(
-            path,
-            model_class=model_class,
-            use_fp16=False,  # precision is set below, for every model class alike
-            trust_remote_code=settings.trust_remote_code,
-            devices=[str(target.device)],  # one device: FlagEmbedding starts no process pool
-            max_length=settings.max_length or FLAG_DEFAULT_MAX_LENGTH,
-            **options,
-        )
-        mixed = model_class == ENCODER_ONLY and target.dtype != torch.float32
-        flag_model.model.to(device=target.device, dtype=torch.float32 if mixed else target.dtype)
-    except Exception as error:  # any failure inside the library is a load failure of this model
-        raise ModelLoadError(f"cannot load FlagEmbedding reranker {spec.name!r}: {error}") from error
-    flag_model.model.eval()
+    mixed = model_class == ENCODER_ONLY and target.dtype != torch.float32
+    flag_model = load_flag_reranker(spec, settings, target, model_class, float32_weights=mixed)
     # As for cross-encoders: only the linear layers in low precision, so the raw logit keeps float32's
     # digits instead of bf16's three (close scores would tie).
     if mixed and not use_mixed_precision(flag_model.model, target.dtype, flag_model.model.config.num_labels):
@@ -275,10 +256,47 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
     return LocalReranker(spec, FlagModel(flag_model, model_class, input_format, target, mixed), target)
 
 
+def load_flag_reranker(
+    spec: ModelSpec,
+    settings: Settings,
+    target: ComputeTarget,
+    model_class: str,
+    *,
+    float32_weights: bool = False,
+    prepare: Callable[[Any], None] | None = None,
+    **options: Any,
+) -> Any:
+    """``FlagAutoReranker.from_finetuned`` for ``spec`` as a ``model_class`` reranker, its model moved to
+    ``target`` (in float32 where ``float32_weights``, for mixed precision). ``prepare`` sees the model
+    before it moves; ``options`` go to the reranker class. Raises ``ModelLoadError``."""
+    from FlagEmbedding import FlagAutoReranker
+
+    if model_class != ENCODER_ONLY:
+        options["use_bf16"] = target.dtype == torch.bfloat16  # load straight into bf16, not fp32 first
+    try:
+        flag_model = FlagAutoReranker.from_finetuned(
+            spec.resolve_path(),
+            model_class=model_class,
+            use_fp16=False,  # precision is set below, for every model class alike
+            trust_remote_code=settings.trust_remote_code,
+            devices=[str(target.device)],  # one device: FlagEmbedding starts no process pool
+            max_length=settings.max_length or FLAG_DEFAULT_MAX_LENGTH,
+            **options,
+        )
+        if prepare is not None:
+            prepare(flag_model.model)
+        flag_model.model.to(device=target.device, dtype=torch.float32 if float32_weights else target.dtype)
+    except Exception as error:  # any failure inside the library is a load failure of this model
+        raise ModelLoadError(f"cannot load FlagEmbedding reranker {spec.name!r}: {error}") from error
+    flag_model.model.eval()
+    return flag_model
+
+
 def flag_model_class(spec: ModelSpec) -> str:
     """The FlagEmbedding model class for ``spec``: by FlagEmbedding's name table, else by kind."""
-    if spec.kind == "flag-llm":
-        return DECODER_ONLY
+    for model_class, kind in FLAG_CLASS_KINDS.items():
+        if spec.kind == kind and kind != "flag":
+            return model_class
     from FlagEmbedding.inference.reranker.model_mapping import (
         AUTO_RERANKER_MAPPING,
         RERANKER_CLASS_MAPPING,
@@ -295,7 +313,40 @@ def flag_model_class(spec: ModelSpec) -> str:
     return next(key.value for key, cls in RERANKER_CLASS_MAPPING.items() if cls is config.model_class)
 
 
-def _tokenize_sides(
+def encode_prompted_pairs(
+    tokenizer: Any,
+    pairs: list[list[str]],
+    leading_ids: list[int],
+    sep_ids: list[int],
+    prompt_ids: list[int],
+    query_max_length: int,
+    max_length: int,
+) -> list[tuple[list[int], int]]:
+    """Each pair as FlagEmbedding's LLM rerankers encode it, "<leading>A: query" + "<sep>B: passage" (the
+    passage cut first) + "<sep><prompt>", with the length of its "<leading>query<sep>" part."""
+    from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+    query_ids, passage_ids = tokenize_sides(tokenizer, pairs, query_max_length, max_length)
+    encode_max_length = max_length + len(sep_ids) + len(prompt_ids)
+    encoded = []
+    for query, passage in zip(query_ids, passage_ids, strict=True):
+        item = prepare_for_model_compat(
+            tokenizer,
+            leading_ids + query,
+            sep_ids + passage,
+            truncation="only_second",
+            max_length=encode_max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            add_special_tokens=False,
+        )
+        query_part = len(leading_ids) + len(query) + len(sep_ids)
+        encoded.append((list(item["input_ids"]) + sep_ids + prompt_ids, query_part))
+    return encoded
+
+
+def tokenize_sides(
     tokenizer: Any, pairs: list[list[str]], query_max_length: int, max_length: int
 ) -> tuple[list[list[int]], list[list[int]]]:
     """Query and passage ids without special tokens, each cut to its own limit, as FlagEmbedding does."""

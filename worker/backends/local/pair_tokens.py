@@ -68,7 +68,8 @@ class PairTokenizer:
         # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nobody here reads.
         self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
 
-    def __call__(self, pairs: Sequence[Pair]) -> TokenizedPairs:
+    def __call__(self, pairs: Sequence[Pair] | Sequence[str]) -> TokenizedPairs:
+        """Tokenize ``pairs``; a text given instead of a pair is encoded as a single sequence."""
         encodings = self._encode_batch(list(pairs), add_special_tokens=True)
         ids = [encoding.ids for encoding in encodings]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
