@@ -168,7 +168,11 @@ def _detect_kind(name: str) -> str:
         return "embedding"
     config_file = path / "config.json"
     if config_file.is_file():
-        architectures = json.loads(config_file.read_text()).get("architectures") or []
+        config = json.loads(config_file.read_text())
+        architectures = config.get("architectures") or []
         if any(arch.endswith("ForCausalLM") for arch in architectures):
             return "flag-llm"
+        labels = config.get("num_labels") or len(config.get("id2label") or {})
+        if any(arch.endswith("ForSequenceClassification") for arch in architectures) and labels > 1:
+            return "classifier"
     return "cross-encoder"

@@ -144,3 +144,70 @@ def test_api_workers_score_a_corpus_under_the_fleets_limit(redis_url: str, tmp_p
     assert [value for value in redis_contents if key in value] == []
     assert any(b"ratelimit:openai-rerank:" in value for value in redis_contents)
     ledger.dispose()
+
+
+@pytest.mark.parametrize(
+    ("kind", "model"), [("dashscope", "gte-rerank-v2"), ("qianfan", "bce-reranker-base")]
+)
+def test_dashscope_and_qianfan_workers_score_a_corpus_end_to_end(
+    kind: str, model: str, redis_url: str, tmp_path: Path
+) -> None:
+    prefix = new_prefix()
+    data = tmp_path / "data"
+    shared = {"data_dir": str(data), "broker_url": redis_url, "redis_key_prefix": prefix, "heartbeat_s": "1"}
+    field = kind.replace("-", "_")
+    worker_env = clean_env(**shared, **{f"{field}_api_key": API_KEY}, api_backoff_max_s="0.05")
+    corpus = corpora.long_corpus(n_queries=5, docs_per_query=70, seed=9)  # Qianfan: 64 documents a request
+    corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
+    out = tmp_path / "scores.parquet"
+    server = FakeRerankServer(kind, api_key=API_KEY)
+    try:
+        with running(server):
+            worker_env[f"RERANK_{field.upper()}_BASE_URL"] = server.url
+            fleet = start_workers(
+                ["--api", kind, "--model", model],
+                ModelSpec.parse(f"{kind}:{model}"),
+                1,
+                worker_env,
+                redis_url,
+                prefix,
+                tmp_path / "workers.log",
+            )
+            try:
+                submitted = run_script(
+                    "submit.py",
+                    str(corpus_path),
+                    "--model",
+                    f"{kind}:{model}",
+                    "--wait",
+                    "--out",
+                    str(out),
+                    "--timeout",
+                    "120",
+                    env=clean_env(**shared),
+                )
+            finally:
+                fleet.stop()
+        assert submitted.returncode == 0, submitted.stderr + fleet.log()[-3000:]
+        redis_contents = _redis_contents(redis_url, prefix)
+    finally:
+        delete_prefixed(redis_url, prefix)
+    run_id = submitted.stdout.strip().splitlines()[-1]
+    texts = {(row["query_id"], row["doc_id"]): (row["query"], row["text"]) for row in corpus.to_pylist()}
+    scores = pq.read_table(out).to_pylist()
+    assert len(scores) == corpus.num_rows
+    for row in scores:
+        expected = expected_score(*texts[(row["query_id"], row["doc_id"])])
+        assert row["score"] == pytest.approx(expected, abs=1e-6)
+    requests = 5 * (2 if kind == "qianfan" else 1)
+    assert server.statuses() == Counter({200: requests})
+    ledger = Ledger(f"sqlite:///{data / 'ledger.db'}")
+    with ledger.session() as session:
+        rows = session.query(Usage).where(Usage.run_id == run_id, Usage.request_index > 0).all()
+    assert sorted(row.tokens for row in rows) == sorted(request.tokens for request in server.scored())
+    ledger.dispose()
+    key = API_KEY.encode()
+    files = [path for path in [*data.rglob("*"), out] if path.is_file()]
+    assert [path for path in files if key in path.read_bytes()] == []
+    assert [value for value in redis_contents if key in value] == []
+    assert key not in (tmp_path / "workers.log").read_bytes()

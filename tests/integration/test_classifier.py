@@ -158,3 +158,46 @@ def test_a_one_label_model_or_a_label_out_of_range_is_refused(
         ModelSpecError, match=r"template 'fancy' must hold exactly the fields .* preset: plain"
     ):
         load_reranker(ModelSpec.parse("vllm-classify:tiny?template=fancy"), settings)
+
+
+def test_a_spec_with_options_travels_through_the_pipeline(
+    classifier_dir: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """``classifier:PATH?label=1`` from submit.py to a worker process and back: the options name the
+    queue, reach the worker in the message and decide its scores."""
+    import pyarrow.parquet as pq
+
+    from testkit import corpora
+    from testkit.checks import assert_output_matches
+    from testkit.fleet import local_worker_env, run_script, start_fleet
+    from testkit.services import delete_prefixed, new_prefix
+
+    prefix = new_prefix()
+    env = local_worker_env(tmp_path, redis_url, prefix)
+    model = f"classifier:{classifier_dir}?label=1"
+    corpus = corpora.long_corpus(n_queries=8, docs_per_query=6, seed=4)
+    corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
+    out = tmp_path / "scores.parquet"
+    fleet = start_fleet(model, 1, env, redis_url, prefix, tmp_path / "workers.log")
+    try:
+        result = run_script(
+            "submit.py",
+            str(corpus_path),
+            "--model",
+            model,
+            "--wait",
+            "--out",
+            str(out),
+            "--shard-pairs",
+            "12",
+            "--timeout",
+            "120",
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr + fleet.log()[-3000:]
+    finally:
+        fleet.stop()
+        delete_prefixed(redis_url, prefix)
+    reranker = load_reranker(ModelSpec.parse(model), local_settings())
+    expected = reranker.score(corpus.column("query").to_pylist(), corpus.column("text").to_pylist()).scores
+    assert_output_matches(corpus, pq.read_table(out), np.asarray(expected, dtype=np.float32))

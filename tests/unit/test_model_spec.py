@@ -61,3 +61,11 @@ def test_options_follow_the_model_and_are_checked() -> None:
         ModelSpec.parse("llm-judge:m?num_classes=1").int_option("num_classes", 2)
     with pytest.raises(ModelSpecError, match="name=value"):
         ModelSpec.parse("llm-judge:m?num_classes")
+
+
+def test_a_multi_label_classifier_directory_is_detected(tmp_path: Path) -> None:
+    from testkit.model_factory import build_tiny_classifier
+
+    classifier = build_tiny_classifier(tmp_path / "graded", num_labels=4)
+    assert ModelSpec.parse(str(classifier)).kind == "classifier"
+    assert ModelSpec.parse(f"{classifier}?label=2").options == (("label", "2"),)
