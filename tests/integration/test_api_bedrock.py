@@ -241,3 +241,81 @@ def test_bedrock_workers_score_a_corpus_end_to_end_with_no_secret_anywhere(
         assert raw not in log.encode() and raw not in (submitted.stdout + submitted.stderr).encode()
         assert [path for path in files if raw in path.read_bytes()] == []
         assert [value for value in redis_contents if raw in value] == []
+
+
+def test_credentials_and_region_come_from_a_profile(
+    aws_chain: None,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    prices: Path,
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(name)
+    (tmp_path / "credentials").write_text(
+        f"[nightly]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        f"aws_session_token = {SESSION_TOKEN}\n"
+    )
+    (tmp_path / "config").write_text(f"[profile nightly]\nregion = {REGION}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "nightly")
+    queries, texts = pairs(n_queries=1, docs_per_query=4, seed=6)
+    with running(bedrock_server()) as server:
+        settings = bedrock_settings(server, redis_url, redis_prefix, prices)
+        with api_reranker("bedrock", settings, model=MODEL) as reranker:
+            result = reranker.score(queries, texts)
+    np.testing.assert_allclose(result.scores, expected_scores("bedrock", queries, texts), atol=1e-6)
+    assert server.statuses() == Counter({200: 1})
+
+
+def test_credentials_come_from_a_role_served_to_the_container(
+    aws_chain: None, monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_prefix: str, prices: Path
+) -> None:
+    """A task role, as ECS serves it: botocore fetches (and later refreshes) the role's temporary
+    credentials from the container credentials endpoint, here a loopback server."""
+    import json
+    import threading
+    from datetime import UTC, datetime, timedelta
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    fetched: list[str] = []
+
+    class RoleCredentials(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.append(self.path)
+            expiration = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            body = json.dumps(
+                {
+                    "AccessKeyId": ACCESS_KEY,
+                    "SecretAccessKey": SECRET_KEY,
+                    "Token": SESSION_TOKEN,
+                    "Expiration": expiration,
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    endpoint = ThreadingHTTPServer(("127.0.0.1", 0), RoleCredentials)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"http://127.0.0.1:{endpoint.server_port}/role")
+    queries, texts = pairs(n_queries=1, docs_per_query=4, seed=6)
+    try:
+        with running(bedrock_server()) as server:
+            settings = bedrock_settings(server, redis_url, redis_prefix, prices)
+            with api_reranker("bedrock", settings, model=MODEL) as reranker:
+                result = reranker.score(queries, texts)
+    finally:
+        endpoint.shutdown()
+        endpoint.server_close()
+    np.testing.assert_allclose(result.scores, expected_scores("bedrock", queries, texts), atol=1e-6)
+    assert server.statuses() == Counter({200: 1}) and fetched and set(fetched) == {"/role"}
