@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import PurePosixPath
 
+from core.errors import StorageError
 from storage.atomic import copy_atomically
 from storage.ledger import Ledger, ShardStatus
 from storage.location import Location
@@ -54,10 +55,20 @@ def settle_run(data: Location, ledger: Ledger, run_id: str) -> int:
     settled = 0
     for shard in done:
         if shard.scores_path is not None and shard.scores_path != shard.output_path:
-            _copy_chosen(data, ledger, run_id, shard.shard_id, shard.scores_path, shard.output_path)
+            try:
+                _copy_chosen(data, ledger, run_id, shard.shard_id, shard.scores_path, shard.output_path)
+            except StorageError:
+                # Its worker may have settled it since the ledger was read, deleting the file we copy.
+                if _scores_path(ledger, run_id, shard.shard_id) == shard.output_path:
+                    continue
+                raise
             settled += 1
     remove_attempts(data, [shard.output_path for shard in done])
     return settled
+
+
+def _scores_path(ledger: Ledger, run_id: str, shard_id: int) -> str | None:
+    return next(shard.scores_path for shard in ledger.shards(run_id) if shard.shard_id == shard_id)
 
 
 def _copy_chosen(

@@ -77,3 +77,31 @@ def test_settle_run_finishes_a_settle_that_a_crash_interrupted(tmp_path: Path, d
     assert [shard.published_scores for shard in ledger.shards(run_id)] == outputs
     assert data.join(outputs[1]).read_bytes() == b"scores of attempt 2"
     assert settle_run(data, ledger, run_id) == 0
+
+
+class _WorkerSettlesAfterTheRead(Ledger):
+    """A ledger whose next read of the shards is followed, before the reader goes on, by ``settle_next``:
+    a worker settling its shard in between (the race ``submit.py --wait`` runs into)."""
+
+    settle_next: object = None
+
+    def shards(self, *args: object, **kwargs: object) -> list:  # type: ignore[override]
+        snapshot = super().shards(*args, **kwargs)  # type: ignore[arg-type]
+        hook, self.settle_next = self.settle_next, None
+        if callable(hook):
+            hook()
+        return snapshot
+
+
+def test_settle_run_leaves_a_shard_its_worker_settled_meanwhile(tmp_path: Path, data: Location) -> None:
+    ledger = _WorkerSettlesAfterTheRead(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.create_schema()
+    run_id = record_run(ledger, 1)
+    chosen, output = _publish(ledger, data, run_id, 0)
+    ledger.settle_next = lambda: settle(data, ledger, run_id, 0, chosen, output)
+
+    assert settle_run(data, ledger, run_id) == 0  # the chosen file was gone: its worker had copied it
+
+    assert [found.relative_to(data) for found in data.files()] == [output]
+    assert data.join(output).read_bytes() == b"scores of attempt 1"
+    assert [shard.published_scores for shard in ledger.shards(run_id)] == [output]
