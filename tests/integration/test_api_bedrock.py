@@ -319,3 +319,23 @@ def test_credentials_come_from_a_role_served_to_the_container(
         endpoint.server_close()
     np.testing.assert_allclose(result.scores, expected_scores("bedrock", queries, texts), atol=1e-6)
     assert server.statuses() == Counter({200: 1}) and fetched and set(fetched) == {"/role"}
+
+
+def test_the_fleet_budget_outlives_rotating_temporary_credentials(
+    aws_chain: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers holding different temporary keys of one source (a role rotates them) share a budget;
+    a long-term key names its own."""
+    from worker.backends.api import load_auth
+    from worker.backends.api.registry import provider_for
+
+    spec = ModelSpec.parse(f"bedrock:{MODEL}")
+    provider = provider_for(spec)
+    first = load_auth(spec, provider, Settings()).fingerprint
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ASIAOTHERTEMPORARY01")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "another-session-token")
+    assert load_auth(spec, provider, Settings()).fingerprint == first
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    long_term = load_auth(spec, provider, Settings()).fingerprint
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAANOTHERUSER00001")
+    assert len({first, long_term, load_auth(spec, provider, Settings()).fingerprint}) == 3

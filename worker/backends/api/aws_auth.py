@@ -36,10 +36,13 @@ class AwsSignature:
 
     @property
     def fingerprint(self) -> str:
-        """One budget per account key, region and model: Bedrock's quotas are per account, region and
-        model. The access key id names the account's key; the secret never enters the hash."""
-        key_id = self.credentials.get_frozen_credentials().access_key
-        material = f"{self.kind}\0{key_id}\0{self.region}\0{self.model}"
+        """One budget per identity, region and model: Bedrock's quotas are per account, region and model.
+        A long-term key is named by its access key id; temporary credentials (a role, a session) change
+        their key id as they rotate, so they are named by where they come from (botocore's ``method``,
+        e.g. ``container-role``), which every worker of the fleet shares. No secret enters the hash."""
+        frozen = self.credentials.get_frozen_credentials()
+        identity = frozen.access_key if frozen.token is None else f"temporary via {self.credentials.method}"
+        material = f"{self.kind}\0{identity}\0{self.region}\0{self.model}"
         return hashlib.sha256(material.encode()).hexdigest()[:20]
 
     def headers(self, url: str, body: bytes) -> dict[str, str]:
