@@ -1,18 +1,27 @@
-"""Build real API rerankers (real HTTP, real Redis limiter) pointed at a fake provider server."""
+"""Build real API rerankers (real HTTP, real Redis limiter) pointed at a fake provider server, and run API
+worker fleets end to end against one."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
+from core.broker.url import connect
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from testkit.api_dialects import expected_judge_probability, expected_score
 from testkit.api_servers import FakeRerankServer
+from testkit.fleet import run_script, start_workers
+from testkit.services import delete_prefixed
 from worker.backends import load_reranker
 from worker.backends.api.reranker import ApiReranker
 
@@ -91,3 +100,91 @@ def pairs(n_queries: int, docs_per_query: int, seed: int = 0) -> tuple[list[str]
             rows.append((query, " ".join(rng.choice(words, size=int(rng.integers(3, 12))))))
     order = rng.permutation(len(rows))
     return [rows[i][0] for i in order], [rows[i][1] for i in order]
+
+
+def redis_contents(redis_url: str, prefix: str) -> list[bytes]:
+    """Every key under ``prefix`` and every value it holds, whatever its type."""
+    client = connect(redis_url)
+    found: list[bytes] = []
+    try:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            found.append(key)
+            kind = client.type(key).decode()
+            if kind == "string":
+                found.append(client.get(key) or b"")
+            elif kind == "hash":
+                found.extend(b"%s=%s" % item for item in client.hgetall(key).items())
+            elif kind == "list":
+                found.extend(client.lrange(key, 0, -1))
+            elif kind == "set":
+                found.extend(client.smembers(key))
+            elif kind == "zset":
+                found.extend(member for member, _ in client.zrange(key, 0, -1, withscores=True))
+    finally:
+        client.close()
+    return found
+
+
+@dataclass(frozen=True)
+class FleetRun:
+    """What an end-to-end run of API workers left: submit.py's process, the workers' log and what Redis
+    held under the run's prefix when it ended."""
+
+    submitted: subprocess.CompletedProcess[str]
+    log: str
+    redis: list[bytes]
+
+    @property
+    def run_id(self) -> str:
+        return self.submitted.stdout.strip().splitlines()[-1]
+
+
+def score_with_api_workers(
+    worker_args: list[str],
+    spec: ModelSpec,
+    processes: int,
+    worker_env: dict[str, str],
+    submit_env: dict[str, str],
+    corpus_path: Path,
+    out: Path,
+    redis_url: str,
+    prefix: str,
+    log_path: Path,
+    submit_args: tuple[str, ...] = (),
+) -> FleetRun:
+    """``workers.py WORKER_ARGS`` (``processes`` of them), then ``submit.py CORPUS --model SPEC --wait
+    --out OUT``; the fleet is stopped and the prefix's Redis keys read, then deleted. Asserts that
+    submit.py succeeded."""
+    try:
+        fleet = start_workers(worker_args, spec, processes, worker_env, redis_url, prefix, log_path)
+        try:
+            submitted = run_script(
+                "submit.py",
+                str(corpus_path),
+                "--model",
+                str(spec),
+                "--wait",
+                "--out",
+                str(out),
+                "--timeout",
+                "120",
+                *submit_args,
+                env=submit_env,
+            )
+        finally:
+            fleet.stop()
+        assert submitted.returncode == 0, submitted.stderr + fleet.log()[-3000:]
+        held = redis_contents(redis_url, prefix)
+    finally:
+        delete_prefixed(redis_url, prefix)
+    return FleetRun(submitted, log_path.read_text(), held)
+
+
+def assert_scored_once_with_the_apis_score(corpus: pa.Table, out: Path) -> None:
+    """One row per corpus pair in ``out``, each with the fake provider's score of the pair."""
+    texts = {(row["query_id"], row["doc_id"]): (row["query"], row["text"]) for row in corpus.to_pylist()}
+    scores = pq.read_table(out).to_pylist()
+    assert len(scores) == corpus.num_rows == len({(row["query_id"], row["doc_id"]) for row in scores})
+    for row in scores:
+        expected = expected_score(*texts[(row["query_id"], row["doc_id"])])
+        assert row["score"] == pytest.approx(expected, abs=1e-6)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from core.errors import ConfigError, PermanentProviderError
@@ -17,13 +16,17 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from storage.ledger import Ledger, Usage
 from testkit import corpora
-from testkit.api_dialects import expected_score
 from testkit.api_servers import FakeRerankServer, Fault, running
-from testkit.fleet import clean_env, run_script, start_workers
+from testkit.fleet import clean_env
 from testkit.provider_dialects import AwsIdentity
-from testkit.services import delete_prefixed, new_prefix
-from tests.api_fixtures import api_reranker, expected_scores, pairs
-from tests.integration.test_api_pipeline import _redis_contents
+from testkit.services import new_prefix
+from tests.api_fixtures import (
+    api_reranker,
+    assert_scored_once_with_the_apis_score,
+    expected_scores,
+    pairs,
+    score_with_api_workers,
+)
 from worker.backends import load_reranker
 from worker.backends.api import check_api_config
 
@@ -182,65 +185,40 @@ def test_bedrock_workers_score_a_corpus_end_to_end_with_no_secret_anywhere(
     spec = ModelSpec.parse(f"bedrock:{MODEL}")
     server = bedrock_server()
     server.inject(Fault("status", status=500))
-    try:
-        with running(server):
-            worker_env["RERANK_BEDROCK_BASE_URL"] = server.url
-            fleet = start_workers(
-                ["--api", "bedrock", "--model", MODEL, "--concurrency", "3"],
-                spec,
-                1,
-                worker_env,
-                redis_url,
-                prefix,
-                tmp_path / "workers.log",
-            )
-            try:
-                submitted = run_script(
-                    "submit.py",
-                    str(corpus_path),
-                    "--model",
-                    str(spec),
-                    "--wait",
-                    "--out",
-                    str(out),
-                    "--timeout",
-                    "120",
-                    env=clean_env(**shared),
-                )
-            finally:
-                fleet.stop()
-        assert submitted.returncode == 0, submitted.stderr + fleet.log()[-3000:]
-        redis_contents = _redis_contents(redis_url, prefix)
-    finally:
-        delete_prefixed(redis_url, prefix)
-    run_id = submitted.stdout.strip().splitlines()[-1]
-
-    scores = pq.read_table(out).to_pylist()
-    assert len(scores) == corpus.num_rows
-    texts = {(row["query_id"], row["doc_id"]): (row["query"], row["text"]) for row in corpus.to_pylist()}
-    for row in scores:
-        assert row["score"] == pytest.approx(
-            expected_score(*texts[(row["query_id"], row["doc_id"])]), abs=1e-6
+    with running(server):
+        worker_env["RERANK_BEDROCK_BASE_URL"] = server.url
+        run = score_with_api_workers(
+            ["--api", "bedrock", "--model", MODEL, "--concurrency", "3"],
+            spec,
+            1,
+            worker_env,
+            clean_env(**shared),
+            corpus_path,
+            out,
+            redis_url,
+            prefix,
+            tmp_path / "workers.log",
         )
+    assert_scored_once_with_the_apis_score(corpus, out)
     # 6 queries of 7 documents in requests of at most 5: 12 answered requests, plus the injected 500.
     assert server.statuses() == Counter({200: 12, 500: 1})
     assert sum(request.documents for request in server.scored()) == corpus.num_rows
 
     ledger = Ledger(f"sqlite:///{data / 'ledger.db'}")
     with ledger.session() as session:
-        rows = session.query(Usage).where(Usage.run_id == run_id, Usage.request_index > 0).all()
+        rows = session.query(Usage).where(Usage.run_id == run.run_id, Usage.request_index > 0).all()
     assert Counter(row.outcome for row in rows) == {"ok": 12, "server_error": 1}
     assert sum(row.search_units or 0 for row in rows) == 13  # the 500 may have been billed
     ledger.dispose()
 
-    log = (tmp_path / "workers.log").read_text()
+    log = run.log
     assert "injected failure for AWS4-HMAC-SHA256 Credential=[redacted]/" in log
     files = [path for path in [*data.rglob("*"), out] if path.is_file()]
     for secret in (SECRET_KEY, SESSION_TOKEN, ACCESS_KEY):
         raw = secret.encode()
-        assert raw not in log.encode() and raw not in (submitted.stdout + submitted.stderr).encode()
+        assert raw not in log.encode() and raw not in (run.submitted.stdout + run.submitted.stderr).encode()
         assert [path for path in files if raw in path.read_bytes()] == []
-        assert [value for value in redis_contents if raw in value] == []
+        assert [value for value in run.redis if raw in value] == []
 
 
 def test_credentials_and_region_come_from_a_profile(

@@ -7,44 +7,23 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
-from core.broker.url import connect
 from core.model_spec import ModelSpec
 from storage.ledger import Ledger, Usage
 from testkit import corpora
-from testkit.api_dialects import expected_score
 from testkit.api_servers import FakeRerankServer, Fault, running
-from testkit.fleet import clean_env, run_script, start_workers
-from testkit.services import delete_prefixed, new_prefix
-from tests.api_fixtures import API_KEY, write_prices
+from testkit.fleet import clean_env
+from testkit.services import new_prefix
+from tests.api_fixtures import (
+    API_KEY,
+    assert_scored_once_with_the_apis_score,
+    score_with_api_workers,
+    write_prices,
+)
 
 MODEL = "openai-rerank:bge-test"
 LIMIT, WINDOW_S = 12, 1.0
-
-
-def _redis_contents(redis_url: str, prefix: str) -> list[bytes]:
-    """Every key under ``prefix`` and every value it holds, whatever its type."""
-    client = connect(redis_url)
-    found: list[bytes] = []
-    try:
-        for key in client.scan_iter(match=f"{prefix}*"):
-            found.append(key)
-            kind = client.type(key).decode()
-            if kind == "string":
-                found.append(client.get(key) or b"")
-            elif kind == "hash":
-                found.extend(b"%s=%s" % item for item in client.hgetall(key).items())
-            elif kind == "list":
-                found.extend(client.lrange(key, 0, -1))
-            elif kind == "set":
-                found.extend(client.smembers(key))
-            elif kind == "zset":
-                found.extend(member for member, _ in client.zrange(key, 0, -1, withscores=True))
-    finally:
-        client.close()
-    return found
 
 
 def test_api_workers_score_a_corpus_under_the_fleets_limit(redis_url: str, tmp_path: Path) -> None:
@@ -67,49 +46,24 @@ def test_api_workers_score_a_corpus_under_the_fleets_limit(redis_url: str, tmp_p
     corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
     out = tmp_path / "scores.parquet"
     args = ["--api", "openai-rerank", "--model", "bge-test", "--processes", "2", "--concurrency", "3"]
-    try:
-        with running(server):
-            worker_env["RERANK_OPENAI_RERANK_BASE_URL"] = server.url
-            fleet = start_workers(
-                args, ModelSpec.parse(MODEL), 2, worker_env, redis_url, prefix, tmp_path / "workers.log"
-            )
-            try:
-                submitted = run_script(
-                    "submit.py",
-                    str(corpus_path),
-                    "--model",
-                    MODEL,
-                    "--wait",
-                    "--out",
-                    str(out),
-                    "--shard-pairs",
-                    "18",
-                    "--timeout",
-                    "120",
-                    env=clean_env(**shared),
-                )
-            finally:
-                fleet.stop()
-        assert submitted.returncode == 0, submitted.stderr + fleet.log()[-3000:]
-        redis_contents = _redis_contents(redis_url, prefix)
-    finally:
-        delete_prefixed(redis_url, prefix)
-    run_id = submitted.stdout.strip().splitlines()[-1]
+    with running(server):
+        worker_env["RERANK_OPENAI_RERANK_BASE_URL"] = server.url
+        run = score_with_api_workers(
+            args,
+            ModelSpec.parse(MODEL),
+            2,
+            worker_env,
+            clean_env(**shared),
+            corpus_path,
+            out,
+            redis_url,
+            prefix,
+            tmp_path / "workers.log",
+            submit_args=("--shard-pairs", "18"),
+        )
+    submitted, run_id, redis_contents = run.submitted, run.run_id, run.redis
 
-    # Every pair scored exactly once, with the API's score.
-    scores = pq.read_table(out)
-    got = dict(
-        zip(
-            zip(scores["query_id"].to_pylist(), scores["doc_id"].to_pylist(), strict=True),
-            scores["score"].to_pylist(),
-            strict=True,
-        )
-    )
-    assert scores.num_rows == corpus.num_rows == len(got)
-    for row in corpus.to_pylist():
-        assert got[(row["query_id"], row["doc_id"])] == pytest.approx(
-            expected_score(row["query"], row["text"]), abs=1e-6
-        )
+    assert_scored_once_with_the_apis_score(corpus, out)
 
     # The provider's limit held across both worker processes; 24 requests at 12 a second.
     assert server.over_limit == 0 and server.busiest_window()[0] <= LIMIT
@@ -132,7 +86,7 @@ def test_api_workers_score_a_corpus_under_the_fleets_limit(redis_url: str, tmp_p
     assert "requests     25 (1 failed)" in submitted.stderr and "cost         $" in submitted.stderr
 
     # The key is nowhere: worker log (which carries the scrubbed echo), submit output, files, Redis.
-    log = Path(tmp_path / "workers.log").read_text()
+    log = run.log
     assert "injected failure for Bearer [redacted]" in log
     key = API_KEY.encode()
     assert key not in log.encode() and key not in (submitted.stdout + submitted.stderr).encode()
@@ -161,53 +115,30 @@ def test_dashscope_and_qianfan_workers_score_a_corpus_end_to_end(
     corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
     out = tmp_path / "scores.parquet"
     server = FakeRerankServer(kind, api_key=API_KEY)
-    try:
-        with running(server):
-            worker_env[f"RERANK_{field.upper()}_BASE_URL"] = server.url
-            fleet = start_workers(
-                ["--api", kind, "--model", model],
-                ModelSpec.parse(f"{kind}:{model}"),
-                1,
-                worker_env,
-                redis_url,
-                prefix,
-                tmp_path / "workers.log",
-            )
-            try:
-                submitted = run_script(
-                    "submit.py",
-                    str(corpus_path),
-                    "--model",
-                    f"{kind}:{model}",
-                    "--wait",
-                    "--out",
-                    str(out),
-                    "--timeout",
-                    "120",
-                    env=clean_env(**shared),
-                )
-            finally:
-                fleet.stop()
-        assert submitted.returncode == 0, submitted.stderr + fleet.log()[-3000:]
-        redis_contents = _redis_contents(redis_url, prefix)
-    finally:
-        delete_prefixed(redis_url, prefix)
-    run_id = submitted.stdout.strip().splitlines()[-1]
-    texts = {(row["query_id"], row["doc_id"]): (row["query"], row["text"]) for row in corpus.to_pylist()}
-    scores = pq.read_table(out).to_pylist()
-    assert len(scores) == corpus.num_rows
-    for row in scores:
-        expected = expected_score(*texts[(row["query_id"], row["doc_id"])])
-        assert row["score"] == pytest.approx(expected, abs=1e-6)
+    with running(server):
+        worker_env[f"RERANK_{field.upper()}_BASE_URL"] = server.url
+        run = score_with_api_workers(
+            ["--api", kind, "--model", model],
+            ModelSpec.parse(f"{kind}:{model}"),
+            1,
+            worker_env,
+            clean_env(**shared),
+            corpus_path,
+            out,
+            redis_url,
+            prefix,
+            tmp_path / "workers.log",
+        )
+    assert_scored_once_with_the_apis_score(corpus, out)
     requests = 5 * (2 if kind == "qianfan" else 1)
     assert server.statuses() == Counter({200: requests})
     ledger = Ledger(f"sqlite:///{data / 'ledger.db'}")
     with ledger.session() as session:
-        rows = session.query(Usage).where(Usage.run_id == run_id, Usage.request_index > 0).all()
+        rows = session.query(Usage).where(Usage.run_id == run.run_id, Usage.request_index > 0).all()
     assert sorted(row.tokens for row in rows) == sorted(request.tokens for request in server.scored())
     ledger.dispose()
     key = API_KEY.encode()
     files = [path for path in [*data.rglob("*"), out] if path.is_file()]
     assert [path for path in files if key in path.read_bytes()] == []
-    assert [value for value in redis_contents if key in value] == []
-    assert key not in (tmp_path / "workers.log").read_bytes()
+    assert [value for value in run.redis if key in value] == []
+    assert key not in run.log.encode()
