@@ -6,7 +6,7 @@ shard's scores; only the attempt holding the shard's lease succeeds, once. ``set
 chosen file onto the output key (so the run's directory is a readable dataset of one file per shard),
 points the ledger at the copy and deletes the shard's attempt files. Whatever step a crash interrupts,
 the ledger names a complete file: readers and the merge go by the ledger (``Shard.published_scores``),
-never by listing, and ``settle_run`` finishes an interrupted settle.
+never by listing, and ``settle_run`` finishes an interrupted settle (and sweeps what it left).
 """
 
 from __future__ import annotations
@@ -63,8 +63,26 @@ def settle_run(data: Location, ledger: Ledger, run_id: str) -> int:
                     continue
                 raise
             settled += 1
-    remove_attempts(data, [shard.output_path for shard in done])
+    outputs = [shard.output_path for shard in done]
+    remove_attempts(data, outputs)
+    remove_copy_temporaries(data, outputs)
     return settled
+
+
+def remove_copy_temporaries(data: Location, output_paths: Sequence[str]) -> int:
+    """Delete the hidden temporaries beside these settled outputs of one run that a copy onto them left
+    when its writer was killed mid-copy, in one listing of the run's directory. A copy still running
+    when its temporary goes fails, which both its callers (a worker's settle, ``settle_run``) take: the
+    output is already whole. Returns how many it deleted."""
+    if not output_paths:
+        return 0
+    run_dir = data.join(str(PurePosixPath(output_paths[0]).parent))
+    prefixes = tuple(f".{PurePosixPath(output_path).name}." for output_path in output_paths)
+    removed = 0
+    for found in run_dir.files(recursive=False):
+        if found.name.startswith(prefixes) and found.name.endswith(".tmp") and found.delete():
+            removed += 1
+    return removed
 
 
 def _scores_path(ledger: Ledger, run_id: str, shard_id: int) -> str | None:

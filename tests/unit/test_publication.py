@@ -105,3 +105,22 @@ def test_settle_run_leaves_a_shard_its_worker_settled_meanwhile(tmp_path: Path, 
     assert [found.relative_to(data) for found in data.files()] == [output]
     assert data.join(output).read_bytes() == b"scores of attempt 1"
     assert [shard.published_scores for shard in ledger.shards(run_id)] == [output]
+
+
+def test_settle_run_sweeps_a_copy_its_killed_worker_left_beside_the_output(
+    tmp_path: Path, data: Location
+) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.create_schema()
+    run_id = record_run(ledger, 2)
+    _, output = _publish(ledger, data, run_id, 0)
+    # Killed mid-copy onto its output: the hidden temporary is all the settle wrote.
+    stale = data.join(f"runs/{run_id}/.shard-00000.parquet.0123456789ab.tmp")
+    stale.write_bytes(b"half a copy")
+    other_chosen, other_output = _publish(ledger, data, run_id, 1)
+    settle(data, ledger, run_id, 1, other_chosen, other_output)
+
+    assert settle_run(data, ledger, run_id) == 1
+
+    assert sorted(found.relative_to(data) for found in data.files()) == [output, other_output]
+    assert data.join(output).read_bytes() == b"scores of attempt 1"
