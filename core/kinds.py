@@ -62,12 +62,12 @@ _API_KIND_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
 class ApiKind:
     """A hosted or self-hosted rerank API, declared once. ``provider`` is ``"module:Class"`` of its
     ``Provider`` (the request and answer shapes); the rest is what the settings (``RERANK_<KIND>_BASE_URL``,
-    ``_API_KEY``, ``_API_KEY_FILE``), ``workers.py --help``, the key check and the request planner derive:
-    the ``base_url`` the endpoint path is appended to unless the settings say otherwise, whether the API
-    ``requires_key``, and the request ``limits`` unless ``RERANK_API_MAX_*`` override them. ``options``: the
-    names a model spec of this kind may set (``kind:MODEL?name=value``). ``aws_signing_service``: requests
-    are signed with AWS SigV4 for this service (credentials and region from the AWS chain) instead of
-    carrying a key; a ``{region}`` in ``base_url`` is the region."""
+    ``_PATH``, ``_API_KEY``, ``_API_KEY_FILE``), ``workers.py --help``, the key check and the request
+    planner derive: the ``base_url`` the endpoint path is appended to unless the settings say otherwise,
+    whether the API ``requires_key``, and the request ``limits`` unless ``RERANK_API_MAX_*`` override
+    them. ``options``: the names a model spec of this kind may set (``kind:MODEL?name=value``).
+    ``aws_signing_service``: requests are signed with AWS SigV4 for this service (credentials and region
+    from the AWS chain) instead of carrying a key; a ``{region}`` in ``base_url`` is the region."""
 
     kind: str
     provider: str
@@ -270,10 +270,9 @@ API_KINDS: dict[str, ApiKind] = {entry.kind: entry for entry in API_KINDS_TABLE}
 KINDS: tuple[str, ...] = (*LOCAL_KINDS, *API_KINDS)
 
 
-def kind_options(kind: str) -> tuple[str, ...]:
-    """The option names a model spec of ``kind`` may set."""
-    entry: LocalKind | ApiKind = LOCAL_KINDS[kind] if kind in LOCAL_KINDS else API_KINDS[kind]
-    return entry.options
+def kind_entry(kind: str) -> LocalKind | ApiKind:
+    """The registry entry of ``kind`` (one of ``KINDS``), local or API."""
+    return LOCAL_KINDS[kind] if kind in LOCAL_KINDS else API_KINDS[kind]
 
 
 def resolve(kind: str, role: str, reference: str) -> Any:

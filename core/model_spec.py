@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ModelSpecError
-from core.kinds import API_KINDS, KINDS, LOCAL_KINDS, ScoreScale, kind_options
+from core.kinds import API_KINDS, KINDS, ScoreScale, kind_entry
 
 # "?name=value&name=value" after the model: the options of the spec (names are identifiers).
 _OPTIONS = re.compile(r"\?([a-z_][a-z0-9_]*=[^&?=]+(?:&[a-z_][a-z0-9_]*=[^&?=]+)*)$")
@@ -100,7 +100,7 @@ class ModelSpec:
     @property
     def declared_scale(self) -> ScoreScale:
         """What the kind declares its raw scores to be (``core.kinds.ScoreScale``)."""
-        return API_KINDS[self.kind].score_scale if self.is_api else LOCAL_KINDS[self.kind].score_scale
+        return kind_entry(self.kind).score_scale
 
     @property
     def is_local(self) -> bool:
@@ -139,7 +139,7 @@ def _split_options(text: str) -> tuple[str, dict[str, str]]:
 
 
 def _checked_options(kind: str, options: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    allowed = kind_options(kind)
+    allowed = kind_entry(kind).options
     for key in options:
         if key not in allowed:
             offered = f"its options are {', '.join(allowed)}" if allowed else "it takes no options"

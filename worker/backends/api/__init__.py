@@ -84,18 +84,20 @@ def check_api_config(spec: ModelSpec, settings: Settings) -> None:
 
 
 def load_auth(spec: ModelSpec, provider: Provider, settings: Settings) -> RequestAuth:
-    """The endpoint and authentication of ``spec``'s API: an AWS signature where its kind signs requests,
-    else its key. Raises ``ConfigError`` when they are missing."""
+    """The endpoint (``RERANK_<KIND>_PATH``, else the provider's path, after the base URL) and the
+    authentication of ``spec``'s API: an AWS signature where its kind signs requests, else its key. Raises
+    ``ConfigError`` when they are missing."""
     endpoint = settings.api(spec.kind)
+    path = endpoint.path if endpoint.path is not None else provider.path
     service = API_KINDS[spec.kind].aws_signing_service
     if service is None:
-        return load_credentials(endpoint, provider.path)
+        return load_credentials(endpoint, path)
     if endpoint.api_key is not None or endpoint.api_key_file is not None:
         raise ConfigError(
             f"the {spec.kind} API signs requests with AWS credentials, not a key: unset "
             f"{endpoint.variable('api_key')} and {endpoint.variable('api_key_file')}"
         )
-    return load_aws_signature(endpoint, service, provider.path, spec.name)
+    return load_aws_signature(endpoint, service, path, spec.name)
 
 
 def _limits(defaults: ProviderLimits, settings: Settings) -> ProviderLimits:

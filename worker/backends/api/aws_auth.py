@@ -61,7 +61,7 @@ class AwsSignature:
         return text
 
 
-def load_aws_signature(endpoint: ApiEndpoint, service: str, default_path: str, model: str) -> AwsSignature:
+def load_aws_signature(endpoint: ApiEndpoint, service: str, path: str, model: str) -> AwsSignature:
     """Signing for ``endpoint`` with the AWS chain's credentials and region. Raises ``ConfigError`` when
     the chain has no credentials or no region, naming the variables that set them."""
     import botocore.session
@@ -86,5 +86,4 @@ def load_aws_signature(endpoint: ApiEndpoint, service: str, default_path: str, m
             f"the {endpoint.kind} API needs an AWS region: set AWS_REGION or AWS_DEFAULT_REGION, or a "
             "region in the AWS profile"
         )
-    path = endpoint.path if endpoint.path is not None else default_path
     return AwsSignature(endpoint.kind, service, region, endpoint.base_url, path, model, credentials)

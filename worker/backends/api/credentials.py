@@ -77,9 +77,9 @@ class Credentials:
         return text.replace(secret, REDACTED) if secret else text
 
 
-def load_credentials(endpoint: ApiEndpoint, default_path: str = "") -> Credentials:
-    """The key of ``endpoint`` from its variable or its file, for requests to its path (``default_path``
-    where the settings give none). Raises ``ConfigError`` when both are set, the file cannot be read or is
+def load_credentials(endpoint: ApiEndpoint, path: str = "") -> Credentials:
+    """The key of ``endpoint`` from its variable or its file, for requests to ``path`` after its base
+    URL. Raises ``ConfigError`` when both are set, the file cannot be read or is
     empty, or the API requires a key and none is set."""
     variable, file_variable = endpoint.variable("api_key"), endpoint.variable("api_key_file")
     key = endpoint.api_key
@@ -98,5 +98,4 @@ def load_credentials(endpoint: ApiEndpoint, default_path: str = "") -> Credentia
         key = None
     if key is None and endpoint.requires_key:
         raise ConfigError(f"the {endpoint.kind} API needs a key: set {variable} or {file_variable}")
-    path = endpoint.path if endpoint.path is not None else default_path
     return Credentials(kind=endpoint.kind, base_url=endpoint.base_url, key=key, path=path)

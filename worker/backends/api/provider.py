@@ -45,7 +45,6 @@ class Provider(ABC):
 
     def __init__(self, entry: ApiKind, spec: ModelSpec | None = None) -> None:
         self.entry = entry
-        self.spec = spec
 
     @property
     def kind(self) -> str:

@@ -124,13 +124,14 @@ class RequestSender:
         exhausted), ``PermanentProviderError``, ``BudgetExhaustedError`` (``gate`` refused the request:
         the run's budget is spent) or ``CancelledError``."""
         body = self.provider.body(self.served_model, request.query, request.texts, self.limits)
+        content = json.dumps(body).encode()  # what is sent, and signed, on every attempt
         for retry in range(self.policy.max_retries + 1):
             if cancelled.is_set():
                 raise CancelledError
             reserved = self._reserve(request, gate)
             lease = self.limiter.acquire(self.calibration.scale(request.estimated_tokens), cancelled)
             index, started_at, clock = usage.next_index(), utcnow(), time.monotonic()
-            attempt = self._post(body, len(request.texts))
+            attempt = self._post(content, len(request.texts))
             reported = attempt.answer.tokens if attempt.answer is not None else None
             self.limiter.release(lease, reported if reported is not None else request.estimated_tokens)
             record = self._record(index, request, attempt, started_at, time.monotonic() - clock)
@@ -166,9 +167,8 @@ class RequestSender:
         )
         return gate.reserve(estimate or 0.0, request.estimated_tokens)
 
-    def _post(self, body: dict[str, object], n_texts: int) -> _Attempt:
+    def _post(self, content: bytes, n_texts: int) -> _Attempt:
         try:
-            content = json.dumps(body).encode()
             headers = {"Content-Type": "application/json", **self.credentials.headers(self.endpoint, content)}
             response = self.http.post(self.endpoint, content=content, headers=headers)
         except httpx.TimeoutException as exc:

@@ -28,6 +28,7 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
+from worker.backends.local.max_length import configured_max_length
 from worker.backends.local.pair_tokens import overflowed
 from worker.backends.local.pipeline import LocalReranker
 from worker.backends.local.yes_no_prompts import PromptTemplate, template_named
@@ -209,12 +210,8 @@ def label_id(spec: ModelSpec, tokenizer: Any, model: Any, option: str, label: st
 def prompt_max_length(spec: ModelSpec, settings: Settings, config: Any) -> int:
     """Tokens a prompt may hold: RERANK_MAX_LENGTH, else ``DEFAULT_MAX_LENGTH``, at most the model's
     positions (raises ``ConfigError`` when RERANK_MAX_LENGTH asks for more)."""
+    configured = configured_max_length(settings, config, f"causal-LM reranker {spec.name!r}")
+    if configured is not None:
+        return configured
     positions: int | None = getattr(config, "max_position_embeddings", None)
-    if settings.max_length is not None:
-        if positions is not None and settings.max_length > positions:
-            raise ConfigError(
-                f"RERANK_MAX_LENGTH={settings.max_length} exceeds the {positions} positions of causal-LM "
-                f"reranker {spec.name!r}; lower it or leave it unset"
-            )
-        return settings.max_length
     return min(DEFAULT_MAX_LENGTH, positions) if positions is not None else DEFAULT_MAX_LENGTH

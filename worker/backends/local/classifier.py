@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import ConfigError, ModelLoadError, ModelSpecError
+from core.errors import ModelLoadError, ModelSpecError
 from core.graded_relevance import graded_scores
 from core.model_spec import ModelSpec
 from core.pair_template import PairTemplate, pair_template
@@ -27,6 +27,7 @@ from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
 from worker.backends.local.first_position import score_from_first_position_only
+from worker.backends.local.max_length import configured_max_length
 from worker.backends.local.mixed_precision import compute_in, use_mixed_precision
 from worker.backends.local.pair_tokens import PairTokenizer, TokenizedPairs, pad_rows
 from worker.backends.local.pipeline import LocalReranker
@@ -146,14 +147,10 @@ def load_classifier(spec: ModelSpec, settings: Settings) -> LocalReranker[Classi
 def _max_length(spec: ModelSpec, settings: Settings, tokenizer: Any, config: Any) -> int:
     """``RERANK_MAX_LENGTH`` where set (at most the model's positions), else the tokenizer's limit, else
     the model's positions."""
+    configured = configured_max_length(settings, config, f"classifier {spec.name!r}")
+    if configured is not None:
+        return configured
     positions = getattr(config, "max_position_embeddings", None)
-    if settings.max_length is not None:
-        if positions is not None and settings.max_length > positions:
-            raise ConfigError(
-                f"RERANK_MAX_LENGTH={settings.max_length} exceeds the {positions} positions of classifier "
-                f"{spec.name!r}; lower it or leave it unset to use the model's own limit"
-            )
-        return settings.max_length
     declared = tokenizer.model_max_length
     if declared is not None and declared < _NO_LIMIT:
         return int(declared)

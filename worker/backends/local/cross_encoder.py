@@ -44,6 +44,7 @@ from worker.backends.local.cross_encoder_paths import (
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
 from worker.backends.local.first_position import score_from_first_position_only
+from worker.backends.local.max_length import configured_max_length
 from worker.backends.local.mixed_precision import compute_in, use_mixed_precision
 from worker.backends.local.pipeline import LocalReranker, Tokenized
 
@@ -245,12 +246,7 @@ def load_cross_encoder(spec: ModelSpec, settings: Settings) -> CrossEncoderReran
         raise ModelLoadError(
             f"cross-encoder {spec.name!r} declares no maximum input length; set RERANK_MAX_LENGTH"
         )
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if settings.max_length is not None and positions is not None and settings.max_length > positions:
-        raise ConfigError(
-            f"RERANK_MAX_LENGTH={settings.max_length} exceeds the {positions} positions of cross-encoder "
-            f"{spec.name!r}; lower it or leave it unset to use the model's own limit"
-        )
+    configured_max_length(settings, model.config, f"cross-encoder {spec.name!r}")
     prepare_for_scoring(model, target.dtype)
     reranker = CrossEncoderReranker(spec, CrossEncoderModel(model, target), target)
     reranker.tuning = tune_reranker(reranker, settings, path)

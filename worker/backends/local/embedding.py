@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.errors import ConfigError, ModelLoadError
+from core.errors import ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Side, SideText, distinct_sides
+from worker.backends.local.max_length import configured_max_length
 from worker.backends.local.pair_tokens import overflowed
 from worker.backends.local.pipeline import LocalReranker
 
@@ -130,14 +131,9 @@ def load_embedding(spec: ModelSpec, settings: Settings) -> LocalReranker[Embeddi
     except Exception as error:  # any failure inside the library is a load failure of this model
         raise ModelLoadError(f"cannot load embedding model {spec.name!r}: {error}") from error
     model.eval()
-    if settings.max_length is not None:
-        positions = getattr(model.config, "max_position_embeddings", None)
-        if positions is not None and settings.max_length > positions:
-            raise ConfigError(
-                f"RERANK_MAX_LENGTH={settings.max_length} exceeds the {positions} positions of embedding "
-                f"model {spec.name!r}; lower it or leave it unset to use the model's own limit"
-            )
-        model.max_seq_length = settings.max_length
+    max_length = configured_max_length(settings, model.config, f"embedding model {spec.name!r}")
+    if max_length is not None:
+        model.max_seq_length = max_length
     if model.max_seq_length is None or model.max_seq_length >= _NO_LIMIT:
         raise ModelLoadError(
             f"embedding model {spec.name!r} declares no maximum input length; set RERANK_MAX_LENGTH"

@@ -240,8 +240,7 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
     if mixed and not use_mixed_precision(flag_model.model, target.dtype, flag_model.model.config.num_labels):
         flag_model.model.to(target.dtype)
         mixed = False
-    max_length: int = flag_model.max_length
-    query_max_length: int = flag_model.query_max_length or max_length * 3 // 4
+    max_length, query_max_length = flag_lengths(flag_model)
     input_format: InputFormat
     if model_class == ENCODER_ONLY:
         positions = getattr(flag_model.model.config, "max_position_embeddings", None)
@@ -254,6 +253,14 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
     else:
         input_format = DecoderOnlyFormat(flag_model, max_length, query_max_length)
     return LocalReranker(spec, FlagModel(flag_model, model_class, input_format, target, mixed), target)
+
+
+def flag_lengths(flag_model: Any) -> tuple[int, int]:
+    """The loaded reranker's token limits of a pair and of its query side (FlagEmbedding's default for
+    the query: three quarters of the pair's)."""
+    max_length: int = flag_model.max_length
+    query_max_length: int = flag_model.query_max_length or max_length * 3 // 4
+    return max_length, query_max_length
 
 
 def load_flag_reranker(

@@ -34,6 +34,7 @@ from worker.backends.local.flag import (
     Features,
     FlagModel,
     encode_prompted_pairs,
+    flag_lengths,
     load_flag_reranker,
 )
 from worker.backends.local.pipeline import LocalReranker
@@ -189,8 +190,7 @@ def load_flag_layerwise(spec: ModelSpec, settings: Settings) -> LocalReranker[Cu
         )
     layers = range(config.start_layer, config.num_hidden_layers + 1)
     cutoff = _checked_cutoff(spec, requested, layers)
-    max_length: int = flag_model.max_length
-    query_max_length: int = flag_model.query_max_length or max_length * 3 // 4
+    max_length, query_max_length = flag_lengths(flag_model)
     input_format = LayerwiseFormat(flag_model, cutoff, max_length, query_max_length)
     model = CutoffFlagModel(flag_model, LAYERWISE, input_format, target, {"cutoff_layer": str(cutoff)})
     _probe(spec, model)
@@ -224,8 +224,7 @@ def load_flag_lightweight(spec: ModelSpec, settings: Settings) -> LocalReranker[
                 f"--model {spec}: option compress_layers names layer(s) {outside}; {spec.name!r} compresses "
                 f"before layers 1 to {config.num_hidden_layers - 1}"
             )
-    max_length: int = flag_model.max_length
-    query_max_length: int = flag_model.query_max_length or max_length * 3 // 4
+    max_length, query_max_length = flag_lengths(flag_model)
     input_format = LightweightFormat(
         flag_model, cutoff, compress_ratio, compress_layers, max_length, query_max_length
     )
