@@ -14,6 +14,7 @@ from core.errors import ConfigError, DeviceOutOfMemoryError, NoDeviceError
 from core.settings import Settings
 from worker.backends.local import device as device_module
 from worker.backends.local.batching import (
+    DeferredRows,
     TokenBudgetBatcher,
     is_out_of_memory,
     length_order,
@@ -228,6 +229,29 @@ def test_single_item_out_of_memory_raises_a_clear_error() -> None:
 def test_forward_returning_the_wrong_number_of_rows_is_an_error() -> None:
     with pytest.raises(ValueError, match="2 rows for a batch of 3"):
         TokenBudgetBatcher(100).run(np.array([1, 1, 1]), lambda batch: np.zeros(2))
+
+
+def test_deferred_rows_are_collected_once_every_batch_of_the_call_is_launched() -> None:
+    # What a CUDA forward pass returns: rows still being computed, copied to the host behind the kernels.
+    events: list[str] = []
+
+    def forward(batch: np.ndarray) -> DeferredRows:
+        events.append(f"launch {batch.tolist()}")
+
+        def collect() -> np.ndarray:
+            events.append(f"collect {batch.tolist()}")
+            return batch.astype(np.float32) * 10
+
+        return DeferredRows(len(batch), collect)
+
+    scores = TokenBudgetBatcher(10).run(np.array([5, 4, 5, 3, 2]), forward)
+
+    np.testing.assert_array_equal(scores, [0, 10, 20, 30, 40])
+    launches = [event for event in events if event.startswith("launch")]
+    assert events[: len(launches)] == launches and len(launches) == 3  # no waiting between batches
+    assert sorted(event.split(" ", 1)[1] for event in events[len(launches) :]) == sorted(
+        event.split(" ", 1)[1] for event in launches
+    )
 
 
 # --- device resolution -------------------------------------------------------------------------------

@@ -7,6 +7,11 @@ below the smallest batch that failed, so it settles there instead of failing aga
 After ``probe_after`` clean batches at that ceiling it is forgotten and growth resumes (memory another
 process held may have been freed). The learned budget lives on the batcher, so it persists for as long
 as the loaded model does.
+
+A batch's rows may come back as ``DeferredRows``: the device still computing them, their copy to the
+host queued behind. They are collected once the chunk's last batch has been launched, so on CUDA the
+host waits once per chunk, not once per batch, and the next batch's inputs are prepared while the
+previous one runs.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ from worker.backends.progress_sink import report_progress
 
 log = logging.getLogger(__name__)
 
-Forward = Callable[[np.ndarray], np.ndarray]
+
+@dataclass(frozen=True)
+class DeferredRows:
+    """``count`` rows of a batch whose values ``collect()`` returns, waiting for the device if need be."""
+
+    count: int
+    collect: Callable[[], np.ndarray]
+
+
+Forward = Callable[[np.ndarray], "np.ndarray | DeferredRows"]
 
 # The budget grows back to at most this share of the smallest padded batch that ran out of memory.
 SETTLE_SHARE = 0.9
@@ -41,6 +55,14 @@ class BudgetChange:
     at: float
     budget: int
     reason: str  # "start", "oom", "grow" or "probe" (the remembered failure forgotten)
+
+
+def _store(results: np.ndarray | None, items: int, batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``rows`` written at ``batch`` into ``results`` (allocated for ``items`` rows like ``rows``)."""
+    if results is None:
+        results = np.empty((items, *rows.shape[1:]), dtype=rows.dtype)
+    results[batch] = rows
+    return results
 
 
 class TokenBudgetBatcher:
@@ -93,6 +115,7 @@ class TokenBudgetBatcher:
         lengths = np.asarray(lengths, dtype=np.int64)
         order = length_order(lengths)
         results: np.ndarray | None = None
+        deferred: list[tuple[np.ndarray, DeferredRows]] = []
         start = 0
         while start < len(order):
             batch = next_batch(order, lengths, start, self.budget, self.shapes)
@@ -101,7 +124,7 @@ class TokenBudgetBatcher:
             padded = batch if self.shapes is None else self.shapes.padded_rows(batch, width, self.budget)
             oom_message = None
             try:
-                batch_result = np.asarray(forward(padded))[: len(batch)]
+                produced = forward(padded)
             except RuntimeError as error:
                 if not is_out_of_memory(error):
                     raise
@@ -111,16 +134,20 @@ class TokenBudgetBatcher:
                 # they must be released before the cache can be emptied.
                 self._shrink(batch, lengths, oom_message)
                 continue
-            if len(batch_result) != len(batch):
-                raise ValueError(f"forward returned {len(batch_result)} rows for a batch of {len(batch)}")
-            if results is None:
-                results = np.empty((len(lengths), *batch_result.shape[1:]), dtype=batch_result.dtype)
-            results[batch] = batch_result
+            produced_rows = produced.count if isinstance(produced, DeferredRows) else len(produced)
+            if produced_rows != len(padded):
+                raise ValueError(f"forward returned {produced_rows} rows for a batch of {len(padded)}")
+            if isinstance(produced, DeferredRows):
+                deferred.append((batch, produced))
+            else:
+                results = _store(results, len(lengths), batch, np.asarray(produced)[: len(batch)])
             start += len(batch)
             self.real_tokens += int(lengths[batch].sum())
             self.padded_tokens += len(padded) * width
             report_progress(len(batch), int(lengths[batch].sum()))
             self._after_clean_batch()
+        for batch, rows in deferred:
+            results = _store(results, len(lengths), batch, np.asarray(rows.collect())[: len(batch)])
         if results is None:
             return np.empty(0, dtype=np.float32)
         return results

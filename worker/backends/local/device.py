@@ -151,26 +151,59 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels so wall-clock timings measure the work, not the launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class ForwardClock:
-    """Adds up the seconds spent in model forward passes on one device, waiting for the kernels to finish."""
+    """Adds up the seconds spent in model forward passes on one device. On CUDA each pass is timed by a
+    pair of events on the stream, read once the work is done, so timing never makes the host wait."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.seconds = 0.0
+        self._seconds = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
 
     @contextmanager
     def measure(self) -> Iterator[None]:
         """Time the block; a block that raises (e.g. out-of-memory) is not counted."""
-        start = time.perf_counter()
+        if self.device.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._events.append((start, end))
+            return
+        started = time.perf_counter()
         yield
-        synchronize(self.device)
-        self.seconds += time.perf_counter() - start
+        self._seconds += time.perf_counter() - started
+
+    @property
+    def seconds(self) -> float:
+        """The seconds measured so far (on CUDA, after waiting for the passes measured)."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self._seconds += sum(start.elapsed_time(end) for start, end in self._events) / 1000
+            self._events.clear()
+        return self._seconds
+
+
+class HostCopy:
+    """A tensor's values on the host. From a CUDA tensor they are copied into pinned memory without
+    blocking (the copy is queued behind the kernels that compute them); ``wait`` returns them once it
+    is done. A CPU tensor is its own copy."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._done: torch.cuda.Event | None = None
+        if tensor.device.type != "cuda":
+            self._host = tensor
+            return
+        self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        self._host.copy_(tensor, non_blocking=True)
+        self._done = torch.cuda.Event()
+        self._done.record()
+
+    def wait(self) -> torch.Tensor:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host
 
 
 def describe_dtype(dtype: torch.dtype) -> str:

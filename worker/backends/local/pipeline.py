@@ -17,7 +17,9 @@ A model implements ``LocalModel``, in the spirit of a pre-process / core / post-
   its calls reconfigure the shared Rust backend);
 - ``collate(chunk, rows)``: the device inputs of one batch of a chunk's rows;
 - ``forward(batch)``: the model's raw outputs, one row per item (the only step the device clock times);
-- ``postprocess(outputs)``: float32 rows on the host (a score, or a vector for a bi-encoder);
+  on CUDA they are copied to pinned host memory behind the kernels, without waiting for them;
+- ``postprocess(outputs)``: those outputs, on the host, as float32 rows (a score, or a vector for a
+  bi-encoder), once the chunk's batches have all been launched (one wait per chunk, not per batch);
 - ``describe(token_budget)``: the model's entries of ``Reranker.describe`` after kind, name, device and
   dtype.
 
@@ -40,9 +42,9 @@ import torch
 
 from core.model_spec import ModelSpec
 from worker.backends.base import ScoreResult
-from worker.backends.local.batching import TokenBudgetBatcher, length_order
+from worker.backends.local.batching import DeferredRows, TokenBudgetBatcher, length_order
 from worker.backends.local.compute_thread import runs_on_compute_thread
-from worker.backends.local.device import ComputeTarget, ForwardClock, describe_dtype
+from worker.backends.local.device import ComputeTarget, ForwardClock, HostCopy, describe_dtype
 from worker.backends.local.distinct import Distinct
 from worker.backends.local.overlap import growing_chunks, one_ahead
 
@@ -163,12 +165,19 @@ def _pairs_truncated(
 
 def _run_batch(
     model: LocalModel[Any, ChunkT, Any], chunk: ChunkT, rows: np.ndarray, clock: ForwardClock
-) -> np.ndarray:
+) -> DeferredRows:
+    """Launch one batch; its outputs are copied to the host behind it and post-processed when collected."""
     with torch.inference_mode():
         batch = model.collate(chunk, rows)
         with clock.measure():
             outputs = model.forward(batch)
-        return model.postprocess(outputs)
+        on_host = HostCopy(outputs)
+
+    def collect() -> np.ndarray:
+        with torch.inference_mode():
+            return model.postprocess(on_host.wait())
+
+    return DeferredRows(len(outputs), collect)
 
 
 class LocalReranker(Generic[ModelT]):
