@@ -64,16 +64,19 @@ def test_compiled_bfloat16_attentions_are_measured_and_stay_close_to_float32(
     monkeypatch.setattr(calibration, "MAX_PAIRS", 64)
     reference = load(model_dir, compile="off").score(QUERIES, TEXTS).scores
 
-    # Compiled on CPU in bf16, the calibration times SDPA's kernel against batched-matmul attention.
+    # Compiled on CPU in bf16, the calibration times SDPA's kernel against batched-matmul attention, and
+    # oneDNN's GEMMs against generated ones.
     compiled = load(model_dir, compile="on", dtype="bfloat16", calibrate=True, state_dir=tmp_path)
 
     assert compiled.describe()["dtype"] == "bfloat16"
-    assert set(compiled.tuning.trials) == {"compiled matmul 600", "compiled 600"}
+    assert set(compiled.tuning.trials) == {"compiled matmul 600", "compiled 600", "compiled cpp-gemm 600"}
     attention = {None: "sdpa", "matmul": "bulk-rerank-cpu"}
     assert compiled.describe()["attention"] == attention[compiled.tuning.attention]
-    for mode in (Mode(True, "matmul"), Mode(True)):
+    kernels = {False: "TorchInductor", True: "TorchInductor, generated GEMM kernels"}
+    for mode in (Mode(True, "matmul"), Mode(True), Mode(True, gemm_templates=True)):
         assert compiled.use_mode(mode, required=True)
         assert compiled.describe()["attention"] == attention[mode.attention]
+        assert compiled.describe()["compiled"] == kernels[mode.gemm_templates]
         np.testing.assert_allclose(compiled.score(QUERIES, TEXTS).scores, reference, atol=0.05, rtol=0)
 
 

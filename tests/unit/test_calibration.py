@@ -195,9 +195,12 @@ def test_deciding_rounds_are_skipped_when_trials_are_slow(
 def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Compiled with SDPA is fastest here, matmul attention second; a third mode cannot compile.
+    # Compiled with generated GEMM kernels is fastest here, then SDPA, then matmul attention; a fourth
+    # mode cannot compile.
     matmul, sdpa, broken = Mode(True, "matmul"), Mode(True), Mode(True, "broken")
-    tunable = ClockedTunable({512: 1.0, 1024: 1.0}, {EAGER: 1.0, matmul: 0.8, sdpa: 0.6})
+    templates = Mode(True, gemm_templates=True)
+    factors = {EAGER: 1.0, matmul: 0.8, sdpa: 0.6, templates: 0.5}
+    tunable = ClockedTunable({512: 1.0, 1024: 1.0}, factors)
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
     tokenizer = load(model_dir, model_dir.parent / "state-modes").model.cross_encoder.tokenizer
 
@@ -205,16 +208,16 @@ def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
         tunable,
         tokenizer,
         budgets=[512, 1024],
-        modes=[EAGER, matmul, broken, sdpa],
+        modes=[EAGER, matmul, broken, sdpa, templates],
         compile_required=False,
         cache_file=None,
     )
 
-    assert tuning.mode == sdpa and tunable.mode == sdpa
-    assert tuning.choice() == "budget 512, compiled (measured)"
+    assert tuning.mode == templates and tunable.mode == templates
+    assert tuning.choice() == "budget 512, compiled cpp-gemm (measured)"
     assert set(tuning.trials) == {
-        f"{mode.name} {budget}" for mode in (EAGER, matmul, sdpa) for budget in (512, 1024)
+        f"{mode.name} {budget}" for mode in (EAGER, matmul, sdpa, templates) for budget in (512, 1024)
     }
     # Set up in order first (each compiles off the clock), then the timed rounds switch between them.
-    assert tunable.switches[:2] == ["compiled matmul", "compiled"]
-    assert Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"}).mode == sdpa
+    assert tunable.switches[:3] == ["compiled matmul", "compiled", "compiled cpp-gemm"]
+    assert Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"}).mode == templates

@@ -222,6 +222,34 @@ def test_the_last_layer_computes_only_the_position_the_head_reads(
     )
 
 
+@pytest.mark.parametrize("family", ["bert", "xlmr"])
+def test_in_bfloat16_the_tail_after_the_cut_runs_in_float32(family: str, model_dirs: dict[str, Path]) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    mixed = load(model_dirs[family], dtype="bfloat16").path.model
+    reference = AutoModelForSequenceClassification.from_pretrained(str(model_dirs[family])).eval()
+    last, reference_last = mixed.base_model.encoder.layer[-1], reference.base_model.encoder.layer[-1]
+    width = reference.config.hidden_size
+    context, residual = torch.randn(3, 1, width), torch.randn(3, 1, width)
+
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attended = last.attention.output(context.bfloat16(), residual)
+            got = last.output(last.intermediate(attended), attended)
+            head = mixed.classifier(got) if family == "xlmr" else mixed.base_model.pooler(got)
+        expected_attended = reference_last.attention.output(context.bfloat16().float(), residual)
+        expected = reference_last.output(reference_last.intermediate(expected_attended), expected_attended)
+        if family == "xlmr":
+            expected_head = reference.classifier(expected)
+        else:
+            expected_head = reference.base_model.pooler(expected)
+
+    # Inside the autocast region of the bf16 forward pass the tail computes exactly what float32 does.
+    assert got.dtype == head.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    torch.testing.assert_close(head, expected_head, atol=0, rtol=0)
+
+
 def test_heads_that_read_more_than_the_first_position_are_left_alone(tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 

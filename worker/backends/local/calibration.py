@@ -1,8 +1,9 @@
 """Tuning measured on the machine at hand: the token budget, eager vs compiled and the attention kernel,
 chosen at model load.
 
-The best padded-token budget, whether TorchInductor beats eager PyTorch, and which attention runs
-fastest (PyTorch's fused SDPA kernel, or two batched matmuls around a compiled softmax) differ between
+The best padded-token budget, whether TorchInductor beats eager PyTorch, which attention runs fastest
+(PyTorch's fused SDPA kernel, or two batched matmuls around a compiled softmax) and whether the linear
+layers run faster on oneDNN or on the C++ GEMM kernels TorchInductor generates and autotunes differ between
 CPU kinds (AMX, AVX512-BF16, AVX2 only), thread counts, GPUs and models, so no constant carries from
 one machine to another. At load, ``tune`` times the candidates the settings leave open on the same
 synthetic pairs (short queries, passages of spread lengths, words from the model's own vocabulary),
@@ -33,7 +34,7 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -50,21 +51,30 @@ MIN_PAIRS, MAX_PAIRS = 32, 1024
 QUERY_WORDS = (3, 12)
 PASSAGE_WORDS = (16, 220)
 SEED = 20261203
+# A compiled mode's word for generated GEMM kernels, in ``describe()`` and the calibration's trials.
+GEMM_TEMPLATES = "cpp-gemm"
 
 
 @dataclass(frozen=True)
 class Mode:
     """How the forward pass runs: eager or compiled, and for a compiled one the attention it is
-    compiled with (``None``: the one the model comes with)."""
+    compiled with (``None``: the one the model comes with) and whether its matrix multiplies may run on
+    TorchInductor's generated C++ GEMM kernels (``gemm_templates``) instead of only oneDNN's."""
 
     compiled: bool
     attention: str | None = None
+    gemm_templates: bool = False
 
     @property
     def name(self) -> str:
         if not self.compiled:
             return "eager"
-        return "compiled" if self.attention is None else f"compiled {self.attention}"
+        words = ["compiled"]
+        if self.attention is not None:
+            words.append(self.attention)
+        if self.gemm_templates:
+            words.append(GEMM_TEMPLATES)
+        return " ".join(words)
 
 
 EAGER = Mode(False)
@@ -81,10 +91,13 @@ class Tuning:
     trials: dict[str, float] = field(default_factory=dict)
     measured_at: str = ""
     attention: str | None = None  # of a compiled forward pass, when chosen among several
+    gemm_templates: bool = False  # of a compiled forward pass: its GEMMs may run on generated kernels
 
     @property
     def mode(self) -> Mode:
-        return Mode(self.compiled, self.attention if self.compiled else None)
+        if not self.compiled:
+            return EAGER
+        return Mode(True, self.attention, self.gemm_templates)
 
     def choice(self) -> str:
         """The choice in a few words, for ``describe()`` and the ledger's device column."""
@@ -251,7 +264,8 @@ def tune(
     if len(budgets) == 1 and len(modes) == 1:
         mode = modes[0] if tunable.use_mode(modes[0], required=compile_required) else EAGER
         tunable.use_budget(budgets[0])
-        return Tuning(budgets[0], mode.compiled, "settings", attention=mode.attention)
+        attention, templates = mode.attention, mode.gemm_templates
+        return Tuning(budgets[0], mode.compiled, "settings", attention=attention, gemm_templates=templates)
     cached = read_cached(cache_file) if cache_file is not None else None
     if (
         cached is not None
@@ -281,7 +295,15 @@ def tune(
     best = choose(candidates, rates)
     tunable.use_mode(best.mode, required=compile_required)
     tunable.use_budget(best.budget)
-    tuning = Tuning(best.budget, best.mode.compiled, "measured", rates, now(), best.mode.attention)
+    tuning = Tuning(
+        best.budget,
+        best.mode.compiled,
+        "measured",
+        rates,
+        now(),
+        best.mode.attention,
+        best.mode.gemm_templates,
+    )
     log.info(
         "calibrated in %.1fs on %d pairs: %s", time.perf_counter() - started, len(queries), tuning.summary()
     )

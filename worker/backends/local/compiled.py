@@ -12,6 +12,12 @@ MiniLM-L6 shape 38-42 pairs/s eager and compiled alike), so ``auto`` skips the ~
 
 Sizes are dynamic, so one graph serves every batch width and length; Dynamo still specialises size 1,
 so a single-row batch is sent as two copies of its row instead of compiling a second graph (~20 s).
+
+With ``gemm_templates``, TorchInductor also generates C++ GEMM kernels for the linear layers (on AMX,
+tile micro-kernels with the bias and the elementwise ops that follow fused into them), times them against
+oneDNN's at compile time (max-autotune) and keeps the faster per layer. It compiles slower (the timing), and
+whether it pays depends on the CPU, so the calibration measures it as a mode of its own; it is its own
+``torch.compile`` object, as Dynamo does not recompile for a changed Inductor setting.
 """
 
 from __future__ import annotations
@@ -35,11 +41,20 @@ def wants_compile(setting: Compile, device: torch.device) -> bool:
     return setting == "on"
 
 
+# Inductor settings of a compile with generated GEMM kernels: C++ templates timed against ATen's (oneDNN).
+GEMM_TEMPLATE_OPTIONS: dict[str, str | int | bool] = {
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+}
+
+
 class CompiledLogits:
     """``model(**features).logits`` through ``torch.compile``; compiles (once) on the first call."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self.compiled: Any = torch.compile(model, dynamic=True)
+    def __init__(self, model: nn.Module, *, gemm_templates: bool = False) -> None:
+        self.gemm_templates = gemm_templates
+        options: dict[str, Any] | None = dict(GEMM_TEMPLATE_OPTIONS) if gemm_templates else None
+        self.compiled: Any = torch.compile(model, dynamic=True, options=options)
 
     def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         rows = next(iter(features.values())).shape[0]

@@ -7,7 +7,8 @@ preprocessing: their pairs are tokenized in bulk, padded with numpy and fed stra
 model (see ``cross_encoder_paths``); their last layer computes only the position their head reads
 (``first_position``). In bf16/fp16 the matrix multiplies run in low precision while the residual stream
 and the score head stay float32 (``mixed_precision``). Compiled on CPU in bf16, attention runs either
-through SDPA's fused kernel or as two batched matmuls around a fused softmax (``cpu_attention``),
+through SDPA's fused kernel or as two batched matmuls around a fused softmax (``cpu_attention``), and its
+linear layers on oneDNN's kernels or on C++ GEMM kernels TorchInductor generates (``compiled``),
 whichever the calibration measured faster.
 """
 
@@ -43,9 +44,9 @@ from worker.backends.local.cross_encoder_paths import (
 )
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
-from worker.backends.local.first_position import score_from_first_position_only
+from worker.backends.local.first_position import score_from_first_position_only, tail_in_float32
 from worker.backends.local.max_length import configured_max_length
-from worker.backends.local.mixed_precision import compute_in, use_mixed_precision
+from worker.backends.local.mixed_precision import compute_in, score_heads, use_mixed_precision
 from worker.backends.local.pipeline import LocalReranker, Tokenized
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ class CrossEncoderModel:
             "max_length": str(self.max_length),
             "activation": f"{type(activation).__module__}.{type(activation).__qualname__}",
             "token_budget": str(token_budget),
-            "compiled": "TorchInductor" if self.compiled else "no",
+            "compiled": self.compiled_with(),
             "attention": self.attention(),
             "library": f"sentence-transformers {version('sentence-transformers')}",
         }
@@ -108,6 +109,13 @@ class CrossEncoderModel:
     @property
     def compiled(self) -> bool:
         return isinstance(self.path, DirectPath) and self.path.compiled is not None
+
+    def compiled_with(self) -> str:
+        if not isinstance(self.path, DirectPath) or self.path.compiled is None:
+            return "no"
+        if self.path.compiled.gemm_templates:
+            return "TorchInductor, generated GEMM kernels"
+        return "TorchInductor"
 
     def attention(self) -> str:
         """The attention implementation of a directly called model; the library's own otherwise."""
@@ -120,12 +128,14 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
     """The shared pipeline around a ``CrossEncoderModel``, which it can compile."""
 
     tuning: Tuning | None = None  # set at load: the calibration's choice of budget and compiling
-    _compiled_logits: CompiledLogits | None = None
     _compile_failed = False
 
     def __init__(self, spec: ModelSpec, model: CrossEncoderModel, target: ComputeTarget) -> None:
         super().__init__(spec, model, target)
         self._warm_modes: set[Mode] = set()  # compiled modes whose graph has been compiled
+        self._failed_modes: set[Mode] = set()  # compiled modes that could not compile
+        # The compiled models not in use, by whether they generate GEMM kernels.
+        self._compiled_logits: dict[bool, CompiledLogits] = {}
 
     @property
     def path(self) -> ForwardPath:
@@ -136,13 +146,15 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
         return self.model.compiled
 
     def use_mode(self, mode: Mode, *, required: bool) -> bool:
-        """Switch to ``mode``: eager, or compiled with the attention it names (compiling it, and scoring a
-        warm-up batch, the first time: each attention is its own graph); returns whether it runs in
-        ``mode`` now. Compiling follows ``compile``'s rules for ``required``; a model that failed to
-        compile is not compiled again."""
+        """Switch to ``mode``: eager, or compiled with the attention and GEMM kernels it names (compiling
+        it, and scoring a warm-up batch, the first time: each attention is its own graph, and generated GEMM
+        kernels their own compiled model); returns whether it runs in ``mode`` now. Compiling follows
+        ``compile``'s rules for ``required``; a model that failed to compile is not compiled again, and a
+        mode that failed to compile is left out."""
         path = self.model.path
         if isinstance(path, DirectPath) and path.compiled is not None:
-            self._compiled_logits = path.compiled  # kept: switching back costs no second compile
+            # kept: switching back costs no second compile
+            self._compiled_logits[path.compiled.gemm_templates] = path.compiled
             path.compiled = None
             restore_attention(path.model)
         if not mode.compiled:
@@ -150,23 +162,28 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
         if not isinstance(path, DirectPath):
             self.compile(mode, required=required)  # raises if required: the library's pipeline
             return False
-        if self._compile_failed:
+        if self._compile_failed or mode in self._failed_modes:
             return False
         if mode.attention == MATMUL_ATTENTION and not use_batched_matmul_attention(path.model):
             return False
-        if self._compiled_logits is None:
+        compiled = self._compiled_logits.get(mode.gemm_templates)
+        if compiled is None and not self._compiled_logits:
             self.compile(mode, required=required)
             return self.compiled
-        path.compiled = self._compiled_logits
+        path.compiled = compiled or CompiledLogits(path.model, gemm_templates=mode.gemm_templates)
         if mode not in self._warm_modes:
+            started = time.perf_counter()
             try:
-                self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)  # compiles this attention's graph off the clock
+                self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)  # compiles this mode's graph off the clock
             except Exception as error:  # whatever TorchInductor raises; the mode compiled first stands
                 path.compiled = None
                 restore_attention(path.model)
+                self._failed_modes.add(mode)
                 log.warning("cannot compile %r in mode %s: %s", self.spec.name, mode.name, error)
                 return False
             self._warm_modes.add(mode)
+            seconds = time.perf_counter() - started
+            log.info("compiled %r in mode %s in %.1fs", self.spec.name, mode.name, seconds)
         return True
 
     def describe(self) -> dict[str, str]:
@@ -191,7 +208,7 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
                 )
             return
         started = time.perf_counter()
-        path.compiled = CompiledLogits(path.model)
+        path.compiled = CompiledLogits(path.model, gemm_templates=mode.gemm_templates)
         try:
             self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)
         except Exception as error:  # whatever TorchInductor raises (no C++ compiler, an unsupported op)
@@ -261,8 +278,9 @@ def tune_reranker(reranker: CrossEncoderReranker, settings: Settings, model_path
     can_compile = isinstance(reranker.model.path, DirectPath)
     compiled_modes = [Mode(True)]
     if target.device.type == "cpu" and target.dtype != torch.float32:
-        # On CPUs without AMX the batched-matmul attention won; with AMX, SDPA's kernel did: measured.
-        compiled_modes = [Mode(True, MATMUL_ATTENTION), Mode(True)]
+        # On CPUs without AMX the batched-matmul attention won; with AMX, SDPA's kernel did, and generated
+        # GEMM kernels beat oneDNN's by a few percent on AMX: measured, not assumed.
+        compiled_modes = [Mode(True, MATMUL_ATTENTION), Mode(True), Mode(True, gemm_templates=True)]
     if settings.compile == "auto" and measuring and can_compile and target.device.type == "cpu":
         modes = [EAGER, *compiled_modes]
     elif wants_compile(settings.compile, target.device):
@@ -303,5 +321,8 @@ def prepare_for_scoring(model: Any, dtype: torch.dtype) -> None:
         score_from_first_position_only(hf_model)
     if dtype == torch.float32:
         return
-    if hf_model is None or not use_mixed_precision(hf_model, dtype, model.num_labels):
+    if hf_model is None or len(score_heads(hf_model, model.num_labels)) != 1:
         model.to(dtype)
+        return
+    tail_in_float32(hf_model)  # before the rest goes to ``dtype``, so that its weights stay as they are
+    use_mixed_precision(hf_model, dtype, model.num_labels)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,6 +30,28 @@ class Float32ScoreHead(nn.Module):
             return self.head(hidden.float())
 
 
+class Float32Block(nn.Module):
+    """Runs the wrapped module in float32 (weights and floating-point inputs) even inside an autocast
+    region; its outputs are float32."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.float()
+
+    def forward(self, *inputs: Any, **named: Any) -> Any:
+        tensors = [value for value in (*inputs, *named.values()) if isinstance(value, torch.Tensor)]
+        with torch.autocast(tensors[0].device.type if tensors else "cpu", enabled=False):
+            return self.inner(
+                *map(_float32, inputs), **{name: _float32(value) for name, value in named.items()}
+            )
+
+
+def _float32(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.float()
+    return value
+
+
 def score_heads(model: nn.Module, score_width: int) -> list[tuple[nn.Module, str]]:
     """(parent, attribute) of every ``nn.Linear`` in ``model`` with ``score_width`` output features."""
     return [
@@ -40,12 +63,16 @@ def score_heads(model: nn.Module, score_width: int) -> list[tuple[nn.Module, str
 
 
 def store_linear_weights_in(model: nn.Module, dtype: torch.dtype, head: tuple[nn.Module, str]) -> None:
-    """Cast every ``nn.Linear`` of ``model`` to ``dtype`` and wrap ``head`` in ``Float32ScoreHead``."""
+    """Cast every ``nn.Linear`` of ``model`` to ``dtype`` but those inside a ``Float32Block``, and wrap
+    ``head`` in ``Float32ScoreHead``."""
     parent, name = head
     wrapped = Float32ScoreHead(getattr(parent, name))
     setattr(parent, name, wrapped)
+    kept = {
+        id(inner) for block in model.modules() if isinstance(block, Float32Block) for inner in block.modules()
+    }
     for module in model.modules():
-        if isinstance(module, nn.Linear) and module is not wrapped.head:
+        if isinstance(module, nn.Linear) and module is not wrapped.head and id(module) not in kept:
             module.to(dtype)
 
 
