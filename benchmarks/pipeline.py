@@ -66,10 +66,12 @@ class PipelineFleet:
         timeout_s: float,
         compile_mode: str = "auto",
         ledger_url: str | None = None,
+        settings_env: dict[str, str] | None = None,
     ) -> None:
         """Start the worker hosting ``model`` (a ``--model`` spec) in the background: call ``wait_ready``.
         The children inherit this process's CPU affinity; ``cpus`` sets their thread count.
-        ``ledger_url``: a ledger other than the data dir's SQLite file."""
+        ``ledger_url``: a ledger other than the data dir's SQLite file. ``settings_env``: more ``RERANK_*``
+        settings for the worker and submit.py."""
         from core.broker import embedded_broker
         from core.model_spec import ModelSpec
         from core.settings import Settings
@@ -82,6 +84,7 @@ class PipelineFleet:
         self.env.update({"RERANK_DATA_DIR": str(data_dir), "RERANK_DTYPE": dtype, "RERANK_HEARTBEAT_S": "1"})
         if ledger_url is not None:
             self.env["RERANK_LEDGER_URL"] = ledger_url
+        self.env.update(settings_env or {})
         broker_url = os.environ.get("RERANK_BROKER_URL")
         self.settings = Settings(data_dir=data_dir, broker_url=broker_url, ledger_url=ledger_url)
         self.embedded = None

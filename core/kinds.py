@@ -142,6 +142,7 @@ LOCAL_KINDS_TABLE: tuple[LocalKind, ...] = (
         "worker.backends.local.null_scorer:load_null",
         "no model: a hash of the pair, to measure the worker machinery",
         "score",
+        options=("pairs_per_s",),
     ),
 )
 

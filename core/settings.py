@@ -212,6 +212,12 @@ class Settings(_ApiKindSettings):
     max_length: int | None = Field(
         default=None, ge=8, description="Truncate pairs to this many tokens. Unset: the model's own limit."
     )
+    shards_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="Shards one local-model worker process holds at once: while one is scored on the "
+        "device, the next is leased and read and the last is written and published. 1: one at a time.",
+    )
     canary_path: str | None = Field(
         default=None,
         description="A corpus of a few fixed pairs that submit.py adds to every run (as --canary does); "

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             args.hostname,
             settings.log_level,
             inherited_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+            shards_in_flight=settings.shards_in_flight,
         )
     print(
         f"starting {len(processes)} worker(s) for {spec} on queue {spec.queue}: "

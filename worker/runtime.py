@@ -17,6 +17,7 @@ from storage.ledger import Ledger
 from storage.location import data_location
 from worker.backends import load_reranker
 from worker.backends.base import Reranker
+from worker.held_time import HeldTime
 from worker.spend_gate import RedisSpendGate, run_limits
 
 
@@ -36,6 +37,8 @@ class WorkerRuntime:
         self._reranker: Reranker | None = reranker
         self._redis: redis.Redis | None = None
         self._lock = threading.Lock()
+        # The wall time of this process's attempts, charged once however many shards are in flight.
+        self.held_time = HeldTime()
 
     def spend_gate(self, run_id: str, spec: ModelSpec, budget: Budget) -> RedisSpendGate | None:
         """The fleet-wide gate of a run's limits (its budget, the day's limit of its model or provider),

@@ -19,6 +19,7 @@ from storage.location import Location
 from storage.shards.inputs import read_shard_input
 from storage.shards.publication import attempt_key, settle
 from storage.shards.scores import scores_table, write_staged_scores
+from worker.backends.base import API_DEVICE
 from worker.backends.progress_sink import listening
 from worker.backends.spending import spending
 from worker.lease_keeper import LeaseGuard, LeaseKeeper
@@ -127,7 +128,7 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
             tokens=0 if result.requests else result.tokens,
             truncated_pairs=None if result.truncated is None else int(result.truncated.sum()),
             device_seconds=result.device_seconds,
-            wall_seconds=time.monotonic() - clock,
+            wall_seconds=held_seconds(runtime, device, clock),
         )
         if gate is not None and not result.requests:  # a local model: its tokens count against the limits
             gate.record(0.0, result.tokens)
@@ -182,6 +183,16 @@ def _delete_quietly(location: Location) -> None:
         log.warning("could not delete %s: %s", location.uri, exc)
 
 
+def held_seconds(runtime: WorkerRuntime, device: str, clock: float) -> float:
+    """The wall seconds an attempt that started at ``clock`` is charged: for a local model the part of
+    its span no other attempt of this process was charged (``HeldTime``: shards in flight overlap); an
+    API attempt keeps its whole span, as its cost comes from its requests."""
+    now = time.monotonic()
+    if device == API_DEVICE:
+        return now - clock
+    return runtime.held_time.charge(clock, now)
+
+
 def device_label(described: dict[str, str]) -> str:
     """The device as the ledger records it, from a reranker's ``describe()``: on CUDA with the GPU's
     name, which the price table's GPU-hour entries match, then the dtype and the tuning of a local model."""
@@ -211,7 +222,7 @@ def _record_lost_lease(
     row has the pairs and tokens of the batches it finished and the seconds its model was busy on them."""
     requests = error.requests if isinstance(error, ProviderError) else ()
     runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, usage.worker, usage.model, requests)
-    seconds = time.monotonic() - clock
+    seconds = held_seconds(runtime, usage.device, clock)
     lost_usage = AttemptUsage(
         worker=usage.worker,
         model=usage.model,
@@ -247,7 +258,7 @@ def _pause_for_budget(
     shard back to the queue without using a try, pause the run and publish nothing."""
     requests = error.requests
     runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, usage.worker, usage.model, requests)
-    seconds = time.monotonic() - clock
+    seconds = held_seconds(runtime, usage.device, clock)
     stopped = AttemptUsage(worker=usage.worker, model=usage.model, device=usage.device, wall_seconds=seconds)
     runtime.leases.pause_for_budget(ref.run_id, ref.shard_id, attempt, stopped, started_at, str(error))
     log.warning(
@@ -275,7 +286,7 @@ def _record_failure(
         worker=usage.worker,
         model=usage.model,
         device=usage.device,
-        wall_seconds=time.monotonic() - clock,
+        wall_seconds=held_seconds(runtime, usage.device, clock),
     )
     requests = error.requests if isinstance(error, ProviderError) else ()
     runtime.ledger.record_requests(ref.run_id, ref.shard_id, attempt, usage.worker, usage.model, requests)

@@ -187,7 +187,7 @@ def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> N
 
 def test_bench_machinery_smoke_feeds_a_null_scorer_through_the_pipeline(tmp_path: Path) -> None:
     figures_file = tmp_path / "machinery.json"
-    arguments = ("--smoke", "--json", str(figures_file))
+    arguments = ("--smoke", "--json", str(figures_file), "--device-pairs-per-s", "20000")
     result = run_script("bench_machinery.py", *arguments, env=clean_env(), timeout=300)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr[-3000:]
@@ -204,3 +204,14 @@ def test_bench_machinery_smoke_feeds_a_null_scorer_through_the_pipeline(tmp_path
     assert set(phases) == {"lease", "read", "score", "write", "ledger", "settle", "celery"}
     assert all(ms > 0 for phase, ms in phases.items() if phase != "celery")
     assert sum(phases.values()) == pytest.approx(figures["worker_ms_per_shard"])
+    # On a simulated device (0.1 s for the 2,000 pairs, one call at a time) 1 and 2 shards in flight.
+    simulated = r"on a simulated device of 20,000 pairs/s: 1 shard\(s\) in flight [\d,]+ pairs/s, "
+    assert re.search(simulated + "device busy", out)
+    device = json.loads(figures_file.read_text())["simulated_device"]
+    assert device["pairs_per_s"] == 20_000 and set(device["sqlite"]) == {"1", "2"}
+    for values in device["sqlite"].values():
+        # The device can go no faster than its rate, and it was busy for its 0.1 s in the worker's span.
+        assert 0 < values["pairs_per_s"] <= 20_000 * 1.01
+        assert 0 < values["device_busy_share"] <= 1.01
+        # Attempts in flight together are charged each instant once: their wall time fits in the span.
+        assert 0 < values["charged_wall_seconds"] <= values["worker_span_seconds"] * 1.02 + 0.01

@@ -21,6 +21,14 @@ def test_one_pinned_worker_per_gpu() -> None:
         assert "--concurrency=1" in process.argv and "--task-events" in process.argv
 
 
+def test_workers_hold_the_shards_in_flight_they_are_given() -> None:
+    for fleet in (
+        plan_fleet(SPEC, [0], 0, "redis://h:1/0", "host", "INFO", shards_in_flight=2),
+        plan_fleet(SPEC, None, 1, "redis://h:1/0", "host", "INFO", shards_in_flight=2),
+    ):
+        assert "--concurrency=2" in fleet[0].argv and "--pool=threads" in fleet[0].argv
+
+
 def test_cpu_workers_hide_gpus_and_share_cores() -> None:
     fleet = plan_fleet(SPEC, None, 2, "redis://h:1/0", "host", "INFO")
     assert [p.name for p in fleet] == ["cpu0@host", "cpu1@host"]

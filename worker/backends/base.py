@@ -11,6 +11,9 @@ import numpy as np
 from core.model_spec import ModelSpec
 from core.usage import RequestUsage
 
+# The ``device`` an API reranker's ``describe()`` reports (and the ledger records for its attempts).
+API_DEVICE = "api"
+
 
 @dataclass(frozen=True)
 class ScoreResult:

@@ -66,11 +66,14 @@ def plan_fleet(
     hostname: str,
     log_level: str,
     inherited_devices: str | None = None,
+    shards_in_flight: int = 1,
 ) -> list[WorkerProcess]:
     """One Celery worker per GPU (pinned with CUDA_VISIBLE_DEVICES) or ``cpu_workers`` CPU workers
-    sharing the cores. Each runs one task at a time in a thread, so heartbeats and control commands
-    keep flowing while a shard is scored. ``inherited_devices``: the launcher's own CUDA_VISIBLE_DEVICES,
-    through which ``gpus`` (the indices torch shows the launcher) are mapped."""
+    sharing the cores. Each runs up to ``shards_in_flight`` tasks at once in threads (their model calls
+    take turns on the process's compute thread, so one shard's reading and writing overlap another's
+    scoring), and heartbeats and control commands keep flowing while a shard is scored.
+    ``inherited_devices``: the launcher's own CUDA_VISIBLE_DEVICES, through which ``gpus`` (the indices
+    torch shows the launcher) are mapped."""
     processes: list[WorkerProcess] = []
     base_env = {"RERANK_BROKER_URL": broker_url, "RERANK_WORKER_MODEL": str(spec)}
     if gpus:
@@ -87,13 +90,13 @@ def plan_fleet(
                 # Batch shapes vary, so fixed-size segments would fragment; a user's own setting stands.
                 ALLOCATOR_SETTING: os.environ.get(ALLOCATOR_SETTING, "expandable_segments:True"),
             }
-            processes.append(WorkerProcess(name, _celery_argv(spec, name, log_level), env))
+            processes.append(WorkerProcess(name, _celery_argv(spec, name, log_level, shards_in_flight), env))
         return processes
     threads = thread_limits(max(1, (os.cpu_count() or 1) // max(1, cpu_workers)))
     for index in range(cpu_workers):
         name = f"cpu{index}@{hostname}"
         env = {**base_env, **threads, "CUDA_VISIBLE_DEVICES": "", "RERANK_DEVICE": "cpu"}
-        processes.append(WorkerProcess(name, _celery_argv(spec, name, log_level), env))
+        processes.append(WorkerProcess(name, _celery_argv(spec, name, log_level, shards_in_flight), env))
     return processes
 
 

@@ -16,7 +16,7 @@ from core.errors import ProviderError
 from core.model_spec import ModelSpec
 from worker.backends.api.planning import PlannedRequest, plan_requests
 from worker.backends.api.sender import RequestSender, UsageLog
-from worker.backends.base import ScoreResult
+from worker.backends.base import API_DEVICE, ScoreResult
 from worker.backends.progress_sink import report_progress
 from worker.backends.spending import current_gate
 
@@ -71,7 +71,7 @@ class ApiReranker:
         return {
             "kind": self.spec.kind,
             "name": self.spec.name,
-            "device": "api",
+            "device": API_DEVICE,
             "endpoint": redact(self.sender.endpoint),
             "score": self.sender.provider.score_meaning,
             "max_documents": str(limits.max_documents),
