@@ -131,6 +131,10 @@ def test_a_worker_killed_mid_shard_on_s3_loses_and_duplicates_nothing(
         if still.status == "running" and still.worker == running[0].worker:
             break
         victim.resume()
+    # A worker holds up to RERANK_SHARDS_IN_FLIGHT shards: every attempt it is running dies with it.
+    held = [
+        shard for shard in ledger.shards(run_id, statuses=["running"]) if shard.worker == running[0].worker
+    ]
     victim.kill()
 
     wait_finished(ledger, run_id, timeout_s=180)
@@ -145,8 +149,9 @@ def test_a_worker_killed_mid_shard_on_s3_loses_and_duplicates_nothing(
     others = [key for key in endpoint.keys(run_dir) if key not in settled and "/_inputs/" not in key]
     assert others == [], others  # no attempt file, no temporary
     assert_usage_counted_once(ledger, run_id)
-    # Every attempt has its usage row but the killed one, which died before it could write it.
-    assert ledger.usage_totals(run_id).attempts == sum(shard.attempts for shard in ledger.shards(run_id)) - 1
+    # Every attempt has its usage row but the killed ones, which died before they could write them.
+    attempts = sum(shard.attempts for shard in ledger.shards(run_id))
+    assert 1 <= len(held) <= 2 and ledger.usage_totals(run_id).attempts == attempts - len(held)
     assert ledger.usage_totals(run_id).pairs == corpus.num_rows
 
 
