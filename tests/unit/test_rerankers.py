@@ -331,7 +331,7 @@ def test_bfloat16_on_cpu_runs_matmuls_in_bfloat16_and_stays_close(
     assert hf_model.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.bfloat16
     # Mixed precision: embeddings, norms and the score head stay float32.
     assert hf_model.bert.embeddings.word_embeddings.weight.dtype == torch.float32
-    assert hf_model.classifier.head.weight.dtype == torch.float32
+    assert hf_model.classifier.inner.weight.dtype == torch.float32
     assert reranker.describe()["dtype"] == "bfloat16"
     assert result.scores.dtype == np.float32
     np.testing.assert_allclose(
@@ -351,7 +351,7 @@ def test_flag_in_bfloat16_keeps_a_float32_residual_stream_and_score_head(
     hf_model = reranker.model.flag_model.model
     assert hf_model.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.bfloat16
     assert hf_model.bert.embeddings.word_embeddings.weight.dtype == torch.float32
-    assert hf_model.classifier.head.weight.dtype == torch.float32
+    assert hf_model.classifier.inner.weight.dtype == torch.float32
     assert reranker.describe()["precision"].startswith("mixed")
     # Raw logits with float32's digits: no two distinct pairs tie, and they stay close to float32's.
     assert len(set(result.scores.tolist())) == len(set(zip(QUERIES, TEXTS, strict=True)))

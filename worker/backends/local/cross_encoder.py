@@ -46,7 +46,7 @@ from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
 from worker.backends.local.first_position import score_from_first_position_only, tail_in_float32
 from worker.backends.local.max_length import configured_max_length
-from worker.backends.local.mixed_precision import compute_in, score_heads, use_mixed_precision
+from worker.backends.local.mixed_precision import compute_in, score_heads, store_linear_weights_in
 from worker.backends.local.pipeline import LocalReranker, Tokenized
 
 log = logging.getLogger(__name__)
@@ -321,8 +321,9 @@ def prepare_for_scoring(model: Any, dtype: torch.dtype) -> None:
         score_from_first_position_only(hf_model)
     if dtype == torch.float32:
         return
-    if hf_model is None or len(score_heads(hf_model, model.num_labels)) != 1:
+    heads = [] if hf_model is None else score_heads(hf_model, model.num_labels)
+    if hf_model is None or len(heads) != 1:
         model.to(dtype)
         return
     tail_in_float32(hf_model)  # before the rest goes to ``dtype``, so that its weights stay as they are
-    use_mixed_precision(hf_model, dtype, model.num_labels)
+    store_linear_weights_in(hf_model, dtype, heads[0])

@@ -18,21 +18,9 @@ import torch
 from torch import nn
 
 
-class Float32ScoreHead(nn.Module):
-    """Runs the wrapped output projection in float32 even inside an autocast region."""
-
-    def __init__(self, head: nn.Linear) -> None:
-        super().__init__()
-        self.head = head.float()
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(hidden.device.type, enabled=False):
-            return self.head(hidden.float())
-
-
 class Float32Block(nn.Module):
-    """Runs the wrapped module in float32 (weights and floating-point inputs) even inside an autocast
-    region; its outputs are float32."""
+    """Runs the wrapped module (a score head, or a model's last steps) in float32, weights and
+    floating-point inputs, even inside an autocast region; its outputs are float32."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -63,16 +51,15 @@ def score_heads(model: nn.Module, score_width: int) -> list[tuple[nn.Module, str
 
 
 def store_linear_weights_in(model: nn.Module, dtype: torch.dtype, head: tuple[nn.Module, str]) -> None:
-    """Cast every ``nn.Linear`` of ``model`` to ``dtype`` but those inside a ``Float32Block``, and wrap
-    ``head`` in ``Float32ScoreHead``."""
+    """Wrap ``head`` in a ``Float32Block``, then cast every ``nn.Linear`` of ``model`` outside such blocks
+    to ``dtype``."""
     parent, name = head
-    wrapped = Float32ScoreHead(getattr(parent, name))
-    setattr(parent, name, wrapped)
+    setattr(parent, name, Float32Block(getattr(parent, name)))
     kept = {
         id(inner) for block in model.modules() if isinstance(block, Float32Block) for inner in block.modules()
     }
     for module in model.modules():
-        if isinstance(module, nn.Linear) and module is not wrapped.head and id(module) not in kept:
+        if isinstance(module, nn.Linear) and id(module) not in kept:
             module.to(dtype)
 
 
