@@ -130,8 +130,10 @@ def test_chunks_tokenized_ahead_in_a_thread_give_identical_scores(
 
     assert np.array_equal(ahead.scores, inline.scores)
     assert ahead.tokens == inline.tokens
+    # The first chunk on the caller's thread, before the call's turn on the compute thread.
+    assert overlapped_threads[0] == threading.current_thread().name
     assert len(overlapped_threads) == 4 and all(
-        name.startswith("rerank-ahead") for name in overlapped_threads
+        name.startswith("rerank-ahead") for name in overlapped_threads[1:]
     )
     # Without overlap each chunk is tokenized where the model runs: the process's compute thread.
     assert len(threads) == 4 and all(name.startswith("rerank-compute") for name in threads)
@@ -186,8 +188,9 @@ def test_cross_encoders_with_a_prompt_take_the_library_path(
     np.testing.assert_allclose(scores, model.predict(PAIRS, show_progress_bar=False), atol=1e-4, rtol=0)
     without_prompt = cross_encoder(model_dirs["bert"]).predict(PAIRS, show_progress_bar=False)
     assert np.abs(scores - without_prompt).max() > 1e-3
-    # Its chunks are tokenized ahead too, while the library's preprocessing runs on the compute thread.
-    assert len(threads) == 2 and all(name.startswith("rerank-ahead") for name in threads)
+    # Its chunks are tokenized off the compute thread too (the first on the caller's), while the
+    # library's preprocessing runs on the compute thread.
+    assert threads == [threading.current_thread().name, "rerank-ahead_0"]
     # The library's own pipeline is not compiled: auto leaves it be, on refuses.
     assert not reranker.use_mode(Mode(True), required=False)
     assert not reranker.compiled

@@ -147,7 +147,7 @@ def test_identical_pairs_are_computed_once_and_scores_keep_the_input_order() -> 
     assert seconds > 0
 
 
-def test_chunks_grow_and_each_is_tokenized_on_another_thread_while_the_one_before_runs() -> None:
+def test_chunks_grow_and_each_is_tokenized_off_the_compute_thread_while_the_one_before_runs() -> None:
     class WaitsForTheNextChunk(FakePairModel):
         """The first forward pass waits until the second chunk is being tokenized."""
 
@@ -173,12 +173,57 @@ def test_chunks_grow_and_each_is_tokenized_on_another_thread_while_the_one_befor
 
     assert model.overlapped is True
     assert [len(items) for _, items in model.tokenized] == [4, 8, 28]
-    assert all(thread.startswith("rerank-ahead") for thread, _ in model.tokenized)
+    # The first chunk on the caller's thread, before the call's turn on the compute thread; the others
+    # on the background thread.
+    assert [thread for thread, _ in model.tokenized[:1]] == [threading.current_thread().name]
+    assert all(thread.startswith("rerank-ahead") for thread, _ in model.tokenized[1:])
     assert all(thread.startswith("rerank-compute") for thread, _ in model.forwarded)
     serial = FakePairModel()
     assert np.array_equal(run(serial, queries, texts, overlap=False)[0], scores)
     # Without overlap each chunk is tokenized on the compute thread, just before it runs.
     assert all(thread.startswith("rerank-compute") for thread, _ in serial.tokenized)
+
+
+def test_a_call_waiting_for_the_compute_thread_tokenizes_its_first_chunk_meanwhile() -> None:
+    """A worker holding two shards: while the first shard's call runs on the compute thread, the second
+    call, from another thread, tokenizes its first chunk instead of waiting idle for its turn."""
+
+    class HoldsTheDevice(FakePairModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.running = threading.Event()
+            self.next_call_tokenized = threading.Event()
+            self.waited: bool | None = None
+
+        def tokenize(self, items: list[Pair]) -> FakeChunk:
+            if items[0][0].startswith("second") and threading.current_thread().name == "second-shard":
+                self.next_call_tokenized.set()
+            return super().tokenize(items)
+
+        def forward(self, batch: FakeBatch) -> torch.Tensor:
+            if self.waited is None:  # the first call's first batch holds the device
+                self.running.set()
+                self.waited = self.next_call_tokenized.wait(timeout=10)
+            return super().forward(batch)
+
+    model = HoldsTheDevice()
+    target = ComputeTarget(CPU, torch.float32, token_budget=64)
+    reranker = LocalReranker(ModelSpec(kind="cross-encoder", name="fake"), model, target)
+    results: dict[str, np.ndarray] = {}
+
+    def second() -> None:
+        model.running.wait(timeout=10)
+        results["second"] = reranker.score(["second q"] * 3, ["a", "b", "c"]).scores
+
+    thread = threading.Thread(target=second, name="second-shard")
+    thread.start()
+    results["first"] = reranker.score(["first q"] * 2, ["a", "b"]).scores
+    thread.join(timeout=10)
+
+    assert model.waited is True
+    np.testing.assert_array_equal(results["first"], [pair_score("first q", t) for t in "ab"])
+    np.testing.assert_array_equal(results["second"], [pair_score("second q", t) for t in "abc"])
+    assert {thread for thread, _ in model.forwarded} == {"rerank-compute_0"}
 
 
 def test_out_of_memory_halves_the_budget_and_loses_no_pair() -> None:

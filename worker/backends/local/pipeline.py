@@ -2,19 +2,21 @@
 
 ``score`` takes the distinct items of a call (``distinct``), sorts each part by characters (so that a
 chunk holds items of similar lengths and fills few length buckets), cuts it into growing chunks,
-tokenizes chunk k + 1 on a background thread while chunk k runs through the model in length-sorted
+tokenizes the first chunk on the caller's thread (a call waiting for the compute thread gets ready
+meanwhile) and chunk k + 1 on a background thread while chunk k runs through the model in length-sorted
 batches under the token budget (``TokenBudgetBatcher``: out-of-memory halves the budget and retries,
 progress is reported per batch), times the forward passes on the device clock, and builds the
-``ScoreResult``. It runs on the process's compute thread, so calls from several threads take turns.
+``ScoreResult``. Everything after the first chunk runs on the process's compute thread, so calls from
+several threads take turns.
 
 A model implements ``LocalModel``, in the spirit of a pre-process / core / post-process split:
 
 - ``distinct(queries, texts)``: which items it computes, from ``distinct`` (``distinct_pairs`` for a
   model that reads a pair at once, ``distinct_sides`` for a bi-encoder);
 - ``tokenize(items)``: a chunk with ``lengths`` (tokens per item, which decide the batches) and whatever
-  ``collate`` needs. It runs on the background thread while ``collate`` and ``forward`` run on the compute
-  thread, so it must share no mutable state with them (use a private copy of a Hugging Face tokenizer:
-  its calls reconfigure the shared Rust backend);
+  ``collate`` needs. It runs on a background thread or the caller's (one at a time) while ``collate``
+  and ``forward`` run on the compute thread, so it must share no mutable state with them (use a private
+  copy of a Hugging Face tokenizer: its calls reconfigure the shared Rust backend);
 - ``collate(chunk, rows)``: the device inputs of one batch of a chunk's rows;
 - ``forward(batch)``: the model's raw outputs, one row per item (the only step the device clock times);
   on CUDA they are copied to pinned host memory behind the kernels, without waiting for them;
@@ -31,9 +33,10 @@ add one ``LocalKind("<kind>", "worker.backends.local.<module>:load_<kind>", "<su
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from contextlib import closing
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -75,7 +78,7 @@ class LocalModel(Protocol[ItemT, ChunkT, BatchT]):
         ...
 
     def tokenize(self, items: list[ItemT]) -> ChunkT:
-        """Tokenize a chunk of items from one part; runs on the background thread."""
+        """Tokenize a chunk of items from one part; runs off the compute thread, one call at a time."""
         ...
 
     def collate(self, chunk: ChunkT, rows: np.ndarray) -> BatchT:
@@ -95,7 +98,6 @@ class LocalModel(Protocol[ItemT, ChunkT, BatchT]):
         ...
 
 
-@runs_on_compute_thread
 def score(
     model: LocalModel[Any, Any, Any],
     queries: Sequence[str],
@@ -108,12 +110,46 @@ def score(
 ) -> ScoreResult:
     """Score pair i = (queries[i], texts[i]) with ``model``; identical inputs are computed once.
 
-    With ``overlap=False`` each chunk is tokenized on the compute thread just before it runs.
+    The call is prepared on the caller's thread, its first chunk tokenized there, and then runs on the
+    compute thread. A call that waits its turn (the next shard of a worker holding several) is so ready
+    to run the moment the compute thread frees. With ``overlap=False`` each chunk is tokenized on the
+    compute thread just before it runs.
     """
+    call = prepare_call(model, queries, texts, first_chunk=first_chunk, tokenize_first=overlap)
+    return run_call(model, call, batcher=batcher, device=device, overlap=overlap)
+
+
+@dataclass
+class PreparedCall(Generic[ItemT]):
+    """A call's distinct items cut into chunks, the items of each part in ``longest_first`` order."""
+
+    distinct: Distinct[ItemT]
+    orders: list[np.ndarray]
+    chunks: list[tuple[int, list[ItemT]]]  # (part, items)
+    first: Tokenized | None  # the first chunk, when tokenized ahead
+
+
+# A model's tokenizer copy serves one thread at a time: the call that prepares its first chunk and the
+# one whose chunks are tokenized ahead of its forward passes take turns. A process hosts one model.
+_tokenizer_turns = threading.Lock()
+
+
+def _tokenize(model: LocalModel[ItemT, ChunkT, Any], items: list[ItemT]) -> ChunkT:
+    with _tokenizer_turns:
+        return model.tokenize(items)
+
+
+def prepare_call(
+    model: LocalModel[ItemT, Any, Any],
+    queries: Sequence[str],
+    texts: Sequence[str],
+    *,
+    first_chunk: int,
+    tokenize_first: bool,
+) -> PreparedCall[ItemT]:
+    """The work of a call that needs no device: its distinct items, their order and chunks, and (with
+    ``tokenize_first``) its first chunk tokenized. Runs on the caller's thread."""
     distinct = model.distinct(queries, texts)
-    if distinct.count == 0:
-        return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
-    clock = ForwardClock(device)
     # Chunks cut from items sorted by characters hold items of similar token lengths, so each chunk's
     # length-sorted batches fill few length buckets, and few of them end in a part-full batch.
     orders = [longest_first(part_items) for part_items in distinct.parts]
@@ -122,7 +158,29 @@ def score(
         for part, (part_items, order) in enumerate(zip(distinct.parts, orders, strict=True))
         for start, stop in growing_chunks(len(part_items), first_chunk)
     ]
-    tokenized = one_ahead([partial(model.tokenize, items) for _, items in chunks], overlap=overlap)
+    first = _tokenize(model, chunks[0][1]) if tokenize_first and chunks else None
+    return PreparedCall(distinct, orders, chunks, first)
+
+
+@runs_on_compute_thread
+def run_call(
+    model: LocalModel[Any, Any, Any],
+    call: PreparedCall[Any],
+    *,
+    batcher: TokenBudgetBatcher,
+    device: torch.device,
+    overlap: bool = True,
+) -> ScoreResult:
+    """Run a prepared call through the model on the compute thread, tokenizing chunk k + 1 on a
+    background thread while chunk k runs (with ``overlap``)."""
+    distinct, orders, chunks = call.distinct, call.orders, call.chunks
+    if distinct.count == 0:
+        return ScoreResult(scores=np.empty(0, dtype=np.float32), tokens=0, device_seconds=0.0)
+    clock = ForwardClock(device)
+    jobs = [partial(_tokenize, model, items) for _, items in chunks]
+    if call.first is not None:
+        jobs[0] = partial(_prepared, call.first)
+    tokenized = one_ahead(jobs, overlap=overlap)
     rows: list[list[np.ndarray]] = [[] for _ in distinct.parts]
     lengths: list[list[np.ndarray]] = [[] for _ in distinct.parts]
     truncated: list[list[np.ndarray | None]] = [[] for _ in distinct.parts]
@@ -148,6 +206,10 @@ def score(
         pair_tokens=np.asarray(pair_tokens, dtype=np.int64),
         truncated=_pairs_truncated(truncated, orders, distinct.items_of_pairs),
     )
+
+
+def _prepared(chunk: Tokenized) -> Tokenized:
+    return chunk
 
 
 def _pairs_truncated(
@@ -197,8 +259,8 @@ class LocalReranker(Generic[ModelT]):
         self.first_chunk = first_chunk_size(target.token_budget)
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult:
-        """Score pair i = (queries[i], texts[i]); identical inputs are computed once. Runs on the
-        process's compute thread, so calls from several threads take turns."""
+        """Score pair i = (queries[i], texts[i]); identical inputs are computed once. Prepared on the
+        caller's thread, run on the process's compute thread, so calls from several threads take turns."""
         return score(
             self.model,
             queries,
