@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from core.settings import Settings
 from testkit.model_factory import build_tiny_cross_encoder
 from worker.backends import load_reranker
 from worker.backends.local import calibration
+from worker.backends.local.batch_shapes import FixedShapes
 from worker.backends.local.calibration import EAGER, Candidate, Mode, Tuning, calibration_pairs, choose
 from worker.shard_runner import device_label
 
@@ -133,6 +136,11 @@ class ClockedTunable:
         self.calls: dict[int, int] = {}
         self.switches: list[str] = []
 
+    shapes: FixedShapes | None = None
+
+    def use_shapes(self, shapes: FixedShapes) -> None:
+        self.shapes = shapes
+
     def use_budget(self, budget: int) -> None:
         self.budget = budget
 
@@ -144,9 +152,15 @@ class ClockedTunable:
         self.mode = mode
         return True
 
-    def score(self, queries: Any, texts: Any) -> None:
+    def score(self, queries: Any, texts: Any) -> Scores:
         self.now += self.seconds_per_budget.get(self.budget, 1.0) * self.mode_factors[self.mode]
         self.calls[self.budget] = self.calls.get(self.budget, 0) + 1
+        return Scores(np.array([len(query) + len(text) for query, text in zip(queries, texts, strict=True)]))
+
+
+@dataclass(frozen=True)
+class Scores:
+    scores: np.ndarray
 
 
 def test_candidates_close_to_the_best_get_deciding_rounds(
@@ -221,3 +235,68 @@ def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
     # Set up in order first (each compiles off the clock), then the timed rounds switch between them.
     assert tunable.switches[:3] == ["compiled matmul", "compiled", "compiled cpp-gemm"]
     assert Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"}).mode == templates
+
+
+class ShapeSensitive(ClockedTunable):
+    """Fixed batch shapes: full rows cost twice the time of row steps, and with row steps a score depends
+    on how many pairs its call holds (``drifts``), as where kernels reduce differently by row count."""
+
+    def __init__(self, drifts: bool) -> None:
+        super().__init__({512: 1.0, 1024: 1.2})
+        self.shapes = FixedShapes()
+        self.drifts = drifts
+        self.timed_with: list[bool] = []
+
+    def score(self, queries: Any, texts: Any) -> Scores:
+        assert self.shapes is not None
+        self.timed_with.append(self.shapes.full_rows)
+        result = super().score(queries, texts)
+        if self.shapes.full_rows:
+            self.now += self.seconds_per_budget[self.budget]
+        elif self.drifts:
+            return Scores(result.scores + 1e-3 * len(queries))
+        return result
+
+
+@pytest.mark.parametrize("drifts", [False, True])
+def test_batches_keep_row_steps_only_where_scores_stay_the_same_in_any_composition(
+    drifts: bool, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tunable = ShapeSensitive(drifts)
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-shapes").model.cross_encoder.tokenizer
+    cache_file = tmp_path / "tuning.json"
+
+    def tune() -> Tuning:
+        return calibration.tune(
+            tunable,
+            tokenizer,
+            budgets=[512, 1024],
+            modes=[EAGER],
+            compile_required=False,
+            cache_file=cache_file,
+        )
+
+    tuning = tune()
+
+    assert tuning.full_rows is drifts and tunable.shapes == FixedShapes(full_rows=drifts)
+    assert tuning.composition_drift is not None
+    assert (tuning.composition_drift > calibration.INVARIANCE_TOLERANCE) is drifts
+    assert tuning.token_budget == 512
+    # Timed with row steps first; only where scores drifted timed again with full rows.
+    assert tunable.timed_with[0] is False and (True in tunable.timed_with) is drifts
+    assert ("full rows" if drifts else "row steps kept") in tuning.summary()
+
+    tunable.shapes = FixedShapes(full_rows=not drifts)
+    assert tune().source == "cached" and tunable.shapes == FixedShapes(full_rows=drifts)
+
+
+def test_bf16_calibration_measures_the_rows_batches_are_padded_to(model_dir: Path, tmp_path: Path) -> None:
+    reranker = load(model_dir, tmp_path, dtype="bfloat16")
+
+    tuning: Tuning = reranker.tuning
+    assert tuning.source == "measured" and tuning.composition_drift is not None
+    assert tuning.full_rows is (tuning.composition_drift > calibration.INVARIANCE_TOLERANCE)
+    rows = "full rows per length" if tuning.full_rows else "rows in steps of 2"
+    assert reranker.describe()["batch_shapes"] == f"fixed: lengths in steps of 16, {rows}"
+    assert reranker.batcher.shapes == reranker.target.shapes == FixedShapes(full_rows=tuning.full_rows)

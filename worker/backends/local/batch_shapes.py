@@ -7,9 +7,10 @@ amplify that to ~1e-2 in the score. With ``FixedShapes`` a batch is padded to a 
 on its pairs' own lengths (the next multiple of ``length_step``: batches never mix such buckets), and to
 the full row count the token budget gives that length (copies of its last row, whose results are
 dropped), so every multiply a pair goes through has the same shape in any composition. Padding rows only
-to a multiple of ``row_step`` was enough on AVX512-BF16 without AMX; with AMX, oneDNN splits the
-reduction of a small multiply differently by its row count, and only whole-bucket shapes kept scores
-identical. The padding this costs (the last batch of each length bucket in a call) shows in the
+to a multiple of ``row_step`` pads far less and was enough on AVX512-BF16 without AMX; with AMX, oneDNN
+split the reduction of a small multiply differently by its row count, and only whole-bucket shapes kept
+scores identical. The load-time calibration measures which holds on the machine at hand
+(``calibration.composition_drift``); without it, batches get full rows. The padding this costs (the last batch of each length bucket in a call) shows in the
 benchmark's padded-per-real token ratio, next to the largest change of a score between two compositions
 measured on the machine it runs on.
 """

@@ -12,6 +12,13 @@ fastest. The choice is cached as JSON per model, device kind, dtype,
 thread count and library versions under ``<state dir>/calibration/``, so later loads on such a machine
 read it back in milliseconds (and skip a compile that did not pay). ``RERANK_TOKEN_BUDGET`` and
 ``RERANK_COMPILE=on|off`` fix their part; ``RERANK_CALIBRATE=false`` turns the measuring off.
+
+With fixed batch shapes (``batch_shapes``: bf16 and fp16), how many rows a batch is padded to is measured
+too. Rows padded only to a step of two cost far less than every batch at its bucket's full row count,
+but keep a score independent of its batch only where the kernels reduce the same way at every row
+count. So the candidates are timed with row steps, and the fastest is then checked: the trial pairs are
+scored whole and again shuffled, in calls of random sizes. Where a score moves by more than
+``INVARIANCE_TOLERANCE``, the batches go back to full rows and the candidates are timed again.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,11 +37,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from worker.backends.local.batch_shapes import FixedShapes
 from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -53,6 +61,9 @@ PASSAGE_WORDS = (16, 220)
 SEED = 20261203
 # A compiled mode's word for generated GEMM kernels, in ``describe()`` and the calibration's trials.
 GEMM_TEMPLATES = "cpp-gemm"
+# The largest change of a score between two batch compositions that still counts as batch-invariant:
+# float32 rounding in the parts that run in float32, far below a bf16 rounding step carried to the score.
+INVARIANCE_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,10 @@ class Tuning:
     measured_at: str = ""
     attention: str | None = None  # of a compiled forward pass, when chosen among several
     gemm_templates: bool = False  # of a compiled forward pass: its GEMMs may run on generated kernels
+    # With fixed batch shapes: whether batches are padded to their bucket's full row count, and the
+    # largest change of a score between two batch compositions measured with row steps.
+    full_rows: bool | None = None
+    composition_drift: float | None = None
 
     @property
     def mode(self) -> Mode:
@@ -109,7 +124,12 @@ class Tuning:
             return self.choice()
         when = f" on {self.measured_at[:10]}" if self.measured_at else ""
         rates = ", ".join(f"{name} {rate:.0f}" for name, rate in sorted(self.trials.items()))
-        return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}"
+        drift = ""
+        if self.composition_drift is not None:
+            rows = "full rows" if self.full_rows else "row steps kept"
+            moved = f"{self.composition_drift:.1e}"
+            drift = f"; with row steps a score moved {moved} between batch compositions ({rows})"
+        return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}{drift}"
 
 
 @dataclass(frozen=True)
@@ -124,8 +144,20 @@ class Candidate:
         return f"{self.mode.name} {self.budget}"
 
 
+class Scored(Protocol):
+    @property
+    def scores(self) -> np.ndarray: ...
+
+
 class Tunable(Protocol):
     """A scorer the calibration can reconfigure: ``CrossEncoderReranker``."""
+
+    @property
+    def shapes(self) -> FixedShapes | None:
+        """The batch shapes it pads to; None: batches padded to their longest item."""
+        ...
+
+    def use_shapes(self, shapes: FixedShapes) -> None: ...
 
     def use_budget(self, budget: int) -> None: ...
 
@@ -134,7 +166,7 @@ class Tunable(Protocol):
         whether it runs in ``mode`` now."""
         ...
 
-    def score(self, queries: Sequence[str], texts: Sequence[str]) -> object: ...
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> Scored: ...
 
 
 def calibration_pairs(tokenizer: Any, count: int, seed: int = SEED) -> tuple[list[str], list[str]]:
@@ -259,20 +291,25 @@ def tune(
     compile_required: bool,
     cache_file: Path | None,
 ) -> Tuning:
-    """Measure the candidates (every budget in every mode that can run), switch ``tunable`` to the
-    fastest and return it; with ``cache_file``, reuse a cached choice and cache a new one."""
+    """Measure the candidates (every budget in every mode that can run, and with fixed batch shapes the
+    rows they pad to), switch ``tunable`` to the fastest and return it; with ``cache_file``, reuse a
+    cached choice and cache a new one."""
     if len(budgets) == 1 and len(modes) == 1:
         mode = modes[0] if tunable.use_mode(modes[0], required=compile_required) else EAGER
         tunable.use_budget(budgets[0])
         attention, templates = mode.attention, mode.gemm_templates
         return Tuning(budgets[0], mode.compiled, "settings", attention=attention, gemm_templates=templates)
+    shapes = tunable.shapes
     cached = read_cached(cache_file) if cache_file is not None else None
     if (
         cached is not None
         and cached.token_budget in budgets
         and cached.mode in modes
+        and (shapes is None) == (cached.full_rows is None)
         and tunable.use_mode(cached.mode, required=compile_required)
     ):
+        if shapes is not None and cached.full_rows is not None:
+            tunable.use_shapes(replace(shapes, full_rows=cached.full_rows))
         tunable.use_budget(cached.token_budget)
         return cached
     started = time.perf_counter()
@@ -282,19 +319,23 @@ def tune(
         runnable = [EAGER]
         tunable.use_mode(EAGER, required=False)
     candidates = [Candidate(budget, mode) for mode in runnable for budget in budgets]
+    if shapes is not None:
+        tunable.use_shapes(replace(shapes, full_rows=False))
     tunable.use_budget(budgets[0])
     queries, texts = trial_pairs(tunable, tokenizer)
-    rates = measure(tunable, candidates, queries, texts)
-    close = [
-        candidate for candidate in candidates if rates[candidate.name] >= CLOSE_SHARE * max(rates.values())
-    ]
-    deciding_seconds = DECIDING_ROUNDS * sum(len(queries) / rates[candidate.name] for candidate in close)
-    if len(close) > 1 and deciding_seconds <= DECIDING_SECONDS:
-        more = measure(tunable, close, queries, texts, DECIDING_ROUNDS)
-        rates.update({name: max(rate, rates[name]) for name, rate in more.items()})
+    rates = measure_closely(tunable, candidates, queries, texts)
     best = choose(candidates, rates)
-    tunable.use_mode(best.mode, required=compile_required)
-    tunable.use_budget(best.budget)
+    full_rows: bool | None = None
+    drift: float | None = None
+    if shapes is not None:
+        switch_to(tunable, best, compile_required)
+        drift = composition_drift(tunable, queries, texts)
+        full_rows = drift > INVARIANCE_TOLERANCE
+        if full_rows:
+            tunable.use_shapes(replace(shapes, full_rows=True))
+            rates = measure_closely(tunable, candidates, queries, texts)
+            best = choose(candidates, rates)
+    switch_to(tunable, best, compile_required)
     tuning = Tuning(
         best.budget,
         best.mode.compiled,
@@ -303,6 +344,8 @@ def tune(
         now(),
         best.mode.attention,
         best.mode.gemm_templates,
+        full_rows,
+        drift,
     )
     log.info(
         "calibrated in %.1fs on %d pairs: %s", time.perf_counter() - started, len(queries), tuning.summary()
@@ -310,6 +353,42 @@ def tune(
     if cache_file is not None:
         write_cached(cache_file, tuning)
     return tuning
+
+
+def measure_closely(
+    tunable: Tunable, candidates: list[Candidate], queries: list[str], texts: list[str]
+) -> dict[str, float]:
+    """Pairs/s of each candidate, with deciding rounds for those close to the best when they are quick."""
+    rates = measure(tunable, candidates, queries, texts)
+    close = [
+        candidate for candidate in candidates if rates[candidate.name] >= CLOSE_SHARE * max(rates.values())
+    ]
+    deciding_seconds = DECIDING_ROUNDS * sum(len(queries) / rates[candidate.name] for candidate in close)
+    if len(close) > 1 and deciding_seconds <= DECIDING_SECONDS:
+        more = measure(tunable, close, queries, texts, DECIDING_ROUNDS)
+        rates.update({name: max(rate, rates[name]) for name, rate in more.items()})
+    return rates
+
+
+def switch_to(tunable: Tunable, candidate: Candidate, compile_required: bool) -> None:
+    tunable.use_mode(candidate.mode, required=compile_required)
+    tunable.use_budget(candidate.budget)
+
+
+def composition_drift(tunable: Tunable, queries: list[str], texts: list[str], seed: int = SEED) -> float:
+    """The largest change of a pair's score between the pairs scored in one call and shuffled, in calls
+    of random sizes (so each pair meets other neighbours, in batches of other row counts)."""
+    whole = np.asarray(tunable.score(queries, texts).scores, dtype=np.float64)
+    random = np.random.default_rng(seed)
+    order = random.permutation(len(queries))
+    pieces = np.zeros(len(queries), dtype=np.float64)
+    start = 0
+    while start < len(order):
+        stop = min(len(order), start + int(random.integers(1, max(2, len(order) // 4), endpoint=True)))
+        rows = order[start:stop]
+        pieces[rows] = tunable.score([queries[row] for row in rows], [texts[row] for row in rows]).scores
+        start = stop
+    return float(np.abs(whole - pieces).max()) if len(queries) else 0.0
 
 
 def choose(candidates: list[Candidate], rates: dict[str, float]) -> Candidate:

@@ -45,6 +45,7 @@ import torch
 
 from core.model_spec import ModelSpec
 from worker.backends.base import ScoreResult
+from worker.backends.local.batch_shapes import FixedShapes
 from worker.backends.local.batching import DeferredRows, TokenBudgetBatcher, length_order
 from worker.backends.local.compute_thread import runs_on_compute_thread
 from worker.backends.local.device import ComputeTarget, ForwardClock, HostCopy, describe_dtype
@@ -270,6 +271,12 @@ class LocalReranker(Generic[ModelT]):
             first_chunk=self.first_chunk,
             overlap=self.overlap,
         )
+
+    def use_shapes(self, shapes: FixedShapes) -> None:
+        """Pad batches to ``shapes`` from now on (a model that pads to fixed shapes only)."""
+        self.shapes = shapes
+        self.target = replace(self.target, shapes=shapes)
+        self.batcher = TokenBudgetBatcher(self.target.token_budget, shapes=shapes)
 
     def use_budget(self, budget: int) -> None:
         """Batch under ``budget`` padded tokens from now on (a new batcher learns from there)."""
