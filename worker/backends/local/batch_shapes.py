@@ -10,9 +10,9 @@ dropped), so every multiply a pair goes through has the same shape in any compos
 to a multiple of ``row_step`` pads far less and was enough on AVX512-BF16 without AMX; with AMX, oneDNN
 split the reduction of a small multiply differently by its row count, and only whole-bucket shapes kept
 scores identical. The load-time calibration measures which holds on the machine at hand
-(``calibration.composition_drift``); without it, batches get full rows. The padding this costs (the last batch of each length bucket in a call) shows in the
-benchmark's padded-per-real token ratio, next to the largest change of a score between two compositions
-measured on the machine it runs on.
+(``calibration.composition_drift``); without it, batches get full rows. The padding this costs (the
+last batch of each length bucket in a call) shows in the benchmark's padded-per-real token ratio, next
+to the largest change of a score between two compositions measured on the machine it runs on.
 """
 
 from __future__ import annotations
