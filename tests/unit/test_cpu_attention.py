@@ -64,6 +64,18 @@ def test_bfloat16_stays_close_to_float32() -> None:
     torch.testing.assert_close(found.float(), expected, atol=3e-2, rtol=0)
 
 
+def test_in_bfloat16_the_scores_before_the_softmax_are_not_rounded() -> None:
+    query, key, value, keep = _padded_inputs(3, 4, 23, 32, torch.bfloat16)
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * 0.25
+    probabilities = torch.softmax(scores.masked_fill(~keep, float("-inf")), dim=-1).bfloat16()
+    expected = torch.matmul(probabilities, value).transpose(1, 2)
+
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        found, _ = batched_matmul_attention(torch.nn.Module(), query, key, value, keep, scaling=0.25)
+
+    torch.testing.assert_close(found, expected, atol=0, rtol=0)
+
+
 def test_refuses_dropout() -> None:
     query, key, value, keep = _padded_inputs(2, 2, 8, 16, torch.float32)
     with pytest.raises(ValueError, match="dropout"):

@@ -7,7 +7,9 @@ overhead: on 2 AVX512-BF16 cores, with the MiniLM-L6 shape, attention took 47% o
 time for 4.5% of its FLOPs. Here every head of a batch goes through one batched matmul for the scores
 and one for the output (oneDNN runs them near the matmul peak), and the scaling, padding mask, softmax and
 cast between them compile into one generated loop. Measured in one process, same pairs: 192 -> 240
-pairs/s in bf16, the same agreement with float32. Eagerly the float32 scores of long pairs would be
+pairs/s in bf16, the same agreement with float32. The scores' matmul runs in float32 (its inputs are
+exact bf16 values, its reduction only a head wide): rounded to bf16 before the softmax, they were the
+attention's largest error (README, "Local scoring speed"). Eagerly the float32 scores of long pairs would be
 materialized op by op, so this is used only with TorchInductor, and only in bf16: float32 attention ran
 slower this way than through SDPA (AVX2 Zen 3: 41 -> 34 pairs/s; AVX-512 Zen 5: 138 -> 129).
 
@@ -46,8 +48,10 @@ def batched_matmul_attention(
     if dropout:
         raise ValueError(f"{ATTENTION} attention is for inference; got dropout {dropout}")
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    # Scores leave the matmul in its dtype (bf16 under autocast) and are upcast for the softmax.
-    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
+    # The scores are computed in float32 from bf16 queries and keys: rounded to bf16 before the
+    # softmax, a logit of 10 moves by up to 0.04, which exp turns into a 4% change of its weight.
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scale
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attention_mask, float("-inf"))
