@@ -257,7 +257,10 @@ def _s3(options: S3Options) -> pafs.S3FileSystem:
         kwargs["scheme"] = endpoint.scheme
         # S3-compatible stores rarely serve virtual-hosted bucket names.
         kwargs["force_virtual_addressing"] = False
-    return pafs.S3FileSystem(**kwargs)
+    # An object written whole (a shard input, a shard's scores) goes up in one PUT when it is closed,
+    # instead of a multipart upload's three requests; a missing bucket then shows at the close, which
+    # every write of ours covers (``guarded``, ``check_container`` before a run starts).
+    return pafs.S3FileSystem(allow_delayed_open=True, **kwargs)
 
 
 def _fsspec_location(text: str, scheme: str, uri: str) -> Location:

@@ -72,6 +72,7 @@ def s3_server(host: str = "127.0.0.1", port: int = 0) -> Iterator[S3Endpoint]:
     """A moto S3 server in a thread of this process, stopped afterwards."""
     from moto.server import ThreadedMotoServer
 
+    _serve_ranges_in_their_own_time()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
@@ -80,6 +81,36 @@ def s3_server(host: str = "127.0.0.1", port: int = 0) -> Iterator[S3Endpoint]:
         yield S3Endpoint(f"http://{bound_host}:{bound_port}")
     finally:
         server.stop()
+
+
+_WHOLE_VALUE = "_bulk_rerank_whole_value"
+
+
+def _serve_ranges_in_their_own_time() -> None:
+    """Make moto answer a ranged GET in time proportional to the range, as a real store does.
+
+    moto reads an object's whole value out of its spooled temporary file on every GET and then slices
+    the range from it, so reading a 400 MB object in 8 MB ranges copies 20 GB: the client's throughput
+    then measures moto's copying, and falls with the object's size. Here an object's value is read once
+    and kept as immutable bytes until it is replaced; a range is a slice of those bytes."""
+    from moto.s3.models import FakeKey
+
+    stored = FakeKey.value
+    if getattr(stored, "fget", None) is None or getattr(stored.fget, "keeps_whole_value", False):
+        return
+
+    def whole_value(key: FakeKey) -> bytes:
+        value = key.__dict__.get(_WHOLE_VALUE)
+        if value is None:
+            value = key.__dict__[_WHOLE_VALUE] = stored.fget(key)
+        return value
+
+    def replace_value(key: FakeKey, new_value: bytes) -> None:
+        key.__dict__.pop(_WHOLE_VALUE, None)
+        stored.fset(key, new_value)
+
+    whole_value.keeps_whole_value = True  # type: ignore[attr-defined]
+    FakeKey.value = property(whole_value, replace_value)  # type: ignore[method-assign,assignment]
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from storage.ledger import Ledger
+from storage.location import S3Options, parse_location
 from testkit import corpora
 from testkit.checks import assert_output_matches, assert_usage_counted_once, reference_scores
 from testkit.fleet import clean_env, local_worker_env, run_script, start_fleet, wait_finished
@@ -203,3 +204,25 @@ def test_refused_credentials_are_named_without_the_secret(tmp_path: Path, redis_
         code, stderr = _submit(env, str(corpus))
     assert code == 2 and "s3://guarded/data: access denied" in stderr, stderr
     assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in stderr
+
+
+def test_objects_written_whole_are_read_back_in_ranges_and_replaced(
+    endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the producer and workers rely on from the store (and the test endpoint serves): an object
+    written through one lazily opened stream appears whole at its close, a ranged read returns that
+    range, and a rewrite replaces what later reads see."""
+    for name, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    location = parse_location(f"s3://{BUCKET}/ranges/object.bin", S3Options(endpoint.url, "us-east-1"))
+    first, second = bytes(range(256)) * 4096, b"replaced" * 1000
+
+    location.write_bytes(first)
+    with location.open_input() as handle:
+        assert handle.size() == len(first)
+        assert handle.read_at(1000, 123_456) == first[123_456:124_456]
+    location.write_bytes(second)
+
+    assert location.read_bytes() == second
+    with location.open_input() as handle:
+        assert handle.read_at(8, 16) == second[16:24]
