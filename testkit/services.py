@@ -129,10 +129,17 @@ class TlsRedis:
         return self.url.replace("rediss://", f"rediss://:{self.password}@", 1)
 
 
-@contextmanager
-def tls_redis(scratch: Path) -> Iterator[TlsRedis]:
-    """A TLS-only Redis on loopback with a certificate of a throwaway CA (made with the openssl CLI),
-    stopped and deleted afterwards."""
+@dataclass(frozen=True)
+class Certificate:
+    """A server certificate for 127.0.0.1 signed by a throwaway CA."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def throwaway_certificate(scratch: Path) -> Certificate:
+    """A CA and a certificate for 127.0.0.1 it signed, valid for a day, made with the openssl CLI."""
     scratch.mkdir(parents=True, exist_ok=True)
     ca_key, ca_pem = scratch / "ca.key", scratch / "ca.pem"
     key, csr, pem = scratch / "server.key", scratch / "server.csr", scratch / "server.pem"
@@ -146,6 +153,15 @@ def tls_redis(scratch: Path) -> Iterator[TlsRedis]:
     ):
         extra = ("-days", "1", "-extfile", extensions) if command[0] == "x509" else ()
         subprocess.run(["openssl", *map(str, command), *map(str, extra)], check=True, capture_output=True)
+    return Certificate(ca_pem, pem, key)
+
+
+@contextmanager
+def tls_redis(scratch: Path) -> Iterator[TlsRedis]:
+    """A TLS-only Redis on loopback with a certificate of a throwaway CA (made with the openssl CLI),
+    stopped and deleted afterwards."""
+    certificate = throwaway_certificate(scratch)
+    ca_pem, pem, key = certificate.ca_file, certificate.cert_file, certificate.key_file
     password = secrets.token_hex(12)
     port = free_port()
     options = {
