@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from testkit.model_factory import build_tiny_cross_encoder
 from worker.backends import load_reranker
+from worker.backends.base import ScoreResult
 from worker.backends.local import calibration
 from worker.backends.local.batch_shapes import FixedShapes
 from worker.backends.local.calibration import EAGER, Candidate, Mode, Tuning, calibration_pairs, choose
@@ -152,15 +153,11 @@ class ClockedTunable:
         self.mode = mode
         return True
 
-    def score(self, queries: Any, texts: Any) -> Scores:
+    def score(self, queries: Any, texts: Any) -> ScoreResult:
         self.now += self.seconds_per_budget.get(self.budget, 1.0) * self.mode_factors[self.mode]
         self.calls[self.budget] = self.calls.get(self.budget, 0) + 1
-        return Scores(np.array([len(query) + len(text) for query, text in zip(queries, texts, strict=True)]))
-
-
-@dataclass(frozen=True)
-class Scores:
-    scores: np.ndarray
+        scores = np.array([len(query) + len(text) for query, text in zip(queries, texts, strict=True)])
+        return ScoreResult(scores=scores, tokens=0, device_seconds=0.0)
 
 
 def test_candidates_close_to_the_best_get_deciding_rounds(
@@ -247,14 +244,14 @@ class ShapeSensitive(ClockedTunable):
         self.drifts = drifts
         self.timed_with: list[bool] = []
 
-    def score(self, queries: Any, texts: Any) -> Scores:
+    def score(self, queries: Any, texts: Any) -> ScoreResult:
         assert self.shapes is not None
         self.timed_with.append(self.shapes.full_rows)
         result = super().score(queries, texts)
         if self.shapes.full_rows:
             self.now += self.seconds_per_budget[self.budget]
         elif self.drifts:
-            return Scores(result.scores + 1e-3 * len(queries))
+            return replace(result, scores=result.scores + 1e-3 * len(queries))
         return result
 
 

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from worker.backends.base import ScoreResult
 from worker.backends.local.batch_shapes import FixedShapes
 from worker.backends.local.device import cpu_flags, describe_dtype
 
@@ -144,11 +145,6 @@ class Candidate:
         return f"{self.mode.name} {self.budget}"
 
 
-class Scored(Protocol):
-    @property
-    def scores(self) -> np.ndarray: ...
-
-
 class Tunable(Protocol):
     """A scorer the calibration can reconfigure: ``CrossEncoderReranker``."""
 
@@ -166,7 +162,7 @@ class Tunable(Protocol):
         whether it runs in ``mode`` now."""
         ...
 
-    def score(self, queries: Sequence[str], texts: Sequence[str]) -> Scored: ...
+    def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult: ...
 
 
 def calibration_pairs(tokenizer: Any, count: int, seed: int = SEED) -> tuple[list[str], list[str]]:
