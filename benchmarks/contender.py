@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import subprocess
 import sys
 import time
@@ -75,9 +76,15 @@ class Contender:
         timeout_s: float,
         compile_mode: str = "auto",
         python: Path | None = None,
+        calibration: Path | None = None,
     ) -> None:
-        """``python``: the interpreter to run the contender with (default: this one)."""
+        """``python``: the interpreter to run the contender with (default: this one). ``calibration``: a
+        calibration cache (``calibration_dir`` of another contender) this one loads instead of measuring
+        its own."""
         work_dir.mkdir(parents=True, exist_ok=True)
+        self.calibration_dir = work_dir / "state" / "calibration"
+        if calibration is not None:
+            shutil.copytree(calibration, self.calibration_dir, dirs_exist_ok=True)
         self.kind = kind
         self.dtype = dtype
         self.timeout_s = timeout_s
@@ -104,7 +111,7 @@ class Contender:
                 # Ours calibrates afresh in every benchmark run (the state dir holds its cache).
                 env={
                     **child_env(len(cpus), device, compile_mode),
-                    "RERANK_STATE_DIR": str(work_dir / "state"),
+                    "RERANK_STATE_DIR": str(self.calibration_dir.parent),
                 },
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

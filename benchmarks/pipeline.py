@@ -13,6 +13,7 @@ worker's log gives each shard's milliseconds per phase (``worker/phase_clock.py`
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +40,7 @@ class PipelineRun:
     ledger_device_seconds: float
     worker_span_seconds: float  # the first shard's start to the last one's finish, from the ledger
     phases_ms: dict[str, float]  # mean milliseconds per shard in each phase, from the worker's log
+    devices: tuple[str, ...] = ()  # the worker's device, dtype and tuning, as the ledger recorded them
 
     @property
     def worker_pairs_per_s(self) -> float:
@@ -67,11 +69,13 @@ class PipelineFleet:
         compile_mode: str = "auto",
         ledger_url: str | None = None,
         settings_env: dict[str, str] | None = None,
+        calibration: Path | None = None,
     ) -> None:
         """Start the worker hosting ``model`` (a ``--model`` spec) in the background: call ``wait_ready``.
         The children inherit this process's CPU affinity; ``cpus`` sets their thread count.
         ``ledger_url``: a ledger other than the data dir's SQLite file. ``settings_env``: more ``RERANK_*``
-        settings for the worker and submit.py."""
+        settings for the worker and submit.py. ``calibration``: a calibration cache the worker loads its
+        tuning from, as the workers of a fleet share their machine's, instead of measuring its own."""
         from core.broker import embedded_broker
         from core.model_spec import ModelSpec
         from core.settings import Settings
@@ -87,6 +91,8 @@ class PipelineFleet:
         self.env.update(settings_env or {})
         broker_url = os.environ.get("RERANK_BROKER_URL")
         self.settings = Settings(data_dir=data_dir, broker_url=broker_url, ledger_url=ledger_url)
+        if calibration is not None:
+            shutil.copytree(calibration, self.settings.resolved_state_dir / "calibration", dirs_exist_ok=True)
         self.embedded = None
         if broker_url is None:
             self.embedded = embedded_broker(self.settings)
@@ -166,6 +172,7 @@ class PipelineFleet:
             ledger_device_seconds=usage.device_seconds,
             worker_span_seconds=span,
             phases_ms=self.mean_phases(run_id),
+            devices=usage.devices,
         )
 
     def mean_phases(self, run_id: str) -> dict[str, float]:

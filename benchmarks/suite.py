@@ -309,10 +309,12 @@ def bench_model(
                 ready_or_left_out(contenders, label, left_out)
         pipeline = None
         if pipeline_pairs is not None:
-            # Equal sizes mean the same pairs (one seed), so the in-process side reuses ours from above.
-            shared = contenders[variants[0][2]] if pipeline_pairs == model_plan.pairs else None
+            # Equal sizes mean the same pairs (one seed), so the in-process side can be ours from above.
+            ours = contenders[variants[0][2]]
             pipeline = stack.enter_context(
-                PipelineSection(setup, built, pipeline_pairs, plan.shard_pairs, in_process=shared)
+                PipelineSection(
+                    setup, built, pipeline_pairs, plan.shard_pairs, ours, pipeline_pairs == model_plan.pairs
+                )
             )
         for label in list(contenders):
             ready_or_left_out(contenders, label, left_out)
@@ -520,12 +522,21 @@ class PipelineSection:
     """The pipeline run next to an in-process scorer on the same corpus, started in the background.
 
     The in-process rate is measured right before and right after the pipeline run, on the same pairs,
-    so a change in the machine's background load affects both sides alike. ``in_process`` is a contender
-    already scoring these pairs (else the section starts its own).
+    so a change in the machine's background load affects both sides alike. ``tuned`` is ours from the
+    rounds, loaded: the worker and the in-process scorer load its calibration (as a fleet's workers share
+    their machine's) rather than each measure their own while the other loads, so both run the same tuning
+    and the comparison is of the machinery alone. It is also the in-process scorer when it scores these
+    same pairs (``shares_pairs``).
     """
 
     def __init__(
-        self, setup: Setup, built: BuiltModel, n_pairs: int, shard_pairs: int, in_process: Contender | None
+        self,
+        setup: Setup,
+        built: BuiltModel,
+        n_pairs: int,
+        shard_pairs: int,
+        tuned: Contender,
+        shares_pairs: bool,
     ) -> None:
         self.setup = setup
         self.built = built
@@ -535,6 +546,8 @@ class PipelineSection:
         self.work = setup.work / "pipeline"
         self.work.mkdir(parents=True, exist_ok=True)
         corpus_file = self.corpus.write_parquet(self.work / f"corpus-{self.max_pairs}.parquet")
+        tuned.wait_ready()
+        calibration = tuned.calibration_dir if tuned.calibration_dir.is_dir() else None
         self.fleet = PipelineFleet(
             f"cross-encoder:{built.path}",
             self.work,
@@ -543,19 +556,23 @@ class PipelineSection:
             setup.cpus,
             TIMEOUT_S,
             setup.compile_mode,
+            calibration=calibration,
         )
-        self.owns_in_process = in_process is None
-        self.in_process = in_process or Contender(
-            "ours",
-            built.path,
-            corpus_file,
-            self.work,
-            setup.device,
-            setup.auto_dtype,
-            setup.cpus,
-            TIMEOUT_S,
-            setup.compile_mode,
-        )
+        self.owns_in_process = not shares_pairs
+        self.in_process = tuned
+        if not shares_pairs:
+            self.in_process = Contender(
+                "ours",
+                built.path,
+                corpus_file,
+                self.work,
+                setup.device,
+                setup.auto_dtype,
+                setup.cpus,
+                TIMEOUT_S,
+                setup.compile_mode,
+                calibration=calibration,
+            )
 
     def wait_ready(self) -> None:
         self.in_process.wait_ready()
@@ -603,6 +620,10 @@ class PipelineSection:
             f"   ledger, summed shard-attempt wall seconds: {run.ledger_wall_seconds:.1f}s = "
             f"{run.ledger_pairs_per_s:.1f} pairs/s = {figures.ledger_ratio:.0%} of in-process "
             f"(of which forward passes {run.ledger_device_seconds:.1f}s)"
+        )
+        print(
+            f"   the worker ran as {', '.join(run.devices) or '(not recorded)'}; it and the in-process "
+            f"scorer load the calibration ours measured before the rounds ({self.in_process.tuning})"
         )
 
     def __enter__(self) -> PipelineSection:

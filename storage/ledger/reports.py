@@ -90,6 +90,9 @@ def usage_totals(session: Session, run_id: str) -> UsageTotals:
         .select_from(Usage)
         .where(Usage.run_id == run_id, summary_row, Usage.outcome != UsageOutcome.OK)
     )
+    devices = session.scalars(
+        select(Usage.device).where(Usage.run_id == run_id, summary_row).distinct().order_by(Usage.device)
+    )
     return UsageTotals(
         attempts=int(attempts),
         failed_attempts=int(failed or 0),
@@ -100,6 +103,7 @@ def usage_totals(session: Session, run_id: str) -> UsageTotals:
         workers=int(workers),
         truncated_pairs=int(truncated or 0),
         pairs_checked=int(checked),
+        devices=tuple(devices),
     )
 
 

@@ -87,6 +87,8 @@ class UsageTotals:
     # Of the scored pairs whose backend could tell (``pairs_checked``), how many were truncated.
     truncated_pairs: int = 0
     pairs_checked: int = 0
+    # The devices the attempts ran on, as the ledger records them (with a local model's dtype and tuning).
+    devices: tuple[str, ...] = ()
 
     @property
     def truncation_rate(self) -> float | None:

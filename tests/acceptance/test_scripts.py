@@ -181,6 +181,10 @@ def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> N
     assert pipeline["run"]["pairs"] == 60 and pipeline["run"]["shards"] == 2
     assert pipeline["run"]["wall_seconds"] > pipeline["run"]["ledger_wall_seconds"] > 0
     assert pipeline["in_process_pairs_per_s"] > 0 and 0 < pipeline["wall_ratio"] < pipeline["ledger_ratio"]
+    # The worker ran with the tuning ours calibrated before the rounds, read from the cache handed to it.
+    [worker_device] = pipeline["run"]["devices"]
+    assert worker_device.startswith("cpu ") and " budget " in worker_device
+    assert worker_device.endswith("(cached)")
     assert "pipeline vs in-process: not judged in a smoke run" in out
     assert re.search(r"^benchmark took \d+s$", out, re.MULTILINE)
 

@@ -81,7 +81,7 @@ def test_20k_pairs_through_two_cpu_workers(sqlite_setup: dict, tiny_model: Path,
     assert (progress.status, progress.shards_done, progress.pairs_done) == ("completed", 20, 20000)
     usage = ledger.usage_totals(run_id)
     assert usage.pairs == 20000 and usage.failed_attempts == 0 and usage.tokens > 20000
-    assert usage.workers == 2
+    assert usage.workers == 2 and len(usage.devices) == 1 and usage.devices[0].startswith("cpu ")
     shards = ledger.shards(run_id)
     assert sum(shard.pairs for shard in shards) == 20000
     assert all(shard.attempts == 1 and shard.worker for shard in shards)
