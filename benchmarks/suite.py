@@ -29,16 +29,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.agreement import agreement
-from benchmarks.contender import PEER_KINDS, REPO, Contender, ContenderRun, child_env
+from benchmarks.contender import INVARIANCE_PAIRS, PEER_KINDS, REPO, Contender, ContenderRun, child_env
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
+from benchmarks.gpu_busy import GpuBusy, GpuBusySampler
 from benchmarks.machine import cpu_model
 from benchmarks.models import SHAPES, BuiltModel, bert_tokenizer, build_model
 from benchmarks.oom_demo import OomDemo
@@ -57,6 +58,7 @@ TIMEOUT_S = 3600.0
 REFERENCE = "sentence-transformers"
 LABELS = {
     "ours": "ours: load_reranker(...).score",
+    "ours-flag": "ours, flag: backend",
     "sentence-transformers": "sentence-transformers CrossEncoder.predict",
     "flagembedding": "FlagEmbedding FlagReranker.compute_score",
     "st-onnx": "CrossEncoder(backend=onnx).predict",
@@ -68,6 +70,7 @@ LABELS = {
 
 SHORT = {
     "ours": "ours",
+    "ours-flag": "ours flag:",
     "sentence-transformers": "CrossEncoder.predict",
     "flagembedding": "FlagReranker.compute_score",
     "st-onnx": "ONNX",
@@ -90,6 +93,8 @@ class ModelPlan:
     pairs: int
     rounds: int  # interleaved rounds per contender; the best round is reported
     other_dtype: bool  # also run ours at the dtype auto did not pick
+    # Measure ours' batch invariance (calls of a few pairs each: slow for a large model on a GPU).
+    invariance: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,9 @@ class Plan:
     # When set, the pipeline corpus is cut (whole queries, at most pipeline_pairs) to about this many
     # seconds of scoring at ours' in-process rate from the rounds, so a slower machine is not kept waiting.
     pipeline_seconds: float | None = None
+    # Also run ours through the flag: backend (FlagEmbedding's loading and pair format), at each dtype.
+    flag_backend: bool = False
+    oom_seconds: float = 60.0  # how long the out-of-memory demo scores (CUDA only)
 
 
 # Smoke runs: a tiny random model through every step (two pipeline shards), in seconds. Ours runs at
@@ -140,6 +148,18 @@ PLANS = {
         concurrent_start=False,
     ),
 }
+# scripts/gpu_check.sh: what a GPU machine borrowed for a few minutes must show, both dtypes of ours
+# through both local backends, the pipeline in shards long enough to keep a GPU busy, a short OOM demo.
+GPU_CHECK_PLAN = Plan(
+    {"minilm-l6": ModelPlan(10000, 2, True), "bge-m3": ModelPlan(1500, 1, True, invariance=False)},
+    pipeline_pairs=100000,
+    shard_pairs=10000,
+    concurrent_start=True,
+    flag_backend=True,
+    oom_seconds=20.0,
+)
+PLANS[("gpu-check", "cuda")] = GPU_CHECK_PLAN
+PLANS[("gpu-check", "cpu")] = GPU_CHECK_PLAN  # to try the script out on a CPU with --pairs
 
 
 @dataclass(frozen=True)
@@ -183,10 +203,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "install it by default; quick and smoke runs use it only when it is installed)",
     )
     peers.add_argument("--no-peers", action="store_true", help="leave the ONNX Runtime / OpenVINO peers out")
+    modes.add_argument(
+        "--gpu-check",
+        action="store_true",
+        help="the figures scripts/gpu_check.sh prints: both shapes, ours through the cross-encoder: and "
+        "flag: backends at both dtypes, the pipeline in 10,000-pair shards with the GPU's busy share, a 20 s "
+        "out-of-memory demo",
+    )
     parser.add_argument(
         "--cache-dir", type=Path, default=REPO / "data" / "bench-models", help="where built models are kept"
     )
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    parser.add_argument(
+        "--no-oom-demo", action="store_true", help="on CUDA, leave out the out-of-memory back-off demo"
+    )
     return parser.parse_args(argv)
 
 
@@ -199,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cpus = parse_cpus(args.cpus) if args.cpus else sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, cpus)  # the pipeline's children inherit it
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = "smoke" if args.smoke else "quick" if args.quick else "gpu-check" if args.gpu_check else "full"
     plan = PLANS[(mode, device)]
     keys = args.models.split(",") if args.models else list(plan.models)
     started = time.perf_counter()
@@ -220,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         for index, key in enumerate(keys):
             model_plan = plan.models.get(key, ModelPlan(240, 1, False))
             model_plan = ModelPlan(
-                args.pairs or model_plan.pairs, args.rounds or model_plan.rounds, model_plan.other_dtype
+                args.pairs or model_plan.pairs,
+                args.rounds or model_plan.rounds,
+                model_plan.other_dtype,
+                model_plan.invariance,
             )
             with_pipeline = index == 0 and not args.no_pipeline
             pipeline_pairs = args.pairs or plan.pipeline_pairs
@@ -231,12 +264,13 @@ def main(argv: list[str] | None = None) -> int:
                 peaks,
                 plan,
                 pipeline_pairs if with_pipeline else None,
-                quick=mode != "full",
+                quick=mode not in ("full", "gpu-check"),
             )
             if pipeline is not None:
                 figures["pipeline"] = pipeline
         figures["matmul_peak_gflops"] = peaks
-        figures["oom_demo"] = asdict(bench_oom(setup))
+        if not args.no_oom_demo:
+            figures["oom_demo"] = asdict(bench_oom(setup, plan.oom_seconds))
     for index, key in enumerate(keys):
         print_targets(figures, key, with_pipeline=index == 0)
     print(f"\nbenchmark took {time.perf_counter() - started:.0f}s")
@@ -282,6 +316,12 @@ def bench_model(
             )
         else:
             variants.append(("ours", other, f"{LABELS['ours']} (RERANK_DTYPE={other})"))
+    if plan.flag_backend:
+        variants += [
+            ("ours-flag", dtype, f"{LABELS['ours-flag']} (RERANK_DTYPE={dtype})")
+            for kind, dtype, _ in list(variants)
+            if kind == "ours"
+        ]
     variants += [(REFERENCE, "auto", LABELS[REFERENCE]), ("flagembedding", "auto", LABELS["flagembedding"])]
     if setup.peers_python is not None:
         variants += [(kind, "auto", LABELS[kind]) for kind in PEER_KINDS]
@@ -333,18 +373,24 @@ def bench_model(
         if pipeline is not None:
             best = len(corpus) / contenders[variants[0][2]].best_seconds()
             pipeline_figures = pipeline.measure(pipeline_size(plan, pipeline.max_pairs, best))
-        progress("ours: the same pairs in two batch compositions")
-        invariance = {
-            dtype: contenders[label].batch_composition_change()
-            for kind, dtype, label in variants
-            if kind == "ours"
-        }
+        invariance = {}
+        if model_plan.invariance:
+            progress("ours: the same pairs in two batch compositions")
+            invariance = {
+                ours_key(kind, dtype): contenders[label].batch_composition_change()
+                for kind, dtype, label in variants
+                if kind in OURS_KINDS and label in contenders
+            }
         kernels = {
             dtype: contenders[label].onednn_kernels() if setup.device == "cpu" else {}
             for kind, dtype, label in variants
             if kind == "ours"
         }
-        tunings = {dtype: str(contenders[label].tuning) for kind, dtype, label in variants if kind == "ours"}
+        tunings = {
+            ours_key(kind, dtype): str(contenders[label].tuning)
+            for kind, dtype, label in variants
+            if kind in OURS_KINDS and label in contenders
+        }
         runs = {label: contender.finish() for label, contender in contenders.items()}
     figures = report_model(built, corpus, lengths, flops, runs, peaks)
     figures["tuning"] = tunings
@@ -354,8 +400,8 @@ def bench_model(
         if setup.device == "cpu":
             listed = ", ".join(f"{name} x{count}" for name, count in counts.items()) or "none (MKL or ATen)"
             print(f"   oneDNN kernels, ours at {dtype} (ONEDNN_VERBOSE over 64 pairs): {listed}")
-    for dtype, tuning in tunings.items():
-        print(f"   ours at {dtype}: {tuning}")
+    for key, tuning in tunings.items():
+        print(f"   ours at {key}: {tuning}")
     padding = {
         run.dtype: run.padded_ratio for run, _ in runs.values() if run.kind == "ours" and run.padded_ratio
     }
@@ -365,14 +411,23 @@ def bench_model(
         + " (length-sorted batches under the token budget)"
     )
     figures["batch_composition_change"] = invariance
-    print(
-        "   batch invariance, the largest change of a pair's score between two batch compositions (all pairs "
-        "in one call; shuffled, in calls of 1-150 pairs): "
-        + ", ".join(f"ours {dtype} {change:.1e}" for dtype, change in invariance.items())
-    )
+    if invariance:
+        print(
+            "   batch invariance, the largest change of a pair's score between two batch compositions (up to "
+            f"{INVARIANCE_PAIRS} pairs in one call; shuffled, in calls of 1-150 pairs): "
+            + ", ".join(f"ours {key} {change:.1e}" for key, change in invariance.items())
+        )
     if pipeline is not None and pipeline_figures is not None:
         pipeline.report(pipeline_figures)
     return figures, None if pipeline_figures is None else asdict(pipeline_figures)
+
+
+OURS_KINDS = ("ours", "ours-flag")
+
+
+def ours_key(kind: str, dtype: str) -> str:
+    """How the figures name one of ours' variants: its dtype, after ``flag:`` for the flag backend."""
+    return dtype if kind == "ours" else f"flag: {dtype}"
 
 
 def peer_interpreter(args: argparse.Namespace, mode: str, device: str) -> Path | None:
@@ -399,12 +454,13 @@ def peer_interpreter(args: argparse.Namespace, mode: str, device: str) -> Path |
 
 def ready_or_left_out(contenders: dict[str, Contender], label: str, left_out: dict[str, str]) -> None:
     """Wait until the contender ``label`` is ready. A peer that fails to load (an export its library
-    cannot do for this model, say) is left out of the run with its reason; any other failure is raised."""
+    cannot do for this model, say) or ours through the flag: backend (a second view of ours, not the
+    figure the targets are read from) is left out of the run with its reason; any other failure is raised."""
     contender = contenders[label]
     try:
         contender.wait_ready()
     except RuntimeError as error:
-        if contender.kind not in PEER_KINDS:
+        if contender.kind not in (*PEER_KINDS, "ours-flag"):
             raise
         contender.close()
         del contenders[label]
@@ -516,6 +572,7 @@ class PipelineFigures:
     in_process_pairs_per_s: float
     wall_ratio: float
     ledger_ratio: float
+    gpu_busy: GpuBusy | None = None  # on CUDA, sampled over the pipeline run
 
 
 class PipelineSection:
@@ -587,7 +644,8 @@ class PipelineSection:
             f"pipeline: {len(self.corpus)} pairs in-process, then through submit.py, then in-process again"
         )
         before = self.in_process.score_once(record=False, pairs=len(self.corpus))
-        run = self.fleet.submit(corpus_file, self.shard_pairs)
+        with GpuBusySampler() if self.setup.device == "cuda" else nullcontext() as sampler:
+            run = self.fleet.submit(corpus_file, self.shard_pairs)
         after = self.in_process.score_once(record=False, pairs=len(self.corpus))
         progress("pipeline done")
         in_process = len(self.corpus) / ((before + after) / 2)
@@ -598,6 +656,7 @@ class PipelineSection:
             in_process_pairs_per_s=in_process,
             wall_ratio=run.wall_pairs_per_s / in_process,
             ledger_ratio=run.ledger_pairs_per_s / in_process,
+            gpu_busy=sampler.result if sampler is not None else None,
         )
 
     def report(self, figures: PipelineFigures) -> None:
@@ -625,6 +684,19 @@ class PipelineSection:
             f"   the worker ran as {', '.join(run.devices) or '(not recorded)'}; it and the in-process "
             f"scorer load the calibration ours measured before the rounds ({self.in_process.tuning})"
         )
+        if self.setup.device == "cuda":
+            busy = figures.gpu_busy
+            print(
+                f"   submit.py --wait launch to exit: {busy.line()}"
+                if busy is not None
+                else "   GPU busy share not sampled: nvidia-smi not found"
+            )
+            if run.worker_span_seconds > 0:
+                print(
+                    f"   the worker's forward passes (CUDA events) cover {run.ledger_device_seconds:.1f}s of "
+                    f"its {run.worker_span_seconds:.1f}s span from the first shard's start to the last one's "
+                    f"finish = {run.ledger_device_seconds / run.worker_span_seconds:.0%}"
+                )
 
     def __enter__(self) -> PipelineSection:
         return self
@@ -635,14 +707,14 @@ class PipelineSection:
         self.fleet.stop()
 
 
-def bench_oom(setup: Setup) -> OomDemo:
+def bench_oom(setup: Setup, seconds: float) -> OomDemo:
     print()
     if setup.device != "cuda":
         demo = OomDemo(skipped="no CUDA device")
     else:
         built = build_model(SHAPES["minilm-l6"], setup.cache_dir, HEAD_PAIRS["minilm-l6"])
         completed = subprocess.run(
-            [sys.executable, "-m", "benchmarks.oom_demo", f"--model={built.path}"],
+            [sys.executable, "-m", "benchmarks.oom_demo", f"--model={built.path}", f"--seconds={seconds}"],
             cwd=REPO,
             env=child_env(len(setup.cpus), setup.device),
             capture_output=True,

@@ -16,6 +16,7 @@ from benchmarks.agreement import agreement
 from benchmarks.contender import Contender
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
+from benchmarks.gpu_busy import GpuBusySampler, parse_samples
 from benchmarks.models import HEAD_LOGIT_STD, HEAD_SEED, TINY, ModelShape, build_model
 from benchmarks.oom_demo import OomDemo, adapt_under_pressure
 from benchmarks.peak import affordable_sizes
@@ -133,6 +134,33 @@ def test_a_contender_runs_in_its_own_process(tiny_dir: Path, words: list[str], t
         ModelSpec.parse(f"cross-encoder:{tiny_dir}"), Settings(device="cpu", dtype="float32")
     ).score(corpus.queries, corpus.texts)
     np.testing.assert_allclose(scores, in_process.scores, atol=1e-6, rtol=0)
+
+
+def test_ours_through_the_flag_backend_is_a_contender_of_its_own(
+    tiny_dir: Path, words: list[str], tmp_path: Path
+) -> None:
+    corpus = synthetic_corpus(words, n_queries=1, docs_per_query=12, seed=5)
+    corpus_file = corpus.write_parquet(tmp_path / "corpus.parquet")
+    with Contender("ours-flag", tiny_dir, corpus_file, tmp_path, "cpu", "float32", [0], 300, "off") as flag:
+        flag.score_once()
+        run, scores = flag.finish()
+
+    assert (run.kind, run.dtype, run.output) == ("ours-flag", "float32", "logit")
+    in_process = load_reranker(
+        ModelSpec.parse(f"flag:{tiny_dir}"), Settings(device="cpu", dtype="float32")
+    ).score(corpus.queries, corpus.texts)
+    np.testing.assert_allclose(scores, in_process.scores, atol=1e-6, rtol=0)
+
+
+def test_gpu_busy_samples_are_averaged_and_unreadable_lines_skipped() -> None:
+    busy = parse_samples("0, 500\n100, 1500\n[N/A], [N/A]\n50, 1200\n7")
+    assert (busy.samples, busy.mean_utilization, busy.peak_memory_mib) == (3, 0.5, 1500.0)
+    assert parse_samples("").samples == 0
+    sampler = GpuBusySampler()
+    sampler.command = None  # as on a machine without nvidia-smi: nothing sampled, no figure
+    with sampler:
+        pass
+    assert sampler.result is None
 
 
 def test_a_peer_that_fails_to_load_is_left_out_with_its_reason(tmp_path: Path) -> None:
