@@ -238,18 +238,23 @@ class ShapeSensitive(ClockedTunable):
     """Fixed batch shapes: full rows cost twice the time of row steps, and with row steps a score depends
     on how many pairs its call holds (``drifts``), as where kernels reduce differently by row count."""
 
-    def __init__(self, drifts: bool) -> None:
+    def __init__(self, drifts: bool, full_rows_drift: bool = False) -> None:
         super().__init__({512: 1.0, 1024: 1.2})
         self.shapes = FixedShapes()
         self.drifts = drifts
+        self.full_rows_drift = full_rows_drift
+        self.call_sizes: list[int] = []
         self.timed_with: list[bool] = []
 
     def score(self, queries: Any, texts: Any) -> ScoreResult:
         assert self.shapes is not None
         self.timed_with.append(self.shapes.full_rows)
+        self.call_sizes.append(len(queries))
         result = super().score(queries, texts)
         if self.shapes.full_rows:
             self.now += self.seconds_per_budget[self.budget]
+            if self.full_rows_drift:
+                return replace(result, scores=result.scores + 1e-3 * len(queries))
         elif self.drifts:
             return replace(result, scores=result.scores + 1e-3 * len(queries))
         return result
@@ -286,6 +291,30 @@ def test_batches_keep_row_steps_only_where_scores_stay_the_same_in_any_compositi
 
     tunable.shapes = FixedShapes(full_rows=not drifts)
     assert tune().source == "cached" and tunable.shapes == FixedShapes(full_rows=drifts)
+
+
+def test_row_steps_are_kept_where_full_rows_leave_scores_as_dependent_on_the_batch(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on a GPU, where cuBLAS chooses kernels by the whole shape: full rows cost padding and buy nothing.
+    tunable = ShapeSensitive(drifts=True, full_rows_drift=True)
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-shapes").model.cross_encoder.tokenizer
+
+    tuning = calibration.tune(
+        tunable, tokenizer, budgets=[512, 1024], modes=[EAGER], compile_required=False, cache_file=None
+    )
+
+    assert True in tunable.timed_with  # full rows were tried ...
+    assert tuning.full_rows is False and tunable.shapes == FixedShapes(full_rows=False)  # ... and dropped
+    assert tuning.full_rows_drift is not None and tuning.full_rows_drift > calibration.INVARIANCE_TOLERANCE
+    assert (
+        tuning.composition_drift is not None and tuning.composition_drift > calibration.INVARIANCE_TOLERANCE
+    )
+    # The trials reported are those of the row steps kept: one second per call of the trial pairs at
+    # budget 512 (full rows took two).
+    assert tuning.trials["eager 512"] == pytest.approx(max(tunable.call_sizes) / 1.0)
+    assert "full rows moved it" in tuning.summary() and "row steps kept" in tuning.summary()
 
 
 def test_bf16_calibration_measures_the_rows_batches_are_padded_to(model_dir: Path, tmp_path: Path) -> None:

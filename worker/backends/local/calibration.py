@@ -18,7 +18,9 @@ too. Rows padded only to a step of two cost far less than every batch at its buc
 but keep a score independent of its batch only where the kernels reduce the same way at every row
 count. So the candidates are timed with row steps, and the fastest is then checked: the trial pairs are
 scored whole and again shuffled, in calls of random sizes. Where a score moves by more than
-``INVARIANCE_TOLERANCE``, the batches go back to full rows and the candidates are timed again.
+``INVARIANCE_TOLERANCE``, the batches go back to full rows and the candidates are timed again; and
+where full rows leave scores moving too (cuBLAS picks a GEMM kernel by the whole shape), the faster row
+steps are kept.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -108,6 +110,9 @@ class Tuning:
     # largest change of a score between two batch compositions measured with row steps.
     full_rows: bool | None = None
     composition_drift: float | None = None
+    # ... and with full rows, where those were tried: when they leave scores as dependent on the batch
+    # (GPU GEMM kernels are chosen by shape, not only by row count), row steps are kept, being faster.
+    full_rows_drift: float | None = None
 
     @property
     def mode(self) -> Mode:
@@ -128,6 +133,8 @@ class Tuning:
         drift = ""
         if self.composition_drift is not None:
             rows = "full rows" if self.full_rows else "row steps kept"
+            if self.full_rows_drift is not None and not self.full_rows:
+                rows = f"full rows moved it {self.full_rows_drift:.1e} too: row steps kept"
             moved = f"{self.composition_drift:.1e}"
             drift = f"; with row steps a score moved {moved} between batch compositions ({rows})"
         return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}{drift}"
@@ -323,14 +330,22 @@ def tune(
     best = choose(candidates, rates)
     full_rows: bool | None = None
     drift: float | None = None
+    full_rows_drift: float | None = None
     if shapes is not None:
         switch_to(tunable, best, compile_required)
         drift = composition_drift(tunable, queries, texts)
         full_rows = drift > INVARIANCE_TOLERANCE
         if full_rows:
+            row_steps = rates, best
             tunable.use_shapes(replace(shapes, full_rows=True))
             rates = measure_closely(tunable, candidates, queries, texts)
             best = choose(candidates, rates)
+            switch_to(tunable, best, compile_required)
+            full_rows_drift = composition_drift(tunable, queries, texts)
+            if full_rows_drift > INVARIANCE_TOLERANCE:
+                full_rows = False
+                tunable.use_shapes(replace(shapes, full_rows=False))
+                rates, best = row_steps
     switch_to(tunable, best, compile_required)
     tuning = Tuning(
         best.budget,
@@ -342,6 +357,7 @@ def tune(
         best.mode.gemm_templates,
         full_rows,
         drift,
+        full_rows_drift,
     )
     log.info(
         "calibrated in %.1fs on %d pairs: %s", time.perf_counter() - started, len(queries), tuning.summary()
