@@ -126,7 +126,7 @@ class EncoderOnlyFormat:
                 padding=False,
             )
             for index, row in enumerate(rows):
-                items[row] = {name: encoded[name][index] for name in encoded.keys()}
+                items[row] = {name: encoded[name][index] for name in encoded}
         return items
 
     def collate(self, items: list[dict[str, list[int]]]) -> Features:
