@@ -17,6 +17,7 @@ import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version
 from typing import Any, Protocol
 
@@ -106,10 +107,14 @@ class EncoderOnlyFormat:
         each side's ids decoded with special tokens kept, and the text pair tokenized again, cut
         ``only_second``. One batched call for the chunk instead of one per pair: per pair it ran ~2,000
         pairs/s on a CPU thread, which bounded the flag: backend on a GPU."""
-        decoded = [
-            self._encoder.batch_decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            for ids in (query_ids, passage_ids)
-        ]
+        decode = partial(
+            self._encoder.batch_decode, skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
+        distinct_queries = list(dict.fromkeys(map(tuple, query_ids)))
+        query_texts = dict(
+            zip(distinct_queries, decode([list(ids) for ids in distinct_queries]), strict=True)
+        )
+        decoded = [[query_texts[tuple(ids)] for ids in query_ids], decode(passage_ids)]
         # A tokenizer called on one pair drops an empty second text (``[CLS] query [SEP]``), where a batched
         # call would keep the pair (``[CLS] query [SEP] [SEP]``): those rows are encoded alone, as singles.
         paired = [row for row, text in enumerate(decoded[1]) if text]
@@ -388,10 +393,14 @@ def encode_prompted_pairs(
 def tokenize_sides(
     tokenizer: Any, pairs: list[list[str]], query_max_length: int, max_length: int
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Query and passage ids without special tokens, each cut to its own limit, as FlagEmbedding does."""
-    queries = tokenizer(
-        [pair[0] for pair in pairs], add_special_tokens=False, max_length=query_max_length, truncation=True
+    """Query and passage ids without special tokens, each cut to its own limit, as FlagEmbedding does.
+    Each distinct query is tokenized once: a chunk holds a query's candidates together."""
+    distinct = list(dict.fromkeys(pair[0] for pair in pairs))
+    distinct_ids = tokenizer(
+        distinct, add_special_tokens=False, max_length=query_max_length, truncation=True
     )["input_ids"]
+    by_query = dict(zip(distinct, distinct_ids, strict=True))
+    queries = [by_query[pair[0]] for pair in pairs]
     passages = tokenizer(
         [pair[1] for pair in pairs], add_special_tokens=False, max_length=max_length, truncation=True
     )["input_ids"]
