@@ -28,7 +28,7 @@ from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
-from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
+from worker.backends.local.distinct import Distinct, Pair, distinct_pairs, unique_strings
 from worker.backends.local.mixed_precision import compute_in, use_mixed_precision
 from worker.backends.local.pipeline import LocalReranker
 
@@ -83,9 +83,9 @@ class EncoderOnlyFormat:
     def encode(self, pairs: list[list[str]]) -> list[dict[str, list[int]]]:
         from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 
-        query_ids, passage_ids = tokenize_sides(self._encoder, pairs, self.query_max_length, self.max_length)
         if not callable(getattr(self._encoder, "prepare_for_model", None)):
-            return self._encode_as_text_pairs(query_ids, passage_ids)
+            return self._encode_as_text_pairs(pairs)
+        query_ids, passage_ids = tokenize_sides(self._encoder, pairs, self.query_max_length, self.max_length)
         return [
             dict(
                 prepare_for_model_compat(
@@ -100,33 +100,30 @@ class EncoderOnlyFormat:
             for query, passage in zip(query_ids, passage_ids, strict=True)
         ]
 
-    def _encode_as_text_pairs(
-        self, query_ids: list[list[int]], passage_ids: list[list[int]]
-    ) -> list[dict[str, list[int]]]:
+    def _encode_as_text_pairs(self, pairs: list[list[str]]) -> list[dict[str, list[int]]]:
         """What ``prepare_for_model_compat`` does under transformers 5 (no id-level ``prepare_for_model``):
         each side's ids decoded with special tokens kept, and the text pair tokenized again, cut
-        ``only_second``. One batched call for the chunk instead of one per pair: per pair it ran ~2,000
-        pairs/s on a CPU thread, which bounded the flag: backend on a GPU."""
+        ``only_second``. One batched call for the chunk instead of one per pair (per pair it ran ~2,000
+        pairs/s on a CPU thread, which bounded the flag: backend on a GPU), each distinct query once."""
         decode = partial(
             self._encoder.batch_decode, skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
-        distinct_queries = list(dict.fromkeys(map(tuple, query_ids)))
-        query_texts = dict(
-            zip(distinct_queries, decode([list(ids) for ids in distinct_queries]), strict=True)
-        )
-        decoded = [[query_texts[tuple(ids)] for ids in query_ids], decode(passage_ids)]
+        distinct_query_ids, query_index = tokenize_queries(self._encoder, pairs, self.query_max_length)
+        distinct_queries = decode(distinct_query_ids)
+        query_texts = [distinct_queries[index] for index in query_index]
+        passage_texts = decode(tokenize_passages(self._encoder, pairs, self.max_length))
         # A tokenizer called on one pair drops an empty second text (``[CLS] query [SEP]``), where a batched
         # call would keep the pair (``[CLS] query [SEP] [SEP]``): those rows are encoded alone, as singles.
-        paired = [row for row, text in enumerate(decoded[1]) if text]
-        alone = [row for row, text in enumerate(decoded[1]) if not text]
-        items: list[dict[str, list[int]]] = [{} for _ in query_ids]
-        for rows, texts in ((paired, [decoded[1][row] for row in paired]), (alone, None)):
+        paired = [row for row, text in enumerate(passage_texts) if text]
+        alone = [row for row, text in enumerate(passage_texts) if not text]
+        items: list[dict[str, list[int]]] = [{} for _ in pairs]
+        for rows, seconds in ((paired, [passage_texts[row] for row in paired]), (alone, None)):
             if not rows:
                 continue
             encoded = self._encoder(
-                [decoded[0][row] for row in rows],
-                texts,
-                truncation="only_second" if texts is not None else True,
+                [query_texts[row] for row in rows],
+                seconds,
+                truncation="only_second" if seconds is not None else True,
                 max_length=self.max_length,
                 padding=False,
             )
@@ -393,15 +390,25 @@ def encode_prompted_pairs(
 def tokenize_sides(
     tokenizer: Any, pairs: list[list[str]], query_max_length: int, max_length: int
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Query and passage ids without special tokens, each cut to its own limit, as FlagEmbedding does.
-    Each distinct query is tokenized once: a chunk holds a query's candidates together."""
-    distinct = list(dict.fromkeys(pair[0] for pair in pairs))
-    distinct_ids = tokenizer(
-        distinct, add_special_tokens=False, max_length=query_max_length, truncation=True
-    )["input_ids"]
-    by_query = dict(zip(distinct, distinct_ids, strict=True))
-    queries = [by_query[pair[0]] for pair in pairs]
-    passages = tokenizer(
+    """Query and passage ids without special tokens, each cut to its own limit, as FlagEmbedding does."""
+    distinct_query_ids, query_index = tokenize_queries(tokenizer, pairs, query_max_length)
+    return [distinct_query_ids[index] for index in query_index], tokenize_passages(
+        tokenizer, pairs, max_length
+    )
+
+
+def tokenize_queries(
+    tokenizer: Any, pairs: list[list[str]], query_max_length: int
+) -> tuple[list[list[int]], np.ndarray]:
+    """Each distinct query's ids without special tokens, cut to ``query_max_length``, and for each pair
+    its query's index among them: a chunk holds a query's candidates together, so each is tokenized once."""
+    distinct, index = unique_strings([pair[0] for pair in pairs])
+    ids = tokenizer(distinct, add_special_tokens=False, max_length=query_max_length, truncation=True)
+    return ids["input_ids"], index
+
+
+def tokenize_passages(tokenizer: Any, pairs: list[list[str]], max_length: int) -> list[list[int]]:
+    """Each pair's passage ids without special tokens, cut to ``max_length``."""
+    return tokenizer(
         [pair[1] for pair in pairs], add_special_tokens=False, max_length=max_length, truncation=True
     )["input_ids"]
-    return queries, passages
