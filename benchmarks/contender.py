@@ -35,6 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 PEER_KINDS = ("st-onnx", "st-onnx-o3", "st-onnx-int8", "st-openvino")
 # "ours-flag": ours through the ``flag:`` backend (FlagEmbedding's loading and pair format), raw logits.
 KINDS = ("ours", "ours-flag", "sentence-transformers", "flagembedding", *PEER_KINDS)
+# Kinds that load FlagEmbedding and score with its raw logit (the others: the cross-encoder's sigmoid).
+FLAG_KINDS = ("flagembedding", "ours-flag")
 WARMUP_PAIRS = 16  # untimed, the same pairs for every contender: first-call costs stay out of the rounds
 MARK = "BENCH:"
 
@@ -427,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     import pyarrow.parquet as pq
     import torch
 
-    if args.kind in ("flagembedding", "ours-flag"):
+    if args.kind in FLAG_KINDS:
         import FlagEmbedding  # noqa: F401 - imported before the baseline, like the other libraries
     import sentence_transformers  # noqa: F401
 
@@ -479,8 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     run = {
         "kind": args.kind,
         "dtype": dtype,
-        # the peers: CrossEncoder's activation; FlagEmbedding's and ours' flag backend: the raw logit
-        "output": "logit" if args.kind in ("flagembedding", "ours-flag") else "sigmoid",
+        "output": "logit" if args.kind in FLAG_KINDS else "sigmoid",
         "pairs": len(pairs),
         "load_seconds": load_seconds,
         "threads": threads,
