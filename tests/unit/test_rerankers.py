@@ -26,7 +26,9 @@ from testkit.model_factory import (
 )
 from worker.backends import load_reranker
 from worker.backends.base import Reranker
+from worker.backends.local.first_position import FirstPositionOnly
 from worker.backends.local.flag import DECODER_ONLY, ENCODER_ONLY, flag_model_class
+from worker.backends.local.mixed_precision import Float32Block
 from worker.backends.progress_sink import listening
 
 TOLERANCE = 1e-4
@@ -354,6 +356,12 @@ def test_flag_in_bfloat16_keeps_a_float32_residual_stream_and_score_head(
     assert hf_model.bert.encoder.layer[0].intermediate.dense.weight.dtype == torch.bfloat16
     assert hf_model.bert.embeddings.word_embeddings.weight.dtype == torch.float32
     assert hf_model.classifier.inner.weight.dtype == torch.float32
+    # As the cross-encoder's: the last layer at position 0 only, that tail and the pooler in float32.
+    last = hf_model.bert.encoder.layer[-1]
+    assert isinstance(last.attention.output, FirstPositionOnly)
+    assert isinstance(last.attention.output.inner, Float32Block)
+    assert last.output.inner.dense.weight.dtype == torch.float32
+    assert hf_model.bert.pooler.inner.dense.weight.dtype == torch.float32
     assert reranker.describe()["precision"].startswith("mixed")
     # Raw logits with float32's digits: no two distinct pairs tie, and they stay close to float32's.
     assert len(set(result.scores.tolist())) == len(set(zip(QUERIES, TEXTS, strict=True)))

@@ -26,9 +26,9 @@ from core.pair_template import PairTemplate, pair_template
 from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
-from worker.backends.local.first_position import score_from_first_position_only
+from worker.backends.local.first_position import prepare_sequence_classifier
 from worker.backends.local.max_length import configured_max_length
-from worker.backends.local.mixed_precision import compute_in, use_mixed_precision
+from worker.backends.local.mixed_precision import compute_in
 from worker.backends.local.pair_tokens import PairTokenizer, TokenizedPairs, pad_rows
 from worker.backends.local.pipeline import LocalReranker
 
@@ -135,9 +135,7 @@ def load_classifier(spec: ModelSpec, settings: Settings) -> LocalReranker[Classi
         )
     max_length = _max_length(spec, settings, tokenizer, model.config)
     model.to(target.device).eval()
-    score_from_first_position_only(model)
-    if target.dtype != torch.float32 and not use_mixed_precision(model, target.dtype, num_labels):
-        model.to(target.dtype)
+    prepare_sequence_classifier(model, target.dtype, num_labels)
     classifier = ClassifierModel(
         model, tokenizer, max_length, target, num_labels=num_labels, template=template, label=label
     )

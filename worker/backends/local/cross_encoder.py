@@ -44,9 +44,9 @@ from worker.backends.local.cross_encoder_paths import (
 )
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs
-from worker.backends.local.first_position import score_from_first_position_only, tail_in_float32
+from worker.backends.local.first_position import prepare_sequence_classifier
 from worker.backends.local.max_length import configured_max_length
-from worker.backends.local.mixed_precision import compute_in, score_heads, store_linear_weights_in
+from worker.backends.local.mixed_precision import compute_in
 from worker.backends.local.pipeline import LocalReranker, Tokenized
 
 log = logging.getLogger(__name__)
@@ -317,13 +317,8 @@ def prepare_for_scoring(model: Any, dtype: torch.dtype) -> None:
     """Plain sequence classifiers get mixed precision (their score head is known) and skip the last
     layer's work on positions their head does not read; anything else runs wholly in ``dtype``."""
     hf_model = direct_model(model)
-    if hf_model is not None:
-        score_from_first_position_only(hf_model)
-    if dtype == torch.float32:
+    if hf_model is None:
+        if dtype != torch.float32:
+            model.to(dtype)
         return
-    heads = [] if hf_model is None else score_heads(hf_model, model.num_labels)
-    if hf_model is None or len(heads) != 1:
-        model.to(dtype)
-        return
-    tail_in_float32(hf_model)  # before the rest goes to ``dtype``, so that its weights stay as they are
-    store_linear_weights_in(hf_model, dtype, heads[0])
+    prepare_sequence_classifier(hf_model, dtype, model.num_labels)

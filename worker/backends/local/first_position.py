@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from worker.backends.local.mixed_precision import Float32Block
+from worker.backends.local.mixed_precision import Float32Block, score_heads, store_linear_weights_in
 
 # Model types whose sequence-classification head reads position 0 only, and whose encoder layers have
 # the BERT layout (``encoder.layer[i].attention.output(hidden_states, input_tensor)``).
@@ -74,4 +74,22 @@ def tail_in_float32(model: nn.Module) -> bool:
     classifier = getattr(model, "classifier", None)
     if isinstance(classifier, nn.Module) and not isinstance(classifier, nn.Linear):
         model.classifier = Float32Block(classifier)
+    return True
+
+
+def prepare_sequence_classifier(model: nn.Module, dtype: torch.dtype, score_width: int) -> bool:
+    """Ready a Hugging Face sequence classifier for scoring in ``dtype``: its last layer computes position 0
+    only where its head reads nothing else, and in bf16/fp16 its linear layers are stored in ``dtype`` but
+    for the position-0 tail and the score head (the one ``nn.Linear`` with ``score_width`` outputs), which
+    stay float32. Returns whether the model runs in that mixed precision; a model with no single such head
+    is cast whole to ``dtype`` (False), as is nothing in float32."""
+    score_from_first_position_only(model)
+    if dtype == torch.float32:
+        return False
+    heads = score_heads(model, score_width)
+    if len(heads) != 1:
+        model.to(dtype)
+        return False
+    tail_in_float32(model)  # before the rest goes to ``dtype``, so that its weights stay as they are
+    store_linear_weights_in(model, dtype, heads[0])
     return True

@@ -29,7 +29,8 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.device import ComputeTarget, resolve_compute
 from worker.backends.local.distinct import Distinct, Pair, distinct_pairs, unique_strings
-from worker.backends.local.mixed_precision import compute_in, use_mixed_precision
+from worker.backends.local.first_position import prepare_sequence_classifier
+from worker.backends.local.mixed_precision import compute_in
 from worker.backends.local.pipeline import LocalReranker
 
 ENCODER_ONLY = "encoder-only-base"
@@ -214,7 +215,7 @@ class FlagModel:
         mixed_precision: bool = False,
     ) -> None:
         """``mixed_precision``: the model's linear layers are stored in ``target.dtype`` and run under
-        autocast, the rest in float32 (``mixed_precision.use_mixed_precision``)."""
+        autocast, the rest in float32 (``first_position.prepare_sequence_classifier``)."""
         self.flag_model = flag_model  # kept alive: its __del__ moves the model back to the CPU
         self.model_class = model_class
         self.input_format = input_format
@@ -267,13 +268,13 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
             f"{spec.name!r} is a FlagEmbedding {model_class!r} reranker, which kind {spec.kind!r} does not "
             f"run{advice}"
         )
-    mixed = model_class == ENCODER_ONLY and target.dtype != torch.float32
-    flag_model = load_flag_reranker(spec, settings, target, model_class, float32_weights=mixed)
+    encoder_only = model_class == ENCODER_ONLY
+    flag_model = load_flag_reranker(spec, settings, target, model_class, float32_weights=encoder_only)
     # As for cross-encoders: only the linear layers in low precision, so the raw logit keeps float32's
-    # digits instead of bf16's three (close scores would tie).
-    if mixed and not use_mixed_precision(flag_model.model, target.dtype, flag_model.model.config.num_labels):
-        flag_model.model.to(target.dtype)
-        mixed = False
+    # digits instead of bf16's three (close scores would tie), and the last layer at position 0 only.
+    mixed = encoder_only and prepare_sequence_classifier(
+        flag_model.model, target.dtype, flag_model.model.config.num_labels
+    )
     max_length, query_max_length = flag_lengths(flag_model)
     input_format: InputFormat
     if model_class == ENCODER_ONLY:

@@ -63,17 +63,6 @@ def store_linear_weights_in(model: nn.Module, dtype: torch.dtype, head: tuple[nn
             module.to(dtype)
 
 
-def use_mixed_precision(model: nn.Module, dtype: torch.dtype, score_width: int) -> bool:
-    """Store ``model``'s linear layers in ``dtype`` but its score head (the one ``nn.Linear`` with
-    ``score_width`` outputs), which stays float32; False, leaving ``model`` as it is, when it has no single
-    such head."""
-    heads = score_heads(model, score_width)
-    if len(heads) != 1:
-        return False
-    store_linear_weights_in(model, dtype, heads[0])
-    return True
-
-
 def compute_in(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[object]:
     """The autocast region for ``dtype`` on ``device``; nothing for float32."""
     if dtype == torch.float32:
