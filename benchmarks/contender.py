@@ -203,7 +203,7 @@ class Contender:
                 if message["event"] == event:
                     return message
             elif line == "":  # end of output: the process has exited
-                log = self.log_file.read_text(errors="replace")[-4000:]
+                log = self.log_file.read_text(errors="replace")
                 raise RuntimeError(f"contender {self.kind} stopped before {event!r}:\n{log}")
 
 
@@ -313,7 +313,9 @@ def load_peer(kind: str, model_dir: Path, work_dir: Path) -> tuple[Scorer, str]:
             else:
                 isa = "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
                 export_dynamic_quantized_onnx_model(model, isa, str(copy))
-                file_name, dtype = f"onnx/model_qint8_{isa}.onnx", "int8"
+                # qint8 for AVX-512 VNNI, quint8 (unsigned activations) for AVX2
+                exported = sorted((copy / "onnx").glob(f"model_*int8_{isa}.onnx"))
+                file_name, dtype = f"onnx/{exported[0].name}", "int8"
             model = CrossEncoder(str(copy), backend="onnx", model_kwargs={"file_name": file_name})
 
     def score(pairs: Pairs) -> np.ndarray:

@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -466,10 +467,20 @@ def ready_or_left_out(contenders: dict[str, Contender], label: str, left_out: di
         print(f"   {label}: left out, it failed to load: {reason} (log: {contender.log_file})")
 
 
+# A traceback's closing line: "ValueError: ...", "optimum.exporters.ExportError: ...".
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+FAILURE_CHARS = 300
+
+
 def failure_line(log: str) -> str:
-    """The line of a traceback that names the error (its last non-empty line)."""
+    """The line of a contender's output that names its error (the last exception line, else the last
+    non-empty line), cut to ``FAILURE_CHARS`` from its start."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "no output"
+    if not lines:
+        return "no output"
+    named = [line for line in lines if ERROR_LINE.match(line)]
+    line = named[-1] if named else lines[-1]
+    return line if len(line) <= FAILURE_CHARS else line[: FAILURE_CHARS - 3] + "..."
 
 
 def bf16_is_emulated(device: str) -> bool:

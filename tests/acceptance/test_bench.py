@@ -21,7 +21,14 @@ from benchmarks.models import HEAD_LOGIT_STD, HEAD_SEED, TINY, ModelShape, build
 from benchmarks.oom_demo import OomDemo, adapt_under_pressure
 from benchmarks.peak import affordable_sizes
 from benchmarks.report import ContenderRow, contender_table, oom_lines
-from benchmarks.suite import PLANS, parse_cpus, pipeline_size, ready_or_left_out, utilization_line
+from benchmarks.suite import (
+    PLANS,
+    failure_line,
+    parse_cpus,
+    pipeline_size,
+    ready_or_left_out,
+    utilization_line,
+)
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from testkit.model_factory import bert_tokenizer, build_tiny_cross_encoder
@@ -176,6 +183,22 @@ def test_a_peer_that_fails_to_load_is_left_out_with_its_reason(tmp_path: Path) -
 
     assert contenders == {}
     assert "stopped before 'ready'" in left_out["peer"]
+
+
+def test_a_failure_is_named_by_its_exception_line_from_its_start() -> None:
+    listing = ", ".join(f"model{index}" for index in range(200))
+    log = (
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        f"ValueError: Unrecognized model in /tmp/m. Should have a `model_type` key: {listing}\n"
+        "Exception ignored in atexit callback\n"
+    )
+
+    line = failure_line(log)
+
+    assert line.startswith("ValueError: Unrecognized model in /tmp/m.")
+    assert len(line) == 300 and line.endswith("...")
+    assert failure_line("warming up\nstopped\n\n") == "stopped"
+    assert failure_line("") == "no output"
 
 
 def test_ours_failing_to_load_stops_the_run(tmp_path: Path) -> None:
