@@ -6,7 +6,7 @@ The best padded-token budget, whether TorchInductor beats eager PyTorch, which a
 layers run faster on oneDNN or on the C++ GEMM kernels TorchInductor generates and autotunes differ between
 CPU kinds (AMX, AVX512-BF16, AVX2 only), thread counts, GPUs and models, so no constant carries from
 one machine to another. At load, ``tune`` times the candidates the settings leave open on the same
-synthetic pairs (short queries, passages of spread lengths, words from the model's own vocabulary),
+synthetic pairs (short queries, passages from 16 to 512 words, words from the model's own vocabulary),
 in interleaved rounds across every mode (each mode is compiled once, before any timing), and keeps the
 fastest. The choice is cached as JSON per model, device kind, dtype,
 thread count and library versions under ``<state dir>/calibration/``, so later loads on such a machine
@@ -45,7 +45,7 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 5
+CACHE_VERSION = 6
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -60,7 +60,10 @@ DECIDING_ROUNDS = 3
 DECIDING_SECONDS = 10.0
 MIN_PAIRS, MAX_PAIRS = 32, 1024
 QUERY_WORDS = (3, 12)
-PASSAGE_WORDS = (16, 220)
+# Passage lengths spread log-uniformly over this range, so that the trials meet what shards bring: many
+# short passages and some long enough to fill a 512-token model (a budget that fits one such pair per
+# batch, or a compiled graph that runs single rows as two, shows up in the timing only with them).
+PASSAGE_WORDS = (16, 512)
 SEED = 20261203
 # A compiled mode's word for generated GEMM kernels, in ``describe()`` and the calibration's trials.
 GEMM_TEMPLATES = "cpp-gemm"
@@ -173,8 +176,8 @@ class Tunable(Protocol):
 
 
 def calibration_pairs(tokenizer: Any, count: int, seed: int = SEED) -> tuple[list[str], list[str]]:
-    """``count`` synthetic pairs: queries of a few words, passages of spread lengths, drawn from the
-    whole words of ``tokenizer``'s vocabulary (so their token counts follow the words)."""
+    """``count`` synthetic pairs: queries of a few words, passages of 16-512 words spread log-uniformly,
+    drawn from the whole words of ``tokenizer``'s vocabulary (so their token counts follow the words)."""
     vocabulary = [
         token
         for token in tokenizer.get_vocab()
@@ -185,7 +188,7 @@ def calibration_pairs(tokenizer: Any, count: int, seed: int = SEED) -> tuple[lis
     queries, passages = [], []
     for _ in range(count):
         query_words = random.integers(*QUERY_WORDS, endpoint=True)
-        passage_words = int(random.triangular(PASSAGE_WORDS[0], PASSAGE_WORDS[0] * 3, PASSAGE_WORDS[1]))
+        passage_words = int(np.exp(random.uniform(np.log(PASSAGE_WORDS[0]), np.log(PASSAGE_WORDS[1]))))
         queries.append(" ".join(random.choice(words, query_words)))
         passages.append(" ".join(random.choice(words, passage_words)))
     return queries, passages
