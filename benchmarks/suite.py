@@ -56,6 +56,9 @@ DOCS_PER_QUERY = 30
 # body only needs its logits spread, and each of its forward passes is 30 times the work.
 HEAD_PAIRS = {"minilm-l6": 256, "bge-m3": 32, "tiny": 32}
 TIMEOUT_S = 3600.0
+# Agreement with the float32 reference that ours must keep: mean per-query Spearman, top-10 sets unchanged.
+SPEARMAN_TARGET = 0.998
+TOP_K_TARGET = 0.97
 REFERENCE = "sentence-transformers"
 LABELS = {
     "ours": "ours: load_reranker(...).score",
@@ -483,6 +486,14 @@ def failure_line(log: str) -> str:
     return line if len(line) <= FAILURE_CHARS else line[: FAILURE_CHARS - 3] + "..."
 
 
+def meets_agreement_bar(found: dict[str, float] | None) -> bool:
+    """Whether a contender's agreement with the float32 reference (None: it is the reference) meets the
+    targets ours is held to."""
+    return found is None or (
+        found["spearman_mean"] >= SPEARMAN_TARGET and found["top_k_same"] >= TOP_K_TARGET
+    )
+
+
 def bf16_is_emulated(device: str) -> bool:
     """True on a CPU without native bf16 matmuls, where torch emulates them far below float32."""
     return device == "cpu" and not cpu_has_native_bf16()
@@ -794,6 +805,17 @@ def print_targets(figures: dict[str, object], key: str | None, with_pipeline: bo
             quickest["ours_speedup"] > 1.0,
         )
     )
+    agreeing = [row for row in others if meets_agreement_bar(row["agreement"])]
+    if agreeing and len(agreeing) < len(others):
+        # A quantized peer can be faster by giving up the ranking; the same verdict among those that keep it.
+        quickest = max(agreeing, key=lambda row: row["pairs_per_s"])
+        print(
+            verdict(
+                f"... among those that meet the agreement targets (next: {SHORT[quickest['kind']]})",
+                f"{quickest['ours_speedup']:.2f}x",
+                quickest["ours_speedup"] > 1.0,
+            )
+        )
     mfu = model["mfu"]["bfloat16"]
     if bf16_is_emulated(str(figures.get("device"))):
         # An emulated bf16 peak is no yardstick: judge against the peak of the dtype ours ran at.
@@ -808,11 +830,17 @@ def print_targets(figures: dict[str, object], key: str | None, with_pipeline: bo
             spearman, top = found["spearman_mean"], found["top_k_same"]
             print(
                 verdict(
-                    f"mean Spearman >= 0.998 vs fp32 ({row['dtype']})", f"{spearman:.5f}", spearman >= 0.998
+                    f"mean Spearman >= {SPEARMAN_TARGET} vs fp32 ({row['dtype']})",
+                    f"{spearman:.5f}",
+                    spearman >= SPEARMAN_TARGET,
                 )
             )
             print(
-                verdict(f"top-10 unchanged in >= 97% of queries ({row['dtype']})", f"{top:.1%}", top >= 0.97)
+                verdict(
+                    f"top-10 unchanged in >= {TOP_K_TARGET:.0%} of queries ({row['dtype']})",
+                    f"{top:.1%}",
+                    top >= TOP_K_TARGET,
+                )
             )
     for dtype, change in model.get("batch_composition_change", {}).items():
         print(

@@ -26,6 +26,7 @@ from benchmarks.suite import (
     failure_line,
     parse_cpus,
     pipeline_size,
+    print_targets,
     ready_or_left_out,
     utilization_line,
 )
@@ -199,6 +200,37 @@ def test_a_failure_is_named_by_its_exception_line_from_its_start() -> None:
     assert len(line) == 300 and line.endswith("...")
     assert failure_line("warming up\nstopped\n\n") == "stopped"
     assert failure_line("") == "no output"
+
+
+def contender_figures(
+    kind: str, dtype: str, pairs_per_s: float, spearman: float, top: float
+) -> dict[str, Any]:
+    agreement = {"spearman_mean": spearman, "top_k_same": top}
+    return {"kind": kind, "dtype": dtype, "pairs_per_s": pairs_per_s, "agreement": agreement}
+
+
+def test_the_fastest_contender_is_also_judged_among_those_that_keep_the_ranking(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [
+        contender_figures("ours", "float32", 54.0, 1.0, 1.0),
+        {**contender_figures("sentence-transformers", "float32", 43.0, 1.0, 1.0), "agreement": None},
+        contender_figures("flagembedding", "float32", 18.0, 1.0, 1.0),
+        contender_figures("st-onnx-int8", "int8", 56.0, 0.93, 0.15),
+        contender_figures("st-openvino", "float32", 51.0, 1.0, 1.0),
+    ]
+    for row in rows:
+        row["ours_speedup"] = 54.0 / row["pairs_per_s"]
+    model = {"contenders": rows, "mfu": {"float32": 0.89, "bfloat16": 100.0}}
+
+    print_targets({"minilm-l6": model, "device": "cpu", "mode": "full"}, "minilm-l6", with_pipeline=False)
+
+    lines = capsys.readouterr().out.splitlines()
+    fastest = next(line for line in lines if "ours the fastest contender" in line)
+    assert "(next: ONNX int8)" in fastest and fastest.endswith("MISSED")
+    among = next(line for line in lines if "among those that meet the agreement targets" in line)
+    assert "(next: OpenVINO)" in among and "1.06x" in among and among.endswith("met")
+    assert ">= 1.5x the fastest ONNX/OpenVINO peer (ONNX int8)" in "\n".join(lines)
 
 
 def test_ours_failing_to_load_stops_the_run(tmp_path: Path) -> None:

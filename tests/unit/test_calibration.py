@@ -203,6 +203,30 @@ def test_deciding_rounds_are_skipped_when_trials_are_slow(
     assert tunable.calls[1024] == calibration.ROUNDS
 
 
+def test_a_model_too_slow_to_time_every_candidate_times_its_modes_at_the_middle_budget(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A large model on a slow CPU: 20 s per call, so six candidates in two rounds would take minutes.
+    compiled = Mode(True)
+    tunable = ClockedTunable({512: 20.0, 1024: 20.0, 2048: 20.0}, {EAGER: 1.0, compiled: 0.8})
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-large").model.cross_encoder.tokenizer
+
+    tuning = calibration.tune(
+        tunable,
+        tokenizer,
+        budgets=[512, 1024, 2048],
+        modes=[EAGER, compiled],
+        compile_required=False,
+        cache_file=None,
+    )
+
+    assert set(tuning.trials) == {"eager 1024", "compiled 1024"}
+    assert tuning.choice() == "budget 1024, compiled (measured)"
+    assert tunable.calls[512] == 2  # the first timing only
+    assert tunable.calls.get(2048, 0) == 0
+
+
 def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -59,6 +59,11 @@ DECIDING_ROUNDS = 3
 # ... unless they would take longer than this (a large model's trials take seconds each).
 DECIDING_SECONDS = 10.0
 MIN_PAIRS, MAX_PAIRS = 32, 1024
+PROBE_PAIRS = 8  # a first timing, which sizes the trials
+# Timing every candidate must fit in about this long. A large model on a slow device (a 24-layer model on
+# 2 CPU cores: tens of seconds per trial) times its modes at one budget instead: such models ran as fast
+# at every budget from 512 to 4k tokens per batch.
+CALIBRATION_SECONDS = 90.0
 QUERY_WORDS = (3, 12)
 # Passage lengths spread log-uniformly over this range, so that the trials meet what shards bring: many
 # short passages and some long enough to fill a 512-token model (a budget that fits one such pair per
@@ -276,16 +281,26 @@ def measure(
     return rates
 
 
-def trial_pairs(tunable: Tunable, tokenizer: Any) -> tuple[list[str], list[str]]:
-    """The pairs every candidate scores: about ``SECONDS_PER_TRIAL`` of work at a first timing's rate."""
-    queries, texts = calibration_pairs(tokenizer, MIN_PAIRS)
+def trial_pairs(tunable: Tunable, tokenizer: Any) -> tuple[list[str], list[str], float]:
+    """The pairs every candidate scores (about ``SECONDS_PER_TRIAL`` of work at a first timing's rate, at
+    least ``MIN_PAIRS``) and the seconds a trial is expected to take."""
+    queries, texts = calibration_pairs(tokenizer, PROBE_PAIRS)
     tunable.score(queries[:2], texts[:2])  # first-call costs stay out of the timing
     started = time.perf_counter()
     tunable.score(queries, texts)
-    rate = MIN_PAIRS / max(time.perf_counter() - started, 1e-9)
-    return calibration_pairs(
-        tokenizer, int(min(MAX_PAIRS, max(MIN_PAIRS, rate * SECONDS_PER_TRIAL))), SEED + 1
-    )
+    rate = PROBE_PAIRS / max(time.perf_counter() - started, 1e-9)
+    count = int(min(MAX_PAIRS, max(MIN_PAIRS, rate * SECONDS_PER_TRIAL)))
+    return (*calibration_pairs(tokenizer, count, SEED + 1), count / rate)
+
+
+def affordable_candidates(modes: list[Mode], budgets: list[int], trial_seconds: float) -> list[Candidate]:
+    """Every budget in every mode, unless timing them all would take longer than ``CALIBRATION_SECONDS``:
+    then every mode at the middle budget."""
+    candidates = [Candidate(budget, mode) for mode in modes for budget in budgets]
+    if len(candidates) * ROUNDS * trial_seconds <= CALIBRATION_SECONDS:
+        return candidates
+    middle = budgets[(len(budgets) - 1) // 2]
+    return [Candidate(middle, mode) for mode in modes]
 
 
 def tune(
@@ -324,11 +339,11 @@ def tune(
     if not runnable:
         runnable = [EAGER]
         tunable.use_mode(EAGER, required=False)
-    candidates = [Candidate(budget, mode) for mode in runnable for budget in budgets]
     if shapes is not None:
         tunable.use_shapes(replace(shapes, full_rows=False))
     tunable.use_budget(budgets[0])
-    queries, texts = trial_pairs(tunable, tokenizer)
+    queries, texts, trial_seconds = trial_pairs(tunable, tokenizer)
+    candidates = affordable_candidates(runnable, budgets, trial_seconds)
     rates = measure_closely(tunable, candidates, queries, texts)
     best = choose(candidates, rates)
     full_rows: bool | None = None
@@ -374,7 +389,7 @@ def measure_closely(
     tunable: Tunable, candidates: list[Candidate], queries: list[str], texts: list[str]
 ) -> dict[str, float]:
     """Pairs/s of each candidate, with deciding rounds for those close to the best when they are quick."""
-    rates = measure(tunable, candidates, queries, texts)
+    rates = measure(tunable, candidates, queries, texts, ROUNDS if len(candidates) > 1 else 1)
     close = [
         candidate for candidate in candidates if rates[candidate.name] >= CLOSE_SHARE * max(rates.values())
     ]
