@@ -137,7 +137,9 @@ class Tuning:
         if not self.trials:
             return self.choice()
         when = f" on {self.measured_at[:10]}" if self.measured_at else ""
-        rates = ", ".join(f"{name} {rate:.0f}" for name, rate in sorted(self.trials.items()))
+        rates = ", ".join(
+            f"{name} {rate:.{1 if rate < 10 else 0}f}" for name, rate in sorted(self.trials.items())
+        )
         drift = ""
         if self.composition_drift is not None:
             rows = "full rows" if self.full_rows else "row steps kept"
