@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import select
 import shutil
@@ -42,6 +43,32 @@ MARK = "BENCH:"
 
 Pairs = list[tuple[str, str]]
 Scorer = Callable[[Pairs], np.ndarray]
+
+
+# A traceback's closing line: "ValueError: ...", "optimum.exporters.ExportError: ...".
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+FAILURE_CHARS = 300
+LOG_TAIL_CHARS = 4000
+
+
+class ContenderStopped(RuntimeError):
+    """A contender's process exited before an expected event: ``reason`` names its error in a line, the
+    message adds the tail of its log."""
+
+    def __init__(self, kind: str, event: str, log: str) -> None:
+        self.reason = f"contender {kind} stopped before {event!r}: {failure_line(log)}"
+        super().__init__(f"{self.reason}\n{log[-LOG_TAIL_CHARS:]}")
+
+
+def failure_line(log: str) -> str:
+    """The line of a contender's output that names its error (the last exception line, else the last
+    non-empty line), cut to ``FAILURE_CHARS`` from its start."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    named = [line for line in lines if ERROR_LINE.match(line)]
+    line = named[-1] if named else lines[-1]
+    return line if len(line) <= FAILURE_CHARS else line[: FAILURE_CHARS - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -203,8 +230,7 @@ class Contender:
                 if message["event"] == event:
                     return message
             elif line == "":  # end of output: the process has exited
-                log = self.log_file.read_text(errors="replace")
-                raise RuntimeError(f"contender {self.kind} stopped before {event!r}:\n{log}")
+                raise ContenderStopped(self.kind, event, self.log_file.read_text(errors="replace"))
 
 
 def child_env(threads: int, device: str, compile_mode: str = "auto") -> dict[str, str]:
@@ -315,6 +341,8 @@ def load_peer(kind: str, model_dir: Path, work_dir: Path) -> tuple[Scorer, str]:
                 export_dynamic_quantized_onnx_model(model, isa, str(copy))
                 # qint8 for AVX-512 VNNI, quint8 (unsigned activations) for AVX2
                 exported = sorted((copy / "onnx").glob(f"model_*int8_{isa}.onnx"))
+                if not exported:
+                    raise RuntimeError(f"no int8 export for {isa} in {copy / 'onnx'}")
                 file_name, dtype = f"onnx/{exported[0].name}", "int8"
             model = CrossEncoder(str(copy), backend="onnx", model_kwargs={"file_name": file_name})
 

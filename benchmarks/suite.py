@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,15 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.agreement import agreement
-from benchmarks.contender import INVARIANCE_PAIRS, PEER_KINDS, REPO, Contender, ContenderRun, child_env
+from benchmarks.contender import (
+    INVARIANCE_PAIRS,
+    PEER_KINDS,
+    REPO,
+    Contender,
+    ContenderRun,
+    ContenderStopped,
+    child_env,
+)
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
 from benchmarks.gpu_busy import GpuBusy, GpuBusySampler
@@ -460,30 +467,14 @@ def ready_or_left_out(contenders: dict[str, Contender], label: str, left_out: di
     contender = contenders[label]
     try:
         contender.wait_ready()
-    except RuntimeError as error:
+    except ContenderStopped as error:
         if contender.kind not in (*PEER_KINDS, "ours-flag"):
             raise
         contender.close()
         del contenders[label]
-        reason = failure_line(str(error))
+        reason = error.reason
         left_out[label] = reason
         print(f"   {label}: left out, it failed to load: {reason} (log: {contender.log_file})")
-
-
-# A traceback's closing line: "ValueError: ...", "optimum.exporters.ExportError: ...".
-ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
-FAILURE_CHARS = 300
-
-
-def failure_line(log: str) -> str:
-    """The line of a contender's output that names its error (the last exception line, else the last
-    non-empty line), cut to ``FAILURE_CHARS`` from its start."""
-    lines = [line.strip() for line in log.splitlines() if line.strip()]
-    if not lines:
-        return "no output"
-    named = [line for line in lines if ERROR_LINE.match(line)]
-    line = named[-1] if named else lines[-1]
-    return line if len(line) <= FAILURE_CHARS else line[: FAILURE_CHARS - 3] + "..."
 
 
 def meets_agreement_bar(found: dict[str, float] | None) -> bool:

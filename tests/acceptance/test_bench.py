@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks.agreement import agreement
-from benchmarks.contender import Contender
+from benchmarks.contender import Contender, failure_line
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
 from benchmarks.gpu_busy import GpuBusySampler, parse_samples
@@ -23,7 +23,6 @@ from benchmarks.peak import affordable_sizes
 from benchmarks.report import ContenderRow, contender_table, oom_lines
 from benchmarks.suite import (
     PLANS,
-    failure_line,
     parse_cpus,
     pipeline_size,
     print_targets,

@@ -277,7 +277,7 @@ def load_flag(spec: ModelSpec, settings: Settings) -> LocalReranker[FlagModel]:
     )
     max_length, query_max_length = flag_lengths(flag_model)
     input_format: InputFormat
-    if model_class == ENCODER_ONLY:
+    if encoder_only:
         positions = getattr(flag_model.model.config, "max_position_embeddings", None)
         if positions is not None and max_length > positions:
             raise ConfigError(
