@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 BUSY_TIMEOUT_S = 60.0
+# How long a write transaction keeps asking for SQLite's write lock in all: SQLite's busy handler waits
+# BUSY_TIMEOUT_S per try, and some lock states answer "database is locked" without calling it at all.
+BEGIN_DEADLINE_S = 180.0
+# An execution option that marks a connection's transactions read-only: on SQLite they begin deferred,
+# so that readers (status polls, reports) never wait for, or hold up, the write lock.
+READ_ONLY = "ledger_read_only"
 # A worker whose host vanished mid-transaction would hold its row locks until the server noticed the dead
 # connection (hours, by TCP defaults) and block every reaper meanwhile; ledger transactions are short.
 IDLE_IN_TRANSACTION_S = 30.0
@@ -25,8 +33,10 @@ POSTGRES_KEEPALIVES = {
 
 
 def create_ledger_engine(url: str, idle_in_transaction_s: float = IDLE_IN_TRANSACTION_S) -> Engine:
-    """An engine for ``url``. SQLite gets WAL, a long busy timeout and ``BEGIN IMMEDIATE`` so that
-    several worker processes can write without "database is locked" errors. PostgreSQL sessions end
+    """An engine for ``url``. SQLite gets WAL, a long busy timeout and ``BEGIN IMMEDIATE`` (retried while
+    the database stays locked, up to ``BEGIN_DEADLINE_S``) so that several worker processes can write
+    without "database is locked" errors; connections with the ``READ_ONLY`` execution option begin
+    deferred transactions, which in WAL mode never wait for a writer. PostgreSQL sessions end
     a transaction left idle for ``idle_in_transaction_s`` (its locks with it) and use TCP keepalives."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
@@ -60,9 +70,12 @@ def create_ledger_engine(url: str, idle_in_transaction_s: float = IDLE_IN_TRANSA
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Take the write lock up front: a deferred transaction that reads and then writes can fail
-        # with SQLITE_BUSY without waiting when another process committed in between.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            # Take the write lock up front: a deferred transaction that reads and then writes can fail
+            # with SQLITE_BUSY without waiting when another process committed in between.
+            retry_while_locked(lambda: connection.exec_driver_sql("BEGIN IMMEDIATE"), BEGIN_DEADLINE_S)
 
     return engine
 
@@ -73,14 +86,26 @@ def enable_wal(cursor: sqlite3.Cursor, timeout_s: float) -> None:
     SQLite answers a journal-mode change with "database is locked" at once, without its busy handler,
     when another connection is in the middle of one (workers starting together on a new ledger), so
     the change is retried here."""
+    retry_while_locked(lambda: cursor.execute("PRAGMA journal_mode=WAL"), timeout_s)
+
+
+def retry_while_locked(statement: Callable[[], object], timeout_s: float) -> None:
+    """Run ``statement`` again, backing off, while SQLite answers that the database is busy, until
+    ``timeout_s`` has passed; any other error, and the last "locked", propagate."""
     deadline = time.monotonic() + timeout_s
     delay_s = 0.005
     while True:
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            statement()
             return
-        except sqlite3.OperationalError as error:
-            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() + delay_s > deadline:
+        except (sqlite3.OperationalError, OperationalError) as error:
+            if not is_busy(error) or time.monotonic() + delay_s > deadline:
                 raise
         time.sleep(delay_s)
         delay_s = min(delay_s * 2, 0.25)
+
+
+def is_busy(error: Exception) -> bool:
+    """Whether ``error`` (sqlite3's, or SQLAlchemy's wrapping of it) is SQLITE_BUSY."""
+    cause = getattr(error, "orig", error)
+    return isinstance(cause, sqlite3.OperationalError) and cause.sqlite_errorcode == sqlite3.SQLITE_BUSY

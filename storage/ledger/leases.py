@@ -64,8 +64,11 @@ class ShardLeases:
     """The attempts at shards: each takes a lease, renews it while it scores, and publishes or fails
     under it. Made by ``Ledger.leases``; every method is one short transaction."""
 
-    def __init__(self, sessions: sessionmaker[Session], max_attempts: int, lease_s: float) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], reads: sessionmaker[Session], max_attempts: int, lease_s: float
+    ) -> None:
         self._sessions = sessions
+        self._reads = reads  # for queries that only read
         self.max_attempts = max_attempts
         self.lease = timedelta(seconds=lease_s)
 
@@ -203,7 +206,7 @@ class ShardLeases:
 
     def expired(self, limit: int = 100) -> list[Shard]:
         """Shards whose attempt stopped renewing its lease: its worker died."""
-        with self._sessions() as session:
+        with self._reads() as session:
             query = (
                 select(Shard)
                 .where(Shard.status == ShardStatus.RUNNING, Shard.lease_expires_at < utcnow())
@@ -214,7 +217,7 @@ class ShardLeases:
     def stranded(self, older_than_s: float, limit: int = 100) -> list[Shard]:
         """Shards queued for longer than ``older_than_s`` with no attempt running: their message may
         have been lost with a host (taken from the queue, never leased)."""
-        with self._sessions() as session:
+        with self._reads() as session:
             query = (
                 select(Shard)
                 .join(Run, Run.run_id == Shard.run_id)

@@ -19,7 +19,7 @@ from core.budget import Budget
 from core.pricing import PriceTable
 from core.usage import RequestUsage
 from storage.ledger.cost_report import CostRow, Dimension, cost_report
-from storage.ledger.engine import create_ledger_engine
+from storage.ledger.engine import READ_ONLY, create_ledger_engine
 from storage.ledger.leases import ShardLeases, move_scores
 from storage.ledger.reports import (
     api_usage_totals,
@@ -56,6 +56,7 @@ class Ledger:
         self.url = url
         self.engine = engine or create_ledger_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._reads = sessionmaker(self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
     # -- the database -----------------------------------------------------------------------------
 
@@ -94,16 +95,16 @@ class Ledger:
             return mark_enqueued(session, run_id, list(shard_ids))
 
     def get_run(self, run_id: str) -> Run | None:
-        with self._sessions() as session:
+        with self._reads() as session:
             return session.get(Run, run_id)
 
     def latest_run_id(self) -> str | None:
-        with self._sessions() as session:
+        with self._reads() as session:
             return latest_run_id(session)
 
     def latest_completed_run(self, model: str) -> str | None:
         """The id of the newest run of ``model`` that completed without failures."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return latest_completed_run_id(session, model)
 
     def set_budget(self, run_id: str, budget: Budget) -> Run:
@@ -113,32 +114,32 @@ class Ledger:
 
     def spent(self, run_id: str) -> tuple[float, int]:
         """The run's recorded API cost (USD) and tokens so far."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return spent(session, run_id)
 
     def spent_on(self, day: date, name: str) -> tuple[float, int]:
         """The API cost (USD) and tokens recorded on ``day`` for a model (``kind:name``) or provider."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return spent_on(session, day, name)
 
     def runs_since(self, since: datetime) -> list[Run]:
         """Runs created since ``since`` and every run still queued or running, oldest first."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return runs_since(session, since)
 
     def shadow_runs(self, run_id: str) -> list[Run]:
         """The shadow runs of production run ``run_id`` (``submit.py --shadow``)."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return shadow_runs(session, run_id)
 
     def stage_runs(self, run_id: str) -> list[Run]:
         """The later stages of cascade ``run_id`` (``submit.py --then``), in stage order."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return stage_runs(session, run_id)
 
     def recent_runs(self, model: str, before: datetime, limit: int = 50) -> list[Run]:
         """Up to ``limit`` runs of ``model`` created before ``before``, newest first."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return recent_runs(session, model, before, limit)
 
     def record_canary_verdict(self, run_id: str, verdict: dict[str, object], drifted: bool) -> Run:
@@ -148,14 +149,14 @@ class Ledger:
 
     def shards(self, run_id: str, statuses: Iterable[ShardStatus] | None = None) -> list[Shard]:
         """The run's shards in shard order, only those in ``statuses`` when given."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return run_shards(session, run_id, statuses)
 
     # -- the workers: leases and usage ------------------------------------------------------------
 
     def leases(self, max_attempts: int, lease_s: float) -> ShardLeases:
         """Attempts at shards under leases of ``lease_s`` seconds, at most ``max_attempts`` per enqueue."""
-        return ShardLeases(self._sessions, max_attempts, lease_s)
+        return ShardLeases(self._sessions, self._reads, max_attempts, lease_s)
 
     def moved_scores(self, run_id: str, shard_id: int, chosen: str, copy: str) -> bool:
         """Point a done shard's scores at ``copy`` (a complete copy of ``chosen``) if they are at
@@ -185,24 +186,24 @@ class Ledger:
 
     def progress(self, run_id: str) -> RunProgress:
         """Shards and pairs done and failed so far; raises ``KeyError`` for an unknown run."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return run_progress(session, run_id)
 
     def usage_totals(self, run_id: str) -> UsageTotals:
         """The run's attempts, pairs scored, tokens, device and wall time, and workers."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return usage_totals(session, run_id)
 
     def measured_speed(self, model: str, recent: int = 50) -> MeasuredSpeed | None:
         """Pairs per device-second of ``model``'s ``recent`` latest successful attempts (None: none yet)."""
         if not self.exists():
             return None
-        with self._sessions() as session:
+        with self._reads() as session:
             return measured_speed(session, model, recent)
 
     def api_usage_totals(self, run_id: str) -> ApiUsageTotals:
         """The run's API requests (failed ones included), tokens, search units and cost."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return api_usage_totals(session, run_id)
 
     def cost_report(
@@ -215,5 +216,5 @@ class Ledger:
     ) -> list[CostRow]:
         """Usage and cost, one row per group of ``by``, over usage finished in [since, until] (whole days,
         UTC), optionally of one run only."""
-        with self._sessions() as session:
+        with self._reads() as session:
             return cost_report(session, by, prices, since, until, run_id)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, text
 
-from storage.ledger.engine import create_ledger_engine
+from storage.ledger import Ledger
+from storage.ledger.engine import create_ledger_engine, retry_while_locked
 
 
 def _connect_together(url: str, connections: int) -> list[BaseException]:
@@ -46,3 +51,42 @@ def test_workers_opening_a_new_sqlite_ledger_together_all_get_in(tmp_path: Path)
             assert conn.execute(text("pragma journal_mode")).scalar() == "wal"
             assert conn.execute(text("select count(*) from beats")).scalar() == 4
         engine.dispose()
+
+
+def test_readers_do_not_wait_for_a_writer_holding_the_sqlite_lock(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    ledger = Ledger(url)
+    ledger.create_schema()
+    writer = create_ledger_engine(url)
+    with writer.begin() as held:  # BEGIN IMMEDIATE: the write lock, held while the reads run
+        held.execute(text("select 1"))
+        started = time.monotonic()
+        assert ledger.latest_run_id() is None
+        assert ledger.runs_since(datetime(2026, 1, 1, tzinfo=UTC)) == []
+        assert time.monotonic() - started < 1.0
+    writer.dispose()
+    ledger.dispose()
+
+
+def test_a_write_begun_while_sqlite_answers_locked_is_retried_until_the_lock_is_free(tmp_path: Path) -> None:
+    database = tmp_path / "ledger.db"
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    holder.execute("pragma journal_mode=wal")
+    holder.execute("create table beats (worker integer)")
+    holder.execute("begin immediate")
+    waiter = sqlite3.connect(database, timeout=0, isolation_level=None)  # "locked" at once, no busy handler
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        waiter.execute("begin immediate")
+    release = threading.Timer(0.3, holder.execute, args=("commit",))
+    release.start()
+    started = time.monotonic()
+    retry_while_locked(lambda: waiter.execute("begin immediate"), timeout_s=10)
+    assert 0.2 < time.monotonic() - started < 5
+    waiter.execute("insert into beats values (1)")
+    waiter.execute("commit")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):  # a lock that outlasts the deadline
+        holder.execute("begin immediate")
+        retry_while_locked(lambda: waiter.execute("begin immediate"), timeout_s=0.2)
+    release.join()
+    holder.close()
+    waiter.close()
