@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -263,9 +264,12 @@ def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    cudnn_attention = torch.backends.cuda.cudnn_sdp_enabled()
+    yield
+    torch.backends.cuda.enable_cudnn_sdp(cudnn_attention)  # resolving a CUDA target turns it off
 
 
 def test_auto_device_is_cpu_without_cuda_with_float32_and_cpu_budget(
@@ -303,6 +307,8 @@ def test_auto_device_is_cuda_when_visible(fake_cuda: None, monkeypatch: pytest.M
     assert target.device == torch.device("cuda", 0)
     assert target.dtype == torch.bfloat16
     assert target.token_budget == 4096
+    # cuDNN's attention plans every new batch shape; the other kernels take any shape as it comes.
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
     assert default_token_budget(torch.device("cuda", 0)) == CUDA_TOKEN_BUDGET == 65536
 
 

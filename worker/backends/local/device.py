@@ -45,6 +45,8 @@ class ComputeTarget:
 def resolve_compute(settings: Settings) -> ComputeTarget:
     """Resolve ``device``, ``dtype`` and ``token_budget`` from the settings; raise on impossible choices."""
     device = resolve_device(settings)
+    if device.type == "cuda":
+        avoid_cudnn_attention()
     dtype = resolve_dtype(settings, device)
     invariant = settings.batch_invariant == "on" or (
         settings.batch_invariant == "auto" and dtype != torch.float32
@@ -77,6 +79,16 @@ def resolve_device(settings: Settings) -> torch.device:
             "CUDA_VISIBLE_DEVICES, or set RERANK_DEVICE=cpu"
         )
     return torch.device("cpu")
+
+
+def avoid_cudnn_attention() -> None:
+    """Leave cuDNN out of ``scaled_dot_product_attention``'s choices in this process.
+
+    cuDNN's fused attention, torch's first choice for bf16 and fp16 on Hopper GPUs, builds an execution
+    plan for every new batch shape, and a reranker's length-sorted batches come in hundreds of shapes: the
+    first pass over a corpus paid for plans, not attention, and the load-time calibration timed bf16 far
+    below float32 (which cuDNN does not serve). The memory-efficient and flash kernels need no plans."""
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def cuda_versions(driver_file: Path = Path("/proc/driver/nvidia/version")) -> str:
