@@ -48,6 +48,7 @@ from benchmarks.contender import (
 from benchmarks.corpus import BenchCorpus, synthetic_corpus, whole_words
 from benchmarks.flops import forward_flops
 from benchmarks.gpu_busy import GpuBusy, GpuBusySampler
+from benchmarks.host_ceiling import tokenizer_pairs_per_s
 from benchmarks.machine import cpu_model
 from benchmarks.models import SHAPES, BuiltModel, bert_tokenizer, build_model
 from benchmarks.oom_demo import OomDemo
@@ -380,6 +381,7 @@ def bench_model(
         progress("measuring the matmul peak")
         for dtype, gflops in measure_peaks(setup.device, setup.cpus, quick=quick).items():
             peaks[dtype] = max(peaks.get(dtype, 0.0), gflops)
+        tokenizer_rate = tokenizer_pairs_per_s(built.path, corpus)
         pipeline_figures = None
         if pipeline is not None:
             best = len(corpus) / contenders[variants[0][2]].best_seconds()
@@ -400,7 +402,7 @@ def bench_model(
         # The flag: backend has no calibration of its own: only the cross-encoder's tuning is shown.
         tunings = {dtype: str(contenders[label].tuning) for kind, dtype, label in variants if kind == "ours"}
         runs = {label: contender.finish() for label, contender in contenders.items()}
-    figures = report_model(built, corpus, lengths, flops, runs, peaks)
+    figures = report_model(built, corpus, lengths, flops, runs, peaks, tokenizer_rate)
     figures["tuning"] = tunings
     figures["left_out"] = left_out
     figures["onednn_kernels"] = kernels
@@ -519,6 +521,7 @@ def report_model(
     flops: float,
     runs: dict[str, tuple[ContenderRun, np.ndarray]],
     peaks: dict[str, float],
+    tokenizer_rate: float,
 ) -> dict[str, object]:
     reference = runs[LABELS[REFERENCE]][1]
     queries = corpus.query_slices()
@@ -553,12 +556,18 @@ def report_model(
     )
     if ours.run.dtype in peaks:
         print("   " + utilization_line(rows, flops, peaks, ours.run.dtype))
+    print(
+        f"   ours' tokenizer alone (the same pairs, this machine's CPUs): {tokenizer_rate:.0f} pairs/s, the "
+        f"most the host can feed ours; ours at {ours.run.dtype} reached "
+        f"{ours.pairs_per_s / tokenizer_rate:.0%} of it"
+    )
     return {
         "description": built.description,
         "pairs": len(corpus),
         "tokens_per_pair": float(lengths.mean()),
         "model_gflop": flops / 1e9,
         "mfu": utilization,
+        "tokenizer_pairs_per_s": tokenizer_rate,
         "contenders": [
             {
                 "label": row.label,

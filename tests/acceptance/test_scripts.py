@@ -160,6 +160,7 @@ def test_bench_smoke_runs_every_step_and_its_figures_add_up(tmp_path: Path) -> N
     assert figures["mode"] == "smoke"
     model = figures["tiny"]
     assert model["pairs"] == 60 and 10 < model["tokens_per_pair"] < 512 and model["model_gflop"] > 0
+    assert model["tokenizer_pairs_per_s"] > 0 and "ours' tokenizer alone" in out
     rows = model["contenders"]
     assert {row["kind"] for row in rows} == {"ours", "sentence-transformers", "flagembedding"}
     for row in rows:
