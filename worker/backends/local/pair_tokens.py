@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from worker.backends.local.distinct import Pair
+from worker.backends.local.plain_text import is_plain_ascii, plain_ascii_backend
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,13 @@ class PairTokenizer:
             left=tokenizer.padding_side == "left",
         )
         backend = _configured_backend(tokenizer, max_length)
-        # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nobody here reads.
-        self._encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        self._encode_batch = _batch_encoder(backend)
+        plain = plain_ascii_backend(backend)
+        self._encode_plain_batch = None if plain is None else _batch_encoder(plain)
 
     def __call__(self, pairs: Sequence[Pair] | Sequence[str]) -> TokenizedPairs:
         """Tokenize ``pairs``; a text given instead of a pair is encoded as a single sequence."""
-        encodings = self._encode_batch(list(pairs), add_special_tokens=True)
+        encodings = self._encode(list(pairs))
         ids = [encoding.ids for encoding in encodings]
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         offsets = np.zeros(len(ids) + 1, dtype=np.int64)
@@ -82,6 +84,33 @@ class PairTokenizer:
         return TokenizedPairs(
             ids=_flatten(ids, total), type_ids=type_ids, offsets=offsets, truncated=overflowed(encodings)
         )
+
+    def _encode(self, items: list[Any]) -> list[Any]:
+        """``tokenizers.Encoding`` per item (a pair or a text); printable-ASCII items through the
+        plain-ASCII backend."""
+        if self._encode_plain_batch is None:
+            return list(self._encode_batch(items, add_special_tokens=True))
+        plain = [
+            is_plain_ascii(item)
+            if isinstance(item, str)
+            else is_plain_ascii(item[0]) and is_plain_ascii(item[1])
+            for item in items
+        ]
+        if all(plain):
+            return list(self._encode_plain_batch(items, add_special_tokens=True))
+        encodings: list[Any] = [None] * len(items)
+        for encode, wanted in ((self._encode_plain_batch, True), (self._encode_batch, False)):
+            positions = [position for position, is_plain in enumerate(plain) if is_plain == wanted]
+            if positions:
+                encoded = encode([items[position] for position in positions], add_special_tokens=True)
+                for position, encoding in zip(positions, encoded, strict=True):
+                    encodings[position] = encoding
+        return encodings
+
+
+def _batch_encoder(backend: Any) -> Any:
+    # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nobody here reads.
+    return getattr(backend, "encode_batch_fast", backend.encode_batch)
 
 
 def pad_rows(
