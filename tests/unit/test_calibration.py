@@ -93,6 +93,16 @@ def test_choose_prefers_the_smaller_budget_within_two_percent() -> None:
     assert choose(candidates, {"eager 512": 99.0, "eager 1024": 100.0, "eager 2048": 80.0}).budget == 512
 
 
+def test_choose_prefers_eager_within_two_percent_and_compiled_only_when_it_is_faster() -> None:
+    compiled = Mode(True)
+    candidates = [Candidate(1024, EAGER), Candidate(512, compiled), Candidate(1024, compiled)]
+
+    tie = choose(candidates, {"eager 1024": 99.0, "compiled 512": 98.0, "compiled 1024": 100.0})
+    assert tie.mode == EAGER
+    faster = choose(candidates, {"eager 1024": 97.0, "compiled 512": 98.0, "compiled 1024": 100.0})
+    assert faster == Candidate(512, compiled)
+
+
 def test_calibration_pairs_are_deterministic_and_spread_in_length(model_dir: Path) -> None:
     from transformers import AutoTokenizer
 
