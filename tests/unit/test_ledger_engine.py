@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from storage.ledger import Ledger
+from storage.ledger import engine as engine_module
 from storage.ledger.engine import create_ledger_engine, retry_while_locked
 
 
@@ -90,3 +91,26 @@ def test_a_write_begun_while_sqlite_answers_locked_is_retried_until_the_lock_is_
     release.join()
     holder.close()
     waiter.close()
+
+
+def test_a_ledger_write_waits_out_a_lock_held_longer_than_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "BUSY_TIMEOUT_S", 0.05)  # SQLite's own wait gives up at once
+    database = tmp_path / "ledger.db"
+    engine = create_ledger_engine(f"sqlite:///{database}")
+    with engine.begin() as conn:
+        conn.execute(text("create table beats (worker integer)"))
+    holder = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+    holder.execute("begin immediate")
+    release = threading.Timer(0.5, holder.execute, args=("commit",))
+    release.start()
+
+    with engine.begin() as conn:  # BEGIN IMMEDIATE answered "locked" for 0.5 s, then retried in
+        conn.execute(text("insert into beats values (1)"))
+
+    release.join()
+    with engine.connect() as conn:
+        assert conn.execute(text("select count(*) from beats")).scalar() == 1
+    holder.close()
+    engine.dispose()
