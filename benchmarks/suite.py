@@ -32,6 +32,7 @@ import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -53,6 +54,9 @@ from benchmarks.machine import cpu_model
 from benchmarks.models import SHAPES, BuiltModel, bert_tokenizer, build_model
 from benchmarks.oom_demo import OomDemo
 from benchmarks.peak import measure_peaks
+
+if TYPE_CHECKING:  # the worker's model libraries load when a run needs them, not on import
+    from worker.backends.local.pair_tokens import PairTokenizer
 from benchmarks.peers import installed_python, peers_python
 from benchmarks.pipeline import PipelineFleet, PipelineRun
 from benchmarks.report import ContenderRow, contender_table, oom_lines, verdict
@@ -307,7 +311,8 @@ def bench_model(
     hardware can do, so the utilization is not flattered by a peak measured in a busy moment."""
     corpus = bench_corpus(model_plan.pairs)
     corpus_file = corpus.write_parquet(setup.work / f"{built.shape.key}-corpus.parquet")
-    lengths = token_lengths(built, corpus)
+    tokenize = pair_tokenizer(built)
+    lengths = tokenize(corpus.pairs).lengths
     flops = forward_flops(built.shape, lengths)
     print(f"\n== {built.description}")
     if built.tokenizer_note:
@@ -381,7 +386,7 @@ def bench_model(
         progress("measuring the matmul peak")
         for dtype, gflops in measure_peaks(setup.device, setup.cpus, quick=quick).items():
             peaks[dtype] = max(peaks.get(dtype, 0.0), gflops)
-        tokenizer_rate = tokenizer_pairs_per_s(built.path, corpus)
+        tokenizer_rate = tokenizer_pairs_per_s(tokenize, corpus)
         pipeline_figures = None
         if pipeline is not None:
             best = len(corpus) / contenders[variants[0][2]].best_seconds()
@@ -858,14 +863,14 @@ def print_targets(figures: dict[str, object], key: str | None, with_pipeline: bo
             print(verdict(f"pipeline >= 95% of in-process ({basis})", f"{ratio:.0%}", ratio >= 0.95))
 
 
-def token_lengths(built: BuiltModel, corpus: BenchCorpus) -> np.ndarray:
+def pair_tokenizer(built: BuiltModel) -> PairTokenizer:
+    """Ours' tokenizer for ``built``, cutting pairs where the model does."""
     from transformers import AutoTokenizer
 
     from worker.backends.local.pair_tokens import PairTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(built.path))
-    max_length = min(tokenizer.model_max_length, built.shape.positions)
-    return PairTokenizer(tokenizer, max_length)(corpus.pairs).lengths
+    return PairTokenizer(tokenizer, min(tokenizer.model_max_length, built.shape.positions))
 
 
 def resolved_auto_dtype(device: str) -> str:

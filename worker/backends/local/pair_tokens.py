@@ -89,7 +89,7 @@ class PairTokenizer:
         """``tokenizers.Encoding`` per item (a pair or a text); printable-ASCII items through the
         plain-ASCII backend."""
         if self._encode_plain_batch is None:
-            return list(self._encode_batch(items, add_special_tokens=True))
+            return self._encode_batch(items, add_special_tokens=True)
         plain = [
             is_plain_ascii(item)
             if isinstance(item, str)
@@ -97,7 +97,7 @@ class PairTokenizer:
             for item in items
         ]
         if all(plain):
-            return list(self._encode_plain_batch(items, add_special_tokens=True))
+            return self._encode_plain_batch(items, add_special_tokens=True)
         encodings: list[Any] = [None] * len(items)
         for encode, wanted in ((self._encode_plain_batch, True), (self._encode_batch, False)):
             positions = [position for position, is_plain in enumerate(plain) if is_plain == wanted]

@@ -30,11 +30,11 @@ def plain_ascii_backend(backend: Any) -> Any | None:
     when its normalizer is not ``BertNormalizer`` (alone)."""
     from tokenizers import Tokenizer, normalizers
 
-    config = json.loads(backend.to_str())
-    normalizer = config.get("normalizer") or {}
+    serialized = backend.to_str()  # truncation and padding travel in it
+    normalizer = json.loads(serialized).get("normalizer") or {}
     if normalizer.get("type") != "BertNormalizer":
         return None
-    plain = Tokenizer.from_str(backend.to_str())  # truncation and padding travel in the serialized form
+    plain = Tokenizer.from_str(serialized)
     plain.normalizer = normalizers.Lowercase() if normalizer.get("lowercase") else None
     plain.encode_special_tokens = backend.encode_special_tokens
     return plain
