@@ -387,6 +387,7 @@ def bench_model(
         for dtype, gflops in measure_peaks(setup.device, setup.cpus, quick=quick).items():
             peaks[dtype] = max(peaks.get(dtype, 0.0), gflops)
         tokenizer_rate = tokenizer_pairs_per_s(tokenize, corpus)
+        helpers_rate = helped_tokenizer_pairs_per_s(built, corpus)
         pipeline_figures = None
         if pipeline is not None:
             best = len(corpus) / contenders[variants[0][2]].best_seconds()
@@ -407,7 +408,7 @@ def bench_model(
         # The flag: backend has no calibration of its own: only the cross-encoder's tuning is shown.
         tunings = {dtype: str(contenders[label].tuning) for kind, dtype, label in variants if kind == "ours"}
         runs = {label: contender.finish() for label, contender in contenders.items()}
-    figures = report_model(built, corpus, lengths, flops, runs, peaks, tokenizer_rate)
+    figures = report_model(built, corpus, lengths, flops, runs, peaks, tokenizer_rate, helpers_rate)
     figures["tuning"] = tunings
     figures["left_out"] = left_out
     figures["onednn_kernels"] = kernels
@@ -527,6 +528,7 @@ def report_model(
     runs: dict[str, tuple[ContenderRun, np.ndarray]],
     peaks: dict[str, float],
     tokenizer_rate: float,
+    helpers_rate: tuple[int, float] | None,
 ) -> dict[str, object]:
     reference = runs[LABELS[REFERENCE]][1]
     queries = corpus.query_slices()
@@ -566,6 +568,12 @@ def report_model(
         f"most the host can feed ours; ours at {ours.run.dtype} reached "
         f"{ours.pairs_per_s / tokenizer_rate:.0%} of it"
     )
+    if helpers_rate is not None:
+        processes, rate = helpers_rate
+        print(
+            f"   ours' tokenizer with {processes} helper processes (RERANK_TOKENIZER_PROCESSES, a GPU "
+            f"worker's default is its CPU threads but one): {rate:.0f} pairs/s, {rate / tokenizer_rate:.2f}x"
+        )
     return {
         "description": built.description,
         "pairs": len(corpus),
@@ -573,6 +581,9 @@ def report_model(
         "model_gflop": flops / 1e9,
         "mfu": utilization,
         "tokenizer_pairs_per_s": tokenizer_rate,
+        "tokenizer_helpers": None
+        if helpers_rate is None
+        else {"processes": helpers_rate[0], "pairs_per_s": helpers_rate[1]},
         "contenders": [
             {
                 "label": row.label,
@@ -871,6 +882,26 @@ def pair_tokenizer(built: BuiltModel) -> PairTokenizer:
 
     tokenizer = AutoTokenizer.from_pretrained(str(built.path))
     return PairTokenizer(tokenizer, min(tokenizer.model_max_length, built.shape.positions))
+
+
+def helped_tokenizer_pairs_per_s(built: BuiltModel, corpus: BenchCorpus) -> tuple[int, float] | None:
+    """Ours' tokenizer with helper processes (as many as the CPUs but one, at least 2) over ``corpus``, or
+    None where the corpus is too small to be split among them."""
+    from worker.backends.local.tokenizer_processes import MIN_PAIRS_PER_PROCESS
+
+    processes = max(2, (os.cpu_count() or 1) - 1)
+    if len(corpus) < 2 * MIN_PAIRS_PER_PROCESS:
+        return None
+    from transformers import AutoTokenizer
+
+    from worker.backends.local.pair_tokens import PairTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(built.path))
+    helped = PairTokenizer(tokenizer, min(tokenizer.model_max_length, built.shape.positions), processes)
+    try:
+        return processes, tokenizer_pairs_per_s(helped, corpus)
+    finally:
+        helped.close()
 
 
 def resolved_auto_dtype(device: str) -> str:

@@ -209,6 +209,13 @@ class Settings(_ApiKindSettings):
         ge=64,
         description="Padded tokens per batch for local models. Unset: chosen per device.",
     )
+    tokenizer_processes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Helper processes that tokenize local models' pairs beside the worker process, each a "
+        "slice of a chunk (same ids). Unset: on a GPU the worker's CPU threads but one, on a CPU none "
+        "(the model uses the cores). 0: tokenize in the worker process.",
+    )
     max_length: int | None = Field(
         default=None, ge=8, description="Truncate pairs to this many tokens. Unset: the model's own limit."
     )

@@ -31,6 +31,7 @@ from worker.backends.local.max_length import configured_max_length
 from worker.backends.local.mixed_precision import compute_in
 from worker.backends.local.pair_tokens import PairTokenizer, TokenizedPairs, pad_rows
 from worker.backends.local.pipeline import LocalReranker
+from worker.backends.local.tokenizer_processes import tokenizer_helpers
 
 # Tokenizers without a declared limit report a huge sentinel (transformers' VERY_LARGE_INTEGER).
 _NO_LIMIT = 1_000_000
@@ -54,6 +55,7 @@ class ClassifierModel:
         num_labels: int,
         template: PairTemplate | None,
         label: int | None,
+        tokenizer_processes: int = 0,
     ) -> None:
         self.model = model
         self.target = target
@@ -61,7 +63,8 @@ class ClassifierModel:
         self.num_labels = num_labels
         self.template = template
         self.label = label
-        self.tokenizer = PairTokenizer(tokenizer, max_length)  # its own Rust backend, shared with no one
+        # Its own Rust backend, shared with no one.
+        self.tokenizer = PairTokenizer(tokenizer, max_length, processes=tokenizer_processes)
         self.length_step = target.shapes.length_step if target.shapes is not None else 1
 
     def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[Pair]:
@@ -94,6 +97,7 @@ class ClassifierModel:
             "labels": str(self.num_labels),
             "score": score,
             "input": "pair" if self.template is None else f"template {self.template.name}",
+            "tokenizer_processes": str(self.tokenizer.processes),
             "library": f"transformers {version('transformers')}",
         }
 
@@ -137,7 +141,16 @@ def load_classifier(spec: ModelSpec, settings: Settings) -> LocalReranker[Classi
     model.to(target.device).eval()
     prepare_sequence_classifier(model, target.dtype, num_labels)
     classifier = ClassifierModel(
-        model, tokenizer, max_length, target, num_labels=num_labels, template=template, label=label
+        model,
+        tokenizer,
+        max_length,
+        target,
+        num_labels=num_labels,
+        template=template,
+        label=label,
+        tokenizer_processes=tokenizer_helpers(
+            settings.tokenizer_processes, target.device.type, torch.get_num_threads()
+        ),
     )
     return LocalReranker(spec, classifier, target)
 

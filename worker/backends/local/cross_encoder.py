@@ -48,6 +48,7 @@ from worker.backends.local.first_position import prepare_sequence_classifier
 from worker.backends.local.max_length import configured_max_length
 from worker.backends.local.mixed_precision import compute_in
 from worker.backends.local.pipeline import LocalReranker, Tokenized
+from worker.backends.local.tokenizer_processes import tokenizer_helpers
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,13 @@ class CrossEncoderModel:
     """A cross-encoder's pipeline steps: each distinct pair runs jointly through one forward pass of its
     path, and the model's activation of the logit is the score."""
 
-    def __init__(self, cross_encoder: Any, target: ComputeTarget) -> None:
+    def __init__(self, cross_encoder: Any, target: ComputeTarget, tokenizer_processes: int = 0) -> None:
         self.cross_encoder = cross_encoder
         self.target = target
         self.max_length: int = cross_encoder.max_seq_length
         hf_model = direct_model(cross_encoder)
         self.path: ForwardPath = (
-            DirectPath(hf_model, cross_encoder.tokenizer, self.max_length, target.device)
+            DirectPath(hf_model, cross_encoder.tokenizer, self.max_length, target.device, tokenizer_processes)
             if hf_model is not None
             else LibraryPath(cross_encoder, self.max_length, target.device)
         )
@@ -97,12 +98,14 @@ class CrossEncoderModel:
 
     def describe(self, token_budget: int) -> dict[str, str]:
         activation = self.cross_encoder.activation_fn
+        helpers = self.path.tokenizer.processes if isinstance(self.path, DirectPath) else 0
         return {
             "max_length": str(self.max_length),
             "activation": f"{type(activation).__module__}.{type(activation).__qualname__}",
             "token_budget": str(token_budget),
             "compiled": self.compiled_with(),
             "attention": self.attention(),
+            "tokenizer_processes": str(helpers),
             "library": f"sentence-transformers {version('sentence-transformers')}",
         }
 
@@ -265,7 +268,8 @@ def load_cross_encoder(spec: ModelSpec, settings: Settings) -> CrossEncoderReran
         )
     configured_max_length(settings, model.config, f"cross-encoder {spec.name!r}")
     prepare_for_scoring(model, target.dtype)
-    reranker = CrossEncoderReranker(spec, CrossEncoderModel(model, target), target)
+    helpers = tokenizer_helpers(settings.tokenizer_processes, target.device.type, torch.get_num_threads())
+    reranker = CrossEncoderReranker(spec, CrossEncoderModel(model, target, helpers), target)
     reranker.tuning = tune_reranker(reranker, settings, path)
     return reranker
 

@@ -66,10 +66,18 @@ def direct_model(cross_encoder: Any) -> torch.nn.Module | None:
 class DirectPath:
     """Bulk tokenization, numpy padding and a direct call of the Hugging Face model."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, max_length: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        max_length: int,
+        device: torch.device,
+        tokenizer_processes: int = 0,
+    ) -> None:
         self.model = model
         self.device = device
-        self.tokenizer = PairTokenizer(tokenizer, max_length)  # its own Rust backend, shared with no one
+        # Its own Rust backend, shared with no one.
+        self.tokenizer = PairTokenizer(tokenizer, max_length, processes=tokenizer_processes)
         self.compiled: CompiledLogits | None = None  # set by ``CrossEncoderReranker.compile``
         self.length_step = 1  # padded lengths are multiples of it (``batch_shapes.FixedShapes``)
 

@@ -9,33 +9,25 @@ sentence-transformers' ``CrossEncoder`` feeds its model.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from worker.backends.local.distinct import Pair
-from worker.backends.local.plain_text import is_plain_ascii, plain_ascii_backend
+from worker.backends.local.pair_encoding import (
+    EncoderState,
+    PairEncoder,
+    TokenizedPairs,
+    overflowed,
+)
+from worker.backends.local.plain_text import plain_ascii_backend
 
+if TYPE_CHECKING:
+    from worker.backends.local.tokenizer_processes import TokenizerProcesses
 
-@dataclass(frozen=True)
-class TokenizedPairs:
-    """Token ids of consecutive pairs: pair ``i`` is ``ids[offsets[i]:offsets[i + 1]]``."""
-
-    ids: np.ndarray  # int64, every pair's ids back to back
-    type_ids: np.ndarray | None  # int64, aligned with ids; None when the model takes no token types
-    offsets: np.ndarray  # int64, len(pairs) + 1
-    truncated: np.ndarray  # bool, one per pair: tokens were cut off to fit max_length
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Tokens per pair, special tokens included, after truncation."""
-        return np.diff(self.offsets)
+__all__ = ["Padding", "Pair", "PairTokenizer", "TokenizedPairs", "overflowed", "pad_rows"]
 
 
 @dataclass(frozen=True)
@@ -52,65 +44,51 @@ class PairTokenizer:
 
     It runs a private copy of a fast tokenizer's Rust backend, configured once, so it shares no per-call
     settings with other users of the Hugging Face tokenizer, and a whole chunk is one call that releases
-    the GIL.
+    the GIL. With ``processes``, chunks large enough are tokenized in slices by that many helper
+    processes (``tokenizer_processes``), with the same ids.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, processes: int = 0) -> None:
         if not tokenizer.is_fast:
             raise ValueError(f"{type(tokenizer).__name__} is not a fast (Rust) tokenizer")
         self.max_length = max_length
-        self.with_type_ids = "token_type_ids" in tokenizer.model_input_names
         self.padding = Padding(
             pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             pad_type_id=tokenizer.pad_token_type_id,
             left=tokenizer.padding_side == "left",
         )
         backend = _configured_backend(tokenizer, max_length)
-        self._encode_batch = _batch_encoder(backend)
         plain = plain_ascii_backend(backend)
-        self._encode_plain_batch = None if plain is None else _batch_encoder(plain)
+        state = EncoderState(
+            backend=backend.to_str(),
+            plain=None if plain is None else plain.to_str(),
+            encode_special_tokens=backend.encode_special_tokens,
+            with_type_ids="token_type_ids" in tokenizer.model_input_names,
+        )
+        self.with_type_ids = state.with_type_ids
+        self._encoder = PairEncoder(state)
+        self.helpers: TokenizerProcesses | None = None
+        if processes > 0:
+            from worker.backends.local.tokenizer_processes import TokenizerProcesses
+
+            self.helpers = TokenizerProcesses(state, processes)
 
     def __call__(self, pairs: Sequence[Pair] | Sequence[str]) -> TokenizedPairs:
         """Tokenize ``pairs``; a text given instead of a pair is encoded as a single sequence."""
-        encodings = self._encode(list(pairs))
-        ids = [encoding.ids for encoding in encodings]
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        offsets = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        total = int(offsets[-1])
-        type_ids = (
-            _flatten((encoding.type_ids for encoding in encodings), total) if self.with_type_ids else None
-        )
-        return TokenizedPairs(
-            ids=_flatten(ids, total), type_ids=type_ids, offsets=offsets, truncated=overflowed(encodings)
-        )
+        if self.helpers is not None and (tokenized := self.helpers(pairs)) is not None:
+            return tokenized
+        return self._encoder(list(pairs))
 
-    def _encode(self, items: list[Any]) -> list[Any]:
-        """``tokenizers.Encoding`` per item (a pair or a text); printable-ASCII items through the
-        plain-ASCII backend."""
-        if self._encode_plain_batch is None:
-            return self._encode_batch(items, add_special_tokens=True)
-        plain = [
-            is_plain_ascii(item)
-            if isinstance(item, str)
-            else is_plain_ascii(item[0]) and is_plain_ascii(item[1])
-            for item in items
-        ]
-        if all(plain):
-            return self._encode_plain_batch(items, add_special_tokens=True)
-        encodings: list[Any] = [None] * len(items)
-        for encode, wanted in ((self._encode_plain_batch, True), (self._encode_batch, False)):
-            positions = [position for position, is_plain in enumerate(plain) if is_plain == wanted]
-            if positions:
-                encoded = encode([items[position] for position in positions], add_special_tokens=True)
-                for position, encoding in zip(positions, encoded, strict=True):
-                    encodings[position] = encoding
-        return encodings
+    @property
+    def processes(self) -> int:
+        """Helper processes that tokenize for it (0: it tokenizes in this process)."""
+        return 0 if self.helpers is None else self.helpers.processes
 
-
-def _batch_encoder(backend: Any) -> Any:
-    # encode_batch_fast (tokenizers >= 0.21) skips the character offsets nobody here reads.
-    return getattr(backend, "encode_batch_fast", backend.encode_batch)
+    def close(self) -> None:
+        """Stop the helper processes, if any."""
+        if self.helpers is not None:
+            self.helpers.close()
+            self.helpers = None
 
 
 def pad_rows(
@@ -138,13 +116,6 @@ def pad_rows(
     return features
 
 
-def overflowed(encodings: Sequence[Any]) -> np.ndarray:
-    """Per ``tokenizers.Encoding``, whether truncation cut tokens off (they went to ``overflowing``)."""
-    return np.fromiter(
-        (bool(encoding.overflowing) for encoding in encodings), dtype=bool, count=len(encodings)
-    )
-
-
 def _configured_backend(tokenizer: Any, max_length: int) -> Any:
     from tokenizers import Tokenizer
 
@@ -155,7 +126,3 @@ def _configured_backend(tokenizer: Any, max_length: int) -> Any:
     )
     backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
     return backend
-
-
-def _flatten(rows: Iterable[list[int]], total: int) -> np.ndarray:
-    return np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
