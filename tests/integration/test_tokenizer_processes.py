@@ -12,13 +12,17 @@ from typing import Any
 
 import numpy as np
 import psutil
+import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
 from core.model_spec import ModelSpec
 from core.settings import Settings
-from testkit.fleet import REPO
+from testkit import corpora
+from testkit.checks import assert_output_matches, reference_scores
+from testkit.fleet import REPO, local_worker_env, run_script, start_fleet
 from testkit.model_factory import build_tiny_classifier, build_tiny_cross_encoder, load_cross_encoder_on_cpu
+from testkit.services import delete_prefixed, new_prefix
 from worker.backends import load_reranker
 from worker.backends.local.pair_tokens import PairTokenizer
 from worker.backends.local.tokenizer_processes import MIN_PAIRS_PER_PROCESS, tokenizer_helpers
@@ -125,3 +129,35 @@ def test_the_setting_reaches_the_classifier_and_scores_stay_the_same(tmp_path: P
         assert result.tokens == expected.tokens
     finally:
         helped.model.tokenizer.close()
+
+
+def test_a_worker_with_helpers_scores_a_run_and_stops_with_none_left(redis_url: str, tmp_path: Path) -> None:
+    model_dir = build_tiny_cross_encoder(tmp_path / "tiny")
+    corpus = corpora.long_corpus(n_queries=30, docs_per_query=20, seed=5)
+    corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
+    prefix = new_prefix()
+    env = local_worker_env(tmp_path, redis_url, prefix, tokenizer_processes="2")
+    model = f"cross-encoder:{model_dir}"
+    fleet = start_fleet(model, 1, env, redis_url, prefix, tmp_path / "workers.log")
+    try:
+        [worker] = psutil.Process(fleet.process.pid).children()
+        assert len(worker.children()) >= 2, "the worker started no tokenizing helpers"
+        out = tmp_path / "scores.parquet"
+        submitted = run_script(
+            "submit.py", str(corpus_path), "--model", model, "--wait", "--out", str(out), env=env
+        )
+        assert submitted.returncode == 0, submitted.stderr + fleet.log()[-3000:]
+        assert_output_matches(corpus, pq.read_table(out), reference_scores(model_dir, corpus))
+        family = [
+            fleet.process.pid,
+            *(child.pid for child in psutil.Process(fleet.process.pid).children(True)),
+        ]
+        fleet.stop(timeout=60)
+        assert fleet.process.returncode == 0, fleet.log()[-3000:]
+        _, alive = psutil.wait_procs(
+            [psutil.Process(pid) for pid in family if psutil.pid_exists(pid)], timeout=15
+        )
+        assert alive == [], f"left behind after the fleet stopped: {alive}"
+    finally:
+        fleet.stop()
+        delete_prefixed(redis_url, prefix)
