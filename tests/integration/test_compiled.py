@@ -127,9 +127,9 @@ class Child:
 
 @pytest.fixture(scope="module", autouse=True)
 def uncompilable(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Child]]:
-    """The children for RERANK_COMPILE=auto and =on, started with the module: each spends tens of seconds
-    tracing and lowering the model before the missing compiler stops it, so they do that while the
-    in-process compiles run rather than one after another."""
+    """The children for RERANK_COMPILE=auto and =on, started with the module: each spends seconds on its
+    imports and model load before it finds no compiler, so they do that while the in-process compiles
+    run rather than one after another."""
     children = {
         setting: Child(model_dir, tmp_path_factory.mktemp(f"no-compiler-{setting}"), setting)
         for setting in ("auto", "on")

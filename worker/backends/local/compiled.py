@@ -41,6 +41,21 @@ def wants_compile(setting: Compile, device: torch.device) -> bool:
     return setting == "on"
 
 
+def missing_cpu_compiler() -> str | None:
+    """Why TorchInductor cannot build CPU kernels on this machine (no working C++ compiler), or None.
+    Asked before compiling: a compile finds out only after tracing and lowering the model, tens of
+    seconds in (a slim image without g++, say)."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # a torch that moved it: the compile itself will tell
+        return None
+    try:
+        get_cpp_compiler()
+    except Exception as error:  # InvalidCxxCompiler, naming what it searched
+        return str(error) or type(error).__name__
+    return None
+
+
 # Inductor settings of a compile with generated GEMM kernels: C++ templates timed against ATen's (oneDNN).
 GEMM_TEMPLATE_OPTIONS: dict[str, str | int | bool] = {
     "max_autotune": True,

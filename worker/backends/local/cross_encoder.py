@@ -28,7 +28,7 @@ from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.calibration import EAGER, Mode, Tuning, cache_key, candidate_budgets, tune
-from worker.backends.local.compiled import CompiledLogits, wants_compile
+from worker.backends.local.compiled import CompiledLogits, missing_cpu_compiler, wants_compile
 from worker.backends.local.cpu_attention import (
     MATMUL_ATTENTION,
     attention_of,
@@ -213,6 +213,8 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
         started = time.perf_counter()
         path.compiled = CompiledLogits(path.model, gemm_templates=mode.gemm_templates)
         try:
+            if self.target.device.type == "cpu" and (missing := missing_cpu_compiler()) is not None:
+                raise RuntimeError(missing)
             self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)
         except Exception as error:  # whatever TorchInductor raises (no C++ compiler, an unsupported op)
             path.compiled = None
