@@ -890,7 +890,7 @@ def helped_tokenizer_pairs_per_s(built: BuiltModel, corpus: BenchCorpus) -> tupl
     from worker.backends.local.tokenizer_processes import MIN_PAIRS_PER_PROCESS
 
     processes = max(2, (os.cpu_count() or 1) - 1)
-    if len(corpus) < 2 * MIN_PAIRS_PER_PROCESS:
+    if len(corpus) < processes * MIN_PAIRS_PER_PROCESS:
         return None
     from transformers import AutoTokenizer
 

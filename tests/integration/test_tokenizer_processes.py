@@ -52,7 +52,7 @@ def test_helpers_give_the_ids_the_worker_process_gives(bert_tokenizer: Any, max_
     expected = PairTokenizer(bert_tokenizer, max_length)(pairs)
     helped = PairTokenizer(bert_tokenizer, max_length, processes=3)
     try:
-        for chunk in (pairs, pairs[:MIN_PAIRS_PER_PROCESS], pairs[: 2 * MIN_PAIRS_PER_PROCESS + 1]):
+        for chunk in (pairs, pairs[: MIN_PAIRS_PER_PROCESS - 1], pairs[:MIN_PAIRS_PER_PROCESS], pairs[:150]):
             tokenized = helped(chunk)
             reference = PairTokenizer(bert_tokenizer, max_length)(chunk)
             for field in ("ids", "type_ids", "offsets", "truncated"):
@@ -110,6 +110,7 @@ def test_the_setting_reaches_the_cross_encoder_and_scores_stay_the_same(tmp_path
 def test_helpers_by_default_only_where_a_gpu_outruns_the_worker_process() -> None:
     assert tokenizer_helpers(None, "cpu", threads=16) == 0
     assert tokenizer_helpers(None, "cuda", threads=16) == 15
+    assert tokenizer_helpers(None, "cuda", threads=3) == 2
     assert tokenizer_helpers(None, "cuda", threads=2) == 0
     assert tokenizer_helpers(4, "cpu", threads=2) == 4
     assert tokenizer_helpers(0, "cuda", threads=16) == 0

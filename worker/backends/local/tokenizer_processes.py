@@ -36,8 +36,9 @@ _encoder: PairEncoder | None = None  # the helper process's own encoder, built o
 
 def tokenizer_helpers(setting: int | None, device_type: str, threads: int) -> int:
     """How many helper processes tokenize for a local model: ``setting`` (RERANK_TOKENIZER_PROCESSES)
-    where given; else, on a GPU, the worker's CPU threads but one (the one that feeds the device), and
-    none on a CPU, whose cores are the model's."""
+    where given; else, on a GPU with at least 3 CPU threads, the worker's threads but one (the one that
+    feeds the device), and none on a CPU, whose cores are the model's. With fewer threads one helper,
+    encoding on one thread, tokenizes slower than the worker's tokenizer on its threads."""
     if setting is not None:
         return setting
     return threads - 1 if device_type == "cuda" and threads >= 3 else 0
@@ -62,7 +63,7 @@ class TokenizerProcesses:
     def __call__(self, pairs: Sequence[Any]) -> TokenizedPairs | None:
         """``pairs`` tokenized in slices by the helpers, or None when there are too few to pay for it."""
         slices = min(self.processes, len(pairs) // MIN_PAIRS_PER_PROCESS)
-        if slices < 2:
+        if slices < 1:
             return None
         bounds = np.linspace(0, len(pairs), slices + 1).astype(int)
         parts = self._pool.map(
