@@ -43,7 +43,11 @@ def s3_fleet(
     """Two CPU workers whose data dir is s3://nightly/data; the ledger is SQLite on this machine."""
     root = tmp_path_factory.mktemp("s3-pipeline")
     prefix = new_prefix()
-    env = local_worker_env(root, redis_url, prefix, state_dir=str(root / "state"), lease_s="3")
+    # A worker killed between taking a shard's message and leasing it (it holds RERANK_SHARDS_IN_FLIGHT
+    # messages) leaves that shard queued with no lease to expire: it is sent again after stranded_s.
+    env = local_worker_env(
+        root, redis_url, prefix, state_dir=str(root / "state"), lease_s="3", stranded_s="5"
+    )
     env.update(endpoint.env(data_dir=f"s3://{BUCKET}/data"))
     model = f"cross-encoder:{tiny_model}"
     fleet = start_fleet(model, 2, env, redis_url, prefix, root / "workers.log")
