@@ -874,14 +874,14 @@ def print_targets(figures: dict[str, object], key: str | None, with_pipeline: bo
             print(verdict(f"pipeline >= 95% of in-process ({basis})", f"{ratio:.0%}", ratio >= 0.95))
 
 
-def pair_tokenizer(built: BuiltModel) -> PairTokenizer:
-    """Ours' tokenizer for ``built``, cutting pairs where the model does."""
+def pair_tokenizer(built: BuiltModel, processes: int = 0) -> PairTokenizer:
+    """Ours' tokenizer for ``built``, cutting pairs where the model does (with ``processes`` helpers)."""
     from transformers import AutoTokenizer
 
     from worker.backends.local.pair_tokens import PairTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(built.path))
-    return PairTokenizer(tokenizer, min(tokenizer.model_max_length, built.shape.positions))
+    return PairTokenizer(tokenizer, min(tokenizer.model_max_length, built.shape.positions), processes)
 
 
 def helped_tokenizer_pairs_per_s(built: BuiltModel, corpus: BenchCorpus) -> tuple[int, float] | None:
@@ -892,12 +892,7 @@ def helped_tokenizer_pairs_per_s(built: BuiltModel, corpus: BenchCorpus) -> tupl
     processes = max(2, (os.cpu_count() or 1) - 1)
     if len(corpus) < processes * MIN_PAIRS_PER_PROCESS:
         return None
-    from transformers import AutoTokenizer
-
-    from worker.backends.local.pair_tokens import PairTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(built.path))
-    helped = PairTokenizer(tokenizer, min(tokenizer.model_max_length, built.shape.positions), processes)
+    helped = pair_tokenizer(built, processes)
     try:
         return processes, tokenizer_pairs_per_s(helped, corpus)
     finally:

