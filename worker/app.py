@@ -99,28 +99,31 @@ def _shard_of(name: str | None, args: Any) -> tuple[str, int] | None:
     return ref.run_id, ref.shard_id
 
 
+def _count(name: str | None, args: Any, change: int) -> None:
+    shard = _shard_of(name, args)
+    if shard is None:
+        return
+    for held in _held:
+        if change > 0:
+            held.took(*shard)
+        else:
+            held.finished(*shard)
+
+
 @task_received.connect
 def _count_taken(request: Any = None, **_: Any) -> None:
-    shard = _shard_of(getattr(request, "name", None), getattr(request, "args", None))
-    for held in _held:
-        if shard is not None:
-            held.took(*shard)
+    _count(getattr(request, "name", None), getattr(request, "args", None), +1)
 
 
 @task_postrun.connect
 def _count_finished(task: Any = None, args: Any = None, **_: Any) -> None:
-    shard = _shard_of(getattr(task, "name", None), args)
-    for held in _held:
-        if shard is not None:
-            held.finished(*shard)
+    _count(getattr(task, "name", None), args, -1)
 
 
 @task_revoked.connect
 def _count_revoked(request: Any = None, **_: Any) -> None:
-    shard = _shard_of(getattr(request, "name", None), getattr(request, "args", None))
-    for held in _held:
-        if shard is not None:
-            held.finished(*shard)
+    # A revoked message is discarded unstarted: no task_postrun comes for it.
+    _count(getattr(request, "name", None), getattr(request, "args", None), -1)
 
 
 @worker_shutdown.connect
