@@ -72,8 +72,10 @@ def _load_model_and_announce(hostname: str) -> None:
     log.info("loaded %s in %.1fs", spec, time.monotonic() - started)
     beat = PresenceBeat(_broker_url, _settings.redis_key_prefix, spec.queue, hostname, _settings.heartbeat_s)
     beat.start()
-    held = HeldMessages(connect(_broker_url), _settings.redis_key_prefix, spec.queue, hostname)
-    held.hand_over_leftovers()
+    held = HeldMessages(
+        connect(_broker_url), _settings.redis_key_prefix, spec.queue, hostname, _settings.heartbeat_s
+    )
+    held.start()
     _held.append(held)
     reaper = Reaper(
         runtime.leases,
@@ -131,6 +133,6 @@ def _withdraw(**_: Any) -> None:
     # First the held messages, then the presence: a worker that has stopped beating while its counts
     # remain would look dead, and reapers would send shards Redis gives back anyway.
     for held in _held:
-        held.forget_all()
+        held.stop()
     for thread in _background:
         thread.stop()

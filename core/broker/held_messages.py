@@ -5,7 +5,8 @@ A worker takes messages before it starts them: ``RERANK_SHARDS_IN_FLIGHT`` of th
 delayed message until its countdown ends. Killed in that moment, it takes them with it: Redis gives an
 unacknowledged message back only after the visibility timeout (hours), and no lease was taken that
 could expire. Each worker therefore counts, per shard, the messages it has received and not yet
-finished in a hash beside its presence key (``held:<queue>:<hostname>`` next to
+finished (in memory: Celery's signals come on its consumer's event loop, which must not wait on the
+network) and writes the counts to a hash beside its presence key (``held:<queue>:<hostname>`` next to
 ``presence:<queue>:<hostname>``). A hash whose presence key is gone belongs to a dead worker: the
 reapers of the live ones send its queued shards again (``worker.reaper``) and delete it. A worker that
 stops cleanly deletes its hash first: on a warm shutdown Redis gets its unstarted messages back at once.
@@ -13,6 +14,9 @@ stops cleanly deletes its hash first: on a warm shutdown Redis gets its unstarte
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +24,8 @@ from dataclasses import dataclass
 import redis
 
 from core.broker.presence import presence_key
+
+log = logging.getLogger(__name__)
 
 HELD = "held:"
 PRESENCE = "presence:"
@@ -40,39 +46,76 @@ def _field(run_id: str, shard_id: int) -> str:
 
 
 class HeldMessages:
-    """This worker's count of the shard messages it holds, kept in Redis."""
+    """This worker's count of the shard messages it holds: kept in memory, where Celery's signals update
+    it without waiting, and written whole to Redis by a daemon thread as soon as it changes and every
+    ``interval_s`` (a Redis restarted empty gets it back within an interval)."""
 
-    def __init__(self, client: redis.Redis, prefix: str, queue: str, hostname: str) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str, queue: str, hostname: str, interval_s: float
+    ) -> None:
         self._client = client
         self._key = held_key(prefix, queue, hostname)
+        self._interval_s = interval_s
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="held-messages", daemon=True)
 
-    def hand_over_leftovers(self) -> None:
+    def start(self) -> None:
         """Before taking any message: counts left under this worker's key by a predecessor of the same
         name (killed, then restarted) move to a key with no presence twin, where reapers find them."""
         if self._client.exists(self._key):
             self._client.renamenx(self._key, f"{self._key}{LEFT_BEHIND}{time.time_ns()}")
+        self._thread.start()
 
     def took(self, run_id: str, shard_id: int) -> None:
         """A message of shard ``run_id/shard_id`` arrived (before it is started)."""
-        self._client.hincrby(self._key, _field(run_id, shard_id), 1)
+        field = _field(run_id, shard_id)
+        with self._lock:
+            self._counts[field] = self._counts.get(field, 0) + 1
+        self._changed.set()
 
     def finished(self, run_id: str, shard_id: int) -> None:
-        """One message of that shard is done with (returned, failed, retried or revoked); the shard's
-        field goes once no message of it is held (a retry's new message may arrive before its
-        predecessor finishes)."""
-        self._client.eval(_FINISHED, 1, self._key, _field(run_id, shard_id))
+        """One message of that shard is done with (returned, failed, retried or revoked)."""
+        field = _field(run_id, shard_id)
+        with self._lock:
+            left = self._counts.get(field, 0) - 1
+            if left > 0:
+                self._counts[field] = left
+            else:
+                self._counts.pop(field, None)
+        self._changed.set()
 
-    def forget_all(self) -> None:
+    def publish(self) -> None:
+        """Write the counts to Redis, replacing what is there, in one transaction."""
+        with self._lock:
+            counts = dict(self._counts)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.delete(self._key)
+        for field, count in counts.items():
+            pipe.hset(self._key, field, count)
+        pipe.execute()
+
+    def stop(self) -> None:
         """The worker stops cleanly: what it had not started goes back to Redis by itself."""
-        self._client.delete(self._key)
+        self._stop.set()
+        self._changed.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self._interval_s + 5)
+        with contextlib.suppress(redis.RedisError):
+            self._client.delete(self._key)
 
-
-# Decrement and drop a spent field in one step: a message of the shard may arrive between the two.
-_FINISHED = """
-local count = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-if count <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return count
-"""
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._changed.wait(self._interval_s)
+            self._changed.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.publish()
+            except Exception as error:  # the broker may be restarting: the next change or interval retries
+                log.warning("cannot write held messages to %s: %s", self._key, error)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ sent again soon after that worker dies: within a reaper pass of its presence lap
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,8 @@ def test_the_reaper_sends_again_only_queued_shards_of_dead_workers(
     assert run is not None
     client = connect(redis_url)
     queue_key = f"{redis_prefix}{run.queue}"
-    dead = HeldMessages(client, redis_prefix, run.queue, "dead@host")
-    live = HeldMessages(client, redis_prefix, run.queue, "live@host")
+    dead = HeldMessages(client, redis_prefix, run.queue, "dead@host", interval_s=60)
+    live = HeldMessages(client, redis_prefix, run.queue, "live@host", interval_s=60)
     client.set(presence_key(redis_prefix, run.queue, "live@host"), "{}", ex=60)
     for shard_id in (0, 1):
         dead.took(run_id, shard_id)
@@ -45,6 +46,8 @@ def test_the_reaper_sends_again_only_queued_shards_of_dead_workers(
     dead.took(run_id, 2)
     dead.finished(run_id, 2)  # a retry's message arrived before its predecessor finished: one held
     live.took(run_id, 3)
+    dead.publish()
+    live.publish()
     leases.acquire(run_id, 1, "another@host")  # shard 1 is being scored elsewhere: its lease covers it
     app = create_app(Settings(redis_key_prefix=redis_prefix), redis_url)
     dead_workers = DeadWorkersMessages(client, redis_prefix)
@@ -56,14 +59,37 @@ def test_the_reaper_sends_again_only_queued_shards_of_dead_workers(
     assert resend_orphaned_shards(leases, ledger, app, dead_workers) == 0  # once
 
     live.finished(run_id, 3)
+    live.publish()
     assert not client.exists(held_key(redis_prefix, run.queue, "live@host"))
     # A worker restarted under the same name finds its predecessor's counts and hands them over.
     live.took(run_id, 3)
-    successor = HeldMessages(client, redis_prefix, run.queue, "live@host")
-    successor.hand_over_leftovers()
+    live.publish()
+    successor = HeldMessages(client, redis_prefix, run.queue, "live@host", interval_s=60)
+    successor.start()
+    successor.stop()  # a clean stop leaves nothing under its key
     assert not client.exists(held_key(redis_prefix, run.queue, "live@host"))
     assert resend_orphaned_shards(leases, ledger, app, dead_workers) == 1
     assert client.llen(queue_key) == 3
+    delete_prefixed(redis_url, redis_prefix)
+    client.close()
+
+
+def test_a_running_workers_counts_reach_redis_at_once_and_come_back_after_redis_loses_them(
+    redis_url: str, redis_prefix: str
+) -> None:
+    client = connect(redis_url)
+    held = HeldMessages(client, redis_prefix, "rerank.q", "w@host", interval_s=0.3)
+    key = held_key(redis_prefix, "rerank.q", "w@host")
+    held.start()
+    held.took("run", 7)
+    _wait_until(lambda: client.hget(key, "run/7") == b"1", "the count never reached Redis", timeout_s=5)
+    client.delete(key)  # as a Redis restarted empty would
+    _wait_until(lambda: client.hget(key, "run/7") == b"1", "the count never came back", timeout_s=5)
+    held.finished("run", 7)
+    _wait_until(lambda: not client.exists(key), "a finished message stayed counted", timeout_s=5)
+    held.took("run", 8)
+    held.stop()
+    assert not client.exists(key)
     delete_prefixed(redis_url, redis_prefix)
     client.close()
 
@@ -92,6 +118,9 @@ def test_a_retry_held_by_a_killed_worker_is_sent_again_long_before_stranded_s(
     fleet = start_fleet(spec, 2, env, redis_url, prefix, tmp_path / "workers.log")
     client = connect(redis_url)
     try:
+        # Told to come back (Celery logs the retry once the first message is done with), the worker
+        # holds only the delayed message: the other attempt can give up without the first one leasing.
+        _wait_until(lambda: "retry: Retry in" in fleet.log(), "the busy shard was never retried")
         holder = _wait_for_holder(client, prefix, run_id)
         # The other attempt gives up; the shard is queued and its one message sits in the holder.
         usage = AttemptUsage(worker="ghost@host", model=spec, device="cpu")
@@ -111,12 +140,24 @@ def test_a_retry_held_by_a_killed_worker_is_sent_again_long_before_stranded_s(
         delete_prefixed(redis_url, prefix)
 
 
-def _wait_for_holder(client: redis.Redis, prefix: str, run_id: str, timeout_s: float = 90) -> str:
-    """The hostname of the worker whose held-messages hash counts the run's shard 0."""
+def _wait_until(condition: Callable[[], bool], failure: str, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for key in client.scan_iter(match=f"{prefix}held:*"):
-            if client.hget(key, f"{run_id}/0"):
-                return key.decode().rsplit(":", 1)[-1]
+    while not condition():
+        assert time.monotonic() < deadline, failure
         time.sleep(0.2)
-    raise AssertionError("no worker ever held the shard's message")
+
+
+def _wait_for_holder(client: redis.Redis, prefix: str, run_id: str) -> str:
+    """The hostname of the worker whose held-messages hash counts the run's shard 0."""
+    holders: list[str] = []
+
+    def found() -> bool:
+        holders.extend(
+            key.decode().rsplit(":", 1)[-1]
+            for key in client.scan_iter(match=f"{prefix}held:*")
+            if client.hget(key, f"{run_id}/0")
+        )
+        return bool(holders)
+
+    _wait_until(found, "no worker ever held the shard's message")
+    return holders[0]
