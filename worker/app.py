@@ -10,14 +10,12 @@ import logging
 import time
 from typing import Any
 
-from celery.signals import task_postrun, task_received, task_revoked, worker_init, worker_shutdown
+from celery.signals import worker_init, worker_shutdown
 
 from core.broker.celery_app import create_app
-from core.broker.held_messages import DeadWorkersMessages, HeldMessages
 from core.broker.presence import PresenceBeat
 from core.broker.url import connect
-from core.errors import ConfigError, MessageError
-from core.messages import TASK_NAME, ShardRef
+from core.errors import ConfigError
 from core.model_spec import ModelSpec
 from core.settings import get_settings
 from worker.fleet.launcher import STARTUP_FAILED_EXIT
@@ -38,7 +36,6 @@ app.conf.include = ["tasks.score_shard"]
 send_progress_events(_settings.progress_event_s)
 
 _background: list[PresenceBeat | Reaper] = []
-_held: list[HeldMessages] = []  # this worker's count of the shard messages it holds, once it is ready
 
 
 def _queue_length(queue: str) -> int:
@@ -72,11 +69,6 @@ def _load_model_and_announce(hostname: str) -> None:
     log.info("loaded %s in %.1fs", spec, time.monotonic() - started)
     beat = PresenceBeat(_broker_url, _settings.redis_key_prefix, spec.queue, hostname, _settings.heartbeat_s)
     beat.start()
-    held = HeldMessages(
-        connect(_broker_url), _settings.redis_key_prefix, spec.queue, hostname, _settings.heartbeat_s
-    )
-    held.start()
-    _held.append(held)
     reaper = Reaper(
         runtime.leases,
         runtime.ledger,
@@ -84,55 +76,12 @@ def _load_model_and_announce(hostname: str) -> None:
         interval_s=_settings.lease_s / 2,
         queue_length=_queue_length,
         stranded_s=_settings.stranded_s,
-        dead_workers=DeadWorkersMessages(connect(_broker_url), _settings.redis_key_prefix),
     )
     reaper.start()
     _background.extend([beat, reaper])
 
 
-def _shard_of(name: str | None, args: Any) -> tuple[str, int] | None:
-    """The shard a score_shard message names, if it is one this worker can read."""
-    if name != TASK_NAME or not args:
-        return None
-    try:
-        ref = ShardRef.from_message(args[0])
-    except MessageError:
-        return None
-    return ref.run_id, ref.shard_id
-
-
-def _count(name: str | None, args: Any, change: int) -> None:
-    shard = _shard_of(name, args)
-    if shard is None:
-        return
-    for held in _held:
-        if change > 0:
-            held.took(*shard)
-        else:
-            held.finished(*shard)
-
-
-@task_received.connect
-def _count_taken(request: Any = None, **_: Any) -> None:
-    _count(getattr(request, "name", None), getattr(request, "args", None), +1)
-
-
-@task_postrun.connect
-def _count_finished(task: Any = None, args: Any = None, **_: Any) -> None:
-    _count(getattr(task, "name", None), args, -1)
-
-
-@task_revoked.connect
-def _count_revoked(request: Any = None, **_: Any) -> None:
-    # A revoked message is discarded unstarted: no task_postrun comes for it.
-    _count(getattr(request, "name", None), getattr(request, "args", None), -1)
-
-
 @worker_shutdown.connect
 def _withdraw(**_: Any) -> None:
-    # First the held messages, then the presence: a worker that has stopped beating while its counts
-    # remain would look dead, and reapers would send shards Redis gives back anyway.
-    for held in _held:
-        held.stop()
     for thread in _background:
         thread.stop()

@@ -8,11 +8,9 @@ again.
 
 A host can also be lost in the moment after it took a shard's message and before it leased the shard
 (or while it held a retry's delayed message): the shard stays "queued" and nothing holds a lease on it.
-Workers count the messages they hold in Redis (``core.broker.held_messages``): once a worker's
-presence lapses, the reaper sends its queued shards again within a pass. For a host whose counts never
-reached Redis, a shard that has waited longer than ``stranded_s`` while its queue in Redis is empty (so
-no message of it is waiting there) is sent again too. A duplicate either might make is harmless: the
-ledger's fence lets only one attempt publish, and a late copy finds the shard done.
+When such a shard has waited longer than ``stranded_s`` while its queue in Redis is empty (so no
+message of it is waiting there), the reaper sends it again. A duplicate this might make is harmless:
+the ledger's fence lets only one attempt publish, and a late copy finds the shard done.
 """
 
 from __future__ import annotations
@@ -23,7 +21,6 @@ from collections.abc import Callable
 
 from celery import Celery
 
-from core.broker.held_messages import DeadWorkersMessages
 from core.messages import send_shard
 from storage.ledger import Ledger
 from storage.ledger.leases import ShardLeases
@@ -79,38 +76,9 @@ def resend_stranded_shards(
     return sent
 
 
-def resend_orphaned_shards(
-    leases: ShardLeases, ledger: Ledger, app: Celery, dead_workers: DeadWorkersMessages
-) -> int:
-    """One pass: re-send every queued shard whose message a dead worker held. Returns how many were
-    re-sent."""
-    sent = 0
-    for orphan in dead_workers.orphaned():
-        shard = leases.queued(orphan.run_id, orphan.shard_id)
-        run = ledger.get_run(orphan.run_id) if shard is not None else None
-        # Claimed by moving its enqueue time (once, whoever asks first); a shard that is running, done
-        # or gone needs nothing: a lease expiry covers the running one.
-        if (
-            shard is not None
-            and run is not None
-            and shard.enqueued_at is not None
-            and leases.resend_stranded(shard.run_id, shard.shard_id, shard.enqueued_at)
-        ):
-            send_shard(app, shard.ref(run), run.queue)
-            log.warning(
-                "shard %s/%s: its message was held by a worker that is gone (%s); sent again",
-                shard.run_id,
-                shard.shard_id,
-                orphan.key,
-            )
-            sent += 1
-        dead_workers.release(orphan)
-    return sent
-
-
 class Reaper:
-    """A daemon thread running ``requeue_expired_shards``, ``resend_orphaned_shards`` and
-    ``resend_stranded_shards`` every ``interval_s`` seconds."""
+    """A daemon thread running ``requeue_expired_shards`` and ``resend_stranded_shards`` every
+    ``interval_s`` seconds."""
 
     def __init__(
         self,
@@ -120,10 +88,8 @@ class Reaper:
         interval_s: float,
         queue_length: Callable[[str], int],
         stranded_s: float,
-        dead_workers: DeadWorkersMessages,
     ) -> None:
         self._args = (leases, ledger, app)
-        self._dead_workers = dead_workers
         self._queue_length = queue_length
         self._stranded_s = stranded_s
         self._interval_s = interval_s
@@ -141,7 +107,6 @@ class Reaper:
         while not self._stop.wait(self._interval_s):
             try:
                 requeue_expired_shards(*self._args)
-                resend_orphaned_shards(*self._args, self._dead_workers)
                 resend_stranded_shards(*self._args, self._queue_length, self._stranded_s)
             except Exception:  # the broker or ledger may be restarting; the next pass retries
                 log.exception("reaper pass failed")

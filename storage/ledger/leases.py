@@ -231,21 +231,6 @@ class ShardLeases:
             )
             return list(session.scalars(query))
 
-    def queued(self, run_id: str, shard_id: int) -> Shard | None:
-        """The shard, if it is queued with no attempt running and its run is not paused for budget."""
-        with self._reads() as session:
-            query = (
-                select(Shard)
-                .join(Run, Run.run_id == Shard.run_id)
-                .where(
-                    Shard.run_id == run_id,
-                    Shard.shard_id == shard_id,
-                    Shard.status == ShardStatus.QUEUED,
-                    Run.status != RunStatus.PAUSED_BUDGET,
-                )
-            )
-            return session.scalar(query)
-
     def resend_stranded(self, run_id: str, shard_id: int, enqueued_at: datetime) -> bool:
         """Claim a stranded shard for sending again (once, whoever asks first): its enqueue time moves
         to now if it is still queued since ``enqueued_at``."""

@@ -36,8 +36,8 @@ def test_two_stage_cascade_scores_each_querys_top_k_once(redis_url: str, tmp_pat
     corpus = corpora.long_corpus(n_queries=1000, docs_per_query=20, seed=3, integer_ids=False)
     corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")
     prefix = new_prefix()
-    # A killed worker's unstarted messages come back once its presence lapses (held-message counts); one
-    # taken in the instant before it was counted comes back after stranded_s, short here.
+    # A worker killed between taking a shard's message and leasing it (it holds RERANK_SHARDS_IN_FLIGHT
+    # messages) leaves that shard queued with no lease to expire: it is sent again after stranded_s.
     env = local_worker_env(tmp_path, redis_url, prefix, lease_s="3", stranded_s="5")
     with ThreadPoolExecutor(2) as pool:  # both fleets load their models at once
         starting = {

@@ -59,8 +59,8 @@ def _assert_exactly_once(run_dir: Path, corpus_rows: int, ledger: Ledger, run_id
 def test_worker_loss_sigterm_finishes_and_sigkill_is_redelivered(redis_url: str, tmp_path: Path) -> None:
     model = build_tiny_cross_encoder(tmp_path / "model", seed=5)
     prefix = new_prefix()
-    # A killed worker's unstarted messages come back once its presence lapses (held-message counts); one
-    # taken in the instant before it was counted comes back after stranded_s, short here.
+    # A worker killed between taking a shard's message and leasing it (it holds RERANK_SHARDS_IN_FLIGHT
+    # messages) leaves that shard queued with no lease to expire: it is sent again after stranded_s.
     env = local_worker_env(tmp_path, redis_url, prefix, lease_s="3", stranded_s="5")
     corpus = corpora.long_corpus(n_queries=400, docs_per_query=40, seed=12)
     corpus_path = corpora.write(corpus, tmp_path / "corpus.parquet")

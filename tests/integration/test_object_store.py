@@ -43,8 +43,8 @@ def s3_fleet(
     """Two CPU workers whose data dir is s3://nightly/data; the ledger is SQLite on this machine."""
     root = tmp_path_factory.mktemp("s3-pipeline")
     prefix = new_prefix()
-    # A killed worker's unstarted messages come back once its presence lapses (held-message counts); one
-    # taken in the instant before it was counted comes back after stranded_s, short here.
+    # A worker killed between taking a shard's message and leasing it (it holds RERANK_SHARDS_IN_FLIGHT
+    # messages) leaves that shard queued with no lease to expire: it is sent again after stranded_s.
     env = local_worker_env(
         root, redis_url, prefix, state_dir=str(root / "state"), lease_s="3", stranded_s="5"
     )
