@@ -273,7 +273,7 @@ class ShapeSensitive(ClockedTunable):
     on how many pairs its call holds (``drifts``), as where kernels reduce differently by row count."""
 
     def __init__(self, drifts: bool, full_rows_drift: bool = False) -> None:
-        super().__init__({512: 1.0, 1024: 1.2})
+        super().__init__({256: 1.5, 512: 1.0, 1024: 1.2})
         self.shapes = FixedShapes()
         self.drifts = drifts
         self.full_rows_drift = full_rows_drift
@@ -349,6 +349,66 @@ def test_row_steps_are_kept_where_full_rows_leave_scores_as_dependent_on_the_bat
     # budget 512 (full rows took two).
     assert tuning.trials["eager 512"] == pytest.approx(max(tunable.call_sizes) / 1.0)
     assert "full rows moved it" in tuning.summary() and "row steps kept" in tuning.summary()
+
+
+class PaddedToFullRows(ShapeSensitive):
+    """A large model, too slow to time every budget, whose calls with full rows waste more padding the
+    larger the budget (a call's last batch in each length bucket is padded to the budget's row count);
+    below 256 tokens its batches are too small to run at speed."""
+
+    def score(self, queries: Any, texts: Any) -> ScoreResult:
+        result = super().score(queries, texts)
+        assert self.shapes is not None
+        if self.shapes.full_rows:
+            self.now += self.budget / 100 if self.budget >= 256 else 100.0
+        return result
+
+
+def test_with_full_rows_a_slow_model_times_the_smaller_budgets_in_its_fastest_mode(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled = Mode(True)
+    tunable = PaddedToFullRows(drifts=True)
+    tunable.seconds_per_budget = dict.fromkeys([128, 256, 512, 1024, 2048], 20.0)
+    tunable.mode_factors = {EAGER: 1.0, compiled: 0.8}
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-padded").model.cross_encoder.tokenizer
+
+    tuning = calibration.tune(
+        tunable,
+        tokenizer,
+        budgets=[512, 1024, 2048],
+        modes=[EAGER, compiled],
+        compile_required=False,
+        cache_file=None,
+    )
+
+    assert tuning.full_rows is True
+    # Row steps: both modes at the middle budget only; full rows: the fastest mode below it too, and the
+    # smallest budget halved while that wins (256), then once more (128, slower).
+    assert set(tuning.trials) == {
+        "eager 1024",
+        "compiled 1024",
+        "compiled 512",
+        "compiled 256",
+        "compiled 128",
+    }
+    assert tuning.choice() == "budget 256, compiled (measured)"
+    assert (tunable.budget, tunable.mode) == (256, compiled)
+    assert tunable.calls.get(2048, 0) == 0
+
+    # A halved budget is one a later load reads back from the cache.
+    cache_file = tmp_path / "tuning.json"
+    calibration.write_cached(cache_file, tuning)
+    again = calibration.tune(
+        tunable,
+        tokenizer,
+        budgets=[512, 1024, 2048],
+        modes=[EAGER, compiled],
+        compile_required=False,
+        cache_file=cache_file,
+    )
+    assert again.source == "cached" and again.token_budget == 256 and tunable.budget == 256
 
 
 def test_bf16_calibration_measures_the_rows_batches_are_padded_to(model_dir: Path, tmp_path: Path) -> None:

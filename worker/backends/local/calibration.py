@@ -18,8 +18,11 @@ too. Rows padded only to a step of two cost far less than every batch at its buc
 but keep a score independent of its batch only where the kernels reduce the same way at every row
 count. So the candidates are timed with row steps, and the fastest is then checked: the trial pairs are
 scored whole and again shuffled, in calls of random sizes. Where a score moves by more than
-``INVARIANCE_TOLERANCE``, the batches go back to full rows and the candidates are timed again; and
-where full rows leave scores moving too (cuBLAS picks a GEMM kernel by the whole shape), the faster row
+``INVARIANCE_TOLERANCE``, the batches go back to full rows and the candidates are timed again (a model
+too slow to time every budget then times the budgets below the fastest one too, in its mode, and the
+smallest budget is halved while that wins: full rows pad each bucket's last batch in a call to the
+budget's row count, which a smaller budget shrinks); and where full
+rows leave scores moving too (cuBLAS picks a GEMM kernel by the whole shape), the faster row
 steps are kept.
 """
 
@@ -45,7 +48,7 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 7  # 7: measured without cuDNN attention on CUDA; eager wins ties
+CACHE_VERSION = 9  # 9: with full rows, smaller budgets timed (and halved) too
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -59,6 +62,8 @@ DECIDING_ROUNDS = 3
 # ... unless they would take longer than this (a large model's trials take seconds each).
 DECIDING_SECONDS = 10.0
 MIN_PAIRS, MAX_PAIRS = 32, 1024
+# With full rows, how many times the smallest budget may be halved while a smaller one keeps winning.
+HALVINGS = 2
 PROBE_PAIRS = 8  # a first timing, which sizes the trials
 # Timing every candidate must fit in about this long. A large model on a slow device (a 24-layer model on
 # 2 CPU cores: tens of seconds per trial) times its modes at one budget instead: such models ran as fast
@@ -326,7 +331,7 @@ def tune(
     cached = read_cached(cache_file) if cache_file is not None else None
     if (
         cached is not None
-        and cached.token_budget in budgets
+        and cached.token_budget in {*budgets, *halvings(budgets)}
         and cached.mode in modes
         and (shapes is None) == (cached.full_rows is None)
         and tunable.use_mode(cached.mode, required=compile_required)
@@ -360,6 +365,7 @@ def tune(
             tunable.use_shapes(replace(shapes, full_rows=True))
             rates = measure_closely(tunable, candidates, queries, texts)
             best = choose(candidates, rates)
+            best = smallest_paying_budget(tunable, best, candidates, budgets, rates, queries, texts)
             switch_to(tunable, best, compile_required)
             full_rows_drift = composition_drift(tunable, queries, texts)
             if full_rows_drift > INVARIANCE_TOLERANCE:
@@ -400,6 +406,44 @@ def measure_closely(
         more = measure(tunable, close, queries, texts, DECIDING_ROUNDS)
         rates.update({name: max(rate, rates[name]) for name, rate in more.items()})
     return rates
+
+
+def halvings(budgets: list[int]) -> list[int]:
+    """The budgets below the smallest candidate that full rows may choose."""
+    return [min(budgets) >> times for times in range(1, HALVINGS + 1)]
+
+
+def smallest_paying_budget(
+    tunable: Tunable,
+    best: Candidate,
+    candidates: list[Candidate],
+    budgets: list[int],
+    rates: dict[str, float],
+    queries: list[str],
+    texts: list[str],
+) -> Candidate:
+    """With full rows, the fastest candidate once smaller budgets are timed in its mode too (adding their
+    rates to ``rates`` and them to ``candidates``): the budgets below ``best``'s that were not timed (a
+    model too slow to time every budget), then halvings of the smallest while it wins, ``HALVINGS`` at
+    most. Full rows pad each length bucket's last batch in a call to the budget's row count, so a
+    smaller budget can win on the calls a shard brings where a larger one won with row steps."""
+    timed = {candidate.budget for candidate in candidates if candidate.mode == best.mode}
+    smaller = [
+        Candidate(budget, best.mode) for budget in budgets if budget < best.budget and budget not in timed
+    ]
+    if smaller:
+        rates.update(measure(tunable, [*smaller, best], queries, texts))
+        candidates.extend(smaller)
+        best = choose(candidates, rates)
+    floor = min(halvings(budgets))
+    while best.budget == min(candidate.budget for candidate in candidates) and best.budget // 2 >= floor:
+        half = Candidate(best.budget // 2, best.mode)
+        rates.update(measure(tunable, [half, best], queries, texts))
+        candidates.append(half)
+        best = choose(candidates, rates)
+        if best != half:
+            break
+    return best
 
 
 def switch_to(tunable: Tunable, candidate: Candidate, compile_required: bool) -> None:
