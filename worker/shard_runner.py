@@ -13,11 +13,11 @@ from core.errors import BudgetExhaustedError, MessageError, PermanentProviderErr
 from core.messages import ShardRef
 from core.model_spec import ModelSpec
 from storage.atomic import staged
-from storage.ledger.leases import Busy, Closed
+from storage.ledger.leases import Busy, Closed, Publication
 from storage.ledger.types import AttemptUsage, utcnow
 from storage.location import Location
 from storage.shards.inputs import read_shard_input
-from storage.shards.publication import attempt_key, settle
+from storage.shards.publication import attempt_key, settle, settle_run
 from storage.shards.scores import scores_table, write_staged_scores
 from worker.backends.base import API_DEVICE
 from worker.backends.progress_sink import listening
@@ -159,6 +159,8 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
                 output_key,
                 exc,
             )
+        if held == Publication.CLOSED_RUN:
+            _settle_finished_run(data, runtime, ref.run_id, phases)
     else:
         _delete_quietly(scores_file)
     seconds = time.monotonic() - clock
@@ -173,6 +175,19 @@ def run_shard(ref: ShardRef, runtime: WorkerRuntime, worker: str) -> ShardOutcom
         phases.line(),
     )
     return ShardOutcome(status, attempt, pairs.num_rows, seconds)
+
+
+def _settle_finished_run(data: Location, runtime: WorkerRuntime, run_id: str, phases: PhaseClock) -> None:
+    """The run's last shard is published: finish the settles of its other shards and sweep their attempt
+    files, which a worker killed between publishing a shard and deleting them left behind (no one else
+    would, unless the run is followed with ``submit.py --wait`` or merged with ``--out``)."""
+    try:
+        with phases.phase("settle"):
+            settle_run(data, runtime.ledger, run_id)
+    except RerankError as exc:
+        log.warning(
+            "run %s is finished; settling its shards failed (submit.py --out retries it): %s", run_id, exc
+        )
 
 
 def _delete_quietly(location: Location) -> None:

@@ -12,7 +12,7 @@ methods take and return. Submodules hold one concept each and never import this 
 """
 
 from storage.ledger.cost_report import DIMENSIONS, CostRow, Dimension
-from storage.ledger.leases import Busy, Closed, Grant, Granted, ShardLeases
+from storage.ledger.leases import Busy, Closed, Grant, Granted, Publication, ShardLeases
 from storage.ledger.ledger import Ledger
 from storage.ledger.schema import Run, Shard, Usage
 from storage.ledger.statuses import FINAL_SHARD_STATUSES, RunStatus, ShardStatus, UsageOutcome
@@ -37,6 +37,7 @@ __all__ = [
     "Grant",
     "Granted",
     "Ledger",
+    "Publication",
     "Run",
     "RunProgress",
     "RunStatus",

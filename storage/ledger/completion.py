@@ -13,8 +13,9 @@ from storage.ledger.statuses import FINAL_SHARD_STATUSES, RunStatus, ShardStatus
 from storage.ledger.types import utcnow
 
 
-def close_run_if_finished(session: Session, run_id: str) -> None:
-    """Mark the run completed (with failures if any shard failed) once every shard is done or failed."""
+def close_run_if_finished(session: Session, run_id: str) -> bool:
+    """Mark the run completed (with failures if any shard failed) once every shard is done or failed;
+    returns whether this call closed it."""
     counts = dict(
         session.execute(
             select(Shard.status, func.count()).where(Shard.run_id == run_id).group_by(Shard.status)
@@ -23,6 +24,7 @@ def close_run_if_finished(session: Session, run_id: str) -> None:
         .all()
     )
     if any(status not in FINAL_SHARD_STATUSES for status in counts):
-        return
+        return False
     status = RunStatus.COMPLETED_WITH_FAILURES if counts.get(ShardStatus.FAILED) else RunStatus.COMPLETED
     session.execute(update(Run).where(Run.run_id == run_id).values(status=status, finished_at=utcnow()))
+    return True

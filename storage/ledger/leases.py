@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import IntEnum
 
 from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +26,14 @@ from storage.ledger.types import AttemptUsage, utcnow
 from storage.ledger.usage_rows import record_attempt_row
 
 PAUSED_BY = "paused_by"  # the run option saying which limit paused it
+
+
+class Publication(IntEnum):
+    """What ``publish`` did; false only where another attempt holds the shard."""
+
+    SUPERSEDED = 0  # nothing recorded as the shard's scores
+    PUBLISHED = 1
+    CLOSED_RUN = 2  # published, and the run's last open shard: the run is finished
 
 
 @dataclass(frozen=True)
@@ -129,22 +138,24 @@ class ShardLeases:
         usage: AttemptUsage,
         started_at: datetime,
         scores_path: str,
-    ) -> bool:
+    ) -> Publication:
         """If ``attempt`` still holds the shard, record ``scores_path`` (its complete scores file) as the
         shard's scores and mark it done, under the shard's row lock. Usage is recorded either way.
-        Returns whether it held; only one attempt of a shard ever does."""
+        Returns whether it held (true) and whether that closed the run; only one attempt of a shard
+        ever holds."""
         with self._sessions() as session, session.begin():
             record_attempt_row(session, run_id, shard_id, attempt, usage, UsageOutcome.OK, started_at)
             shard = session.get(Shard, (run_id, shard_id), with_for_update=True)
             holds = shard is not None and shard.attempts == attempt and shard.status == ShardStatus.RUNNING
-            if holds and shard is not None:
-                shard.scores_path = scores_path
-                shard.status = ShardStatus.DONE
-                shard.finished_at = utcnow()
-                shard.error = None
-                shard.lease_expires_at = None
-                close_run_if_finished(session, run_id)
-            return holds
+            if not holds or shard is None:
+                return Publication.SUPERSEDED
+            shard.scores_path = scores_path
+            shard.status = ShardStatus.DONE
+            shard.finished_at = utcnow()
+            shard.error = None
+            shard.lease_expires_at = None
+            closed = close_run_if_finished(session, run_id)
+            return Publication.CLOSED_RUN if closed else Publication.PUBLISHED
 
     def fail(
         self,

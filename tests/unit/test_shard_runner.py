@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import select, update
@@ -19,10 +20,11 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from producer.submission import create_run
 from storage.corpus import CorpusColumns, validate_corpus
-from storage.ledger import Ledger, UsageOutcome
+from storage.ledger import AttemptUsage, Granted, Ledger, UsageOutcome
 from storage.ledger.schema import Run, Shard, Usage
 from storage.ledger.types import utcnow
 from storage.location import data_location, parse_location
+from storage.shards.publication import attempt_key
 from storage.shards.scores import read_metadata
 from testkit import corpora
 from worker.backends.base import ScoreResult
@@ -75,6 +77,14 @@ class WordOverlapReranker:
 
 def submit(tmp_path: Path, n_queries: int, docs_per_query: int) -> tuple[Settings, Ledger, ShardRef]:
     """A one-shard run recorded in a SQLite ledger, its input written by the producer's own code."""
+    settings, ledger, [ref] = submit_shards(tmp_path, n_queries, docs_per_query, shard_pairs=100_000)
+    return settings, ledger, ref
+
+
+def submit_shards(
+    tmp_path: Path, n_queries: int, docs_per_query: int, shard_pairs: int
+) -> tuple[Settings, Ledger, list[ShardRef]]:
+    """A run of shards of up to ``shard_pairs`` pairs, recorded in a SQLite ledger."""
     settings = Settings(data_dir=tmp_path / "data", ledger_url=f"sqlite:///{tmp_path / 'ledger.db'}")
     ledger = Ledger(settings.resolved_ledger_url)
     ledger.create_schema()
@@ -83,11 +93,10 @@ def submit(tmp_path: Path, n_queries: int, docs_per_query: int) -> tuple[Setting
     )
     columns = CorpusColumns()
     summary = validate_corpus(corpus, columns)
-    created = create_run(corpus, summary, SPEC, columns, settings, ledger, shard_pairs=100_000)
-    [shard] = created.shards
+    created = create_run(corpus, summary, SPEC, columns, settings, ledger, shard_pairs=shard_pairs)
     run = ledger.get_run(created.run_id)
     assert run is not None
-    return settings, ledger, shard.ref(run)
+    return settings, ledger, [shard.ref(run) for shard in created.shards]
 
 
 def attempt_rows(ledger: Ledger, run_id: str) -> list[Usage]:
@@ -141,6 +150,37 @@ def test_a_shard_is_scored_published_and_recorded(tmp_path: Path) -> None:
     assert row.pairs == ref.pairs
     assert row.tokens == sum(len(r["query"].split()) + len(r["text"].split()) for r in corpus)
     assert 0 < row.device_seconds <= row.wall_seconds
+
+
+def test_the_attempt_that_finishes_a_run_settles_what_a_killed_worker_left_of_another_shard(
+    tmp_path: Path,
+) -> None:
+    settings, ledger, [first, last] = submit_shards(tmp_path, n_queries=4, docs_per_query=10, shard_pairs=20)
+    runtime = WorkerRuntime(settings, WordOverlapReranker("only", batch_size=16))
+    data = data_location(settings)
+    # A worker published the first shard, then was killed before copying its file to the output and
+    # deleting its attempt files; a stale attempt's file lies beside it too.
+    leases = ledger.leases(max_attempts=3, lease_s=60)
+    grant = leases.acquire(first.run_id, first.shard_id, "killed-worker")
+    assert isinstance(grant, Granted)
+    chosen = attempt_key(first.output_key, grant.attempt)
+    table = pa.table({"query_id": ["q"], "doc_id": ["d"], "score": [0.5]})
+    (Path(data.path) / chosen).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, Path(data.path) / chosen)
+    (Path(data.path) / attempt_key(first.output_key, 9)).write_bytes(b"a stale attempt's file")
+    usage = AttemptUsage(worker="killed-worker", model=first.model, device="cpu", pairs=first.pairs)
+    assert leases.publish(first.run_id, first.shard_id, grant.attempt, usage, utcnow(), chosen)
+
+    outcome = run_shard(last, runtime, "worker-1")
+
+    assert outcome.status == "done"
+    run = ledger.get_run(first.run_id)
+    assert run is not None and run.status == "completed"
+    shards = ledger.shards(first.run_id)
+    assert [shard.scores_path for shard in shards] == [shard.output_path for shard in shards]
+    first_output = Path(data.path) / first.output_key
+    assert leftovers(first_output) == [Path(last.output_key).name]
+    assert pq.read_table(first_output).equals(table)
 
 
 class TakeOverAtFirstReport:
