@@ -374,14 +374,17 @@ def test_with_full_rows_a_slow_model_times_the_smaller_budgets_in_its_fastest_mo
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
     tokenizer = load(model_dir, model_dir.parent / "state-padded").model.cross_encoder.tokenizer
 
-    tuning = calibration.tune(
-        tunable,
-        tokenizer,
-        budgets=[512, 1024, 2048],
-        modes=[EAGER, compiled],
-        compile_required=False,
-        cache_file=None,
-    )
+    def tune(cache_file: Path | None) -> Tuning:
+        return calibration.tune(
+            tunable,
+            tokenizer,
+            budgets=[512, 1024, 2048],
+            modes=[EAGER, compiled],
+            compile_required=False,
+            cache_file=cache_file,
+        )
+
+    tuning = tune(cache_file=None)
 
     assert tuning.full_rows is True
     # Row steps: both modes at the middle budget only; full rows: the fastest mode below it too, and the
@@ -400,14 +403,7 @@ def test_with_full_rows_a_slow_model_times_the_smaller_budgets_in_its_fastest_mo
     # A halved budget is one a later load reads back from the cache.
     cache_file = tmp_path / "tuning.json"
     calibration.write_cached(cache_file, tuning)
-    again = calibration.tune(
-        tunable,
-        tokenizer,
-        budgets=[512, 1024, 2048],
-        modes=[EAGER, compiled],
-        compile_required=False,
-        cache_file=cache_file,
-    )
+    again = tune(cache_file)
     assert again.source == "cached" and again.token_budget == 256 and tunable.budget == 256
 
 
