@@ -140,7 +140,10 @@ def test_a_contender_runs_in_its_own_process(tiny_dir: Path, words: list[str], t
     in_process = load_reranker(
         ModelSpec.parse(f"cross-encoder:{tiny_dir}"), Settings(device="cpu", dtype="float32")
     ).score(corpus.queries, corpus.texts)
-    np.testing.assert_allclose(scores, in_process.scores, atol=1e-6, rtol=0)
+    # The contender runs one thread, this process two: float32 sums split differently between threads
+    # move a score by up to a few 1e-6 (1.01e-6 seen on an AMX Xeon; the bench measures 2.9e-6 across
+    # batch compositions in float32 there).
+    np.testing.assert_allclose(scores, in_process.scores, atol=5e-6, rtol=0)
 
 
 def test_ours_through_the_flag_backend_is_a_contender_of_its_own(
