@@ -170,6 +170,24 @@ class ClockedTunable:
         return ScoreResult(scores=scores, tokens=0, device_seconds=0.0)
 
 
+def tune(
+    tunable: calibration.Tunable,
+    tokenizer: Any,
+    budgets: list[int],
+    modes: list[Mode] | None = None,
+    cache_file: Path | None = None,
+) -> Tuning:
+    """``calibration.tune`` on a fake tunable, which compiles nothing (eager only unless ``modes``)."""
+    return calibration.tune(
+        tunable,
+        tokenizer,
+        budgets=budgets,
+        modes=modes or [EAGER],
+        compile_required=False,
+        cache_file=cache_file,
+    )
+
+
 def test_candidates_close_to_the_best_get_deciding_rounds(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -178,14 +196,7 @@ def test_candidates_close_to_the_best_get_deciding_rounds(
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
     tokenizer = load(model_dir, model_dir.parent / "state-fake").model.cross_encoder.tokenizer
 
-    tuning = calibration.tune(
-        tunable,
-        tokenizer,
-        budgets=[512, 1024, 2048],
-        modes=[EAGER],
-        compile_required=False,
-        cache_file=None,
-    )
+    tuning = tune(tunable, tokenizer, [512, 1024, 2048])
 
     assert tuning.token_budget == 1024
     rounds, deciding = calibration.ROUNDS, calibration.DECIDING_ROUNDS
@@ -201,14 +212,7 @@ def test_deciding_rounds_are_skipped_when_trials_are_slow(
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
     tokenizer = load(model_dir, model_dir.parent / "state-slow").model.cross_encoder.tokenizer
 
-    calibration.tune(
-        tunable,
-        tokenizer,
-        budgets=[512, 1024],
-        modes=[EAGER],
-        compile_required=False,
-        cache_file=None,
-    )
+    tune(tunable, tokenizer, [512, 1024])
 
     assert tunable.calls[1024] == calibration.ROUNDS
 
@@ -222,14 +226,7 @@ def test_a_model_too_slow_to_time_every_candidate_times_its_modes_at_the_middle_
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
     tokenizer = load(model_dir, model_dir.parent / "state-large").model.cross_encoder.tokenizer
 
-    tuning = calibration.tune(
-        tunable,
-        tokenizer,
-        budgets=[512, 1024, 2048],
-        modes=[EAGER, compiled],
-        compile_required=False,
-        cache_file=None,
-    )
+    tuning = tune(tunable, tokenizer, [512, 1024, 2048], [EAGER, compiled])
 
     assert set(tuning.trials) == {"eager 1024", "compiled 1024"}
     assert tuning.choice() == "budget 1024, compiled (measured)"
@@ -249,14 +246,7 @@ def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
     tokenizer = load(model_dir, model_dir.parent / "state-modes").model.cross_encoder.tokenizer
 
-    tuning = calibration.tune(
-        tunable,
-        tokenizer,
-        budgets=[512, 1024],
-        modes=[EAGER, matmul, broken, sdpa, templates],
-        compile_required=False,
-        cache_file=None,
-    )
+    tuning = tune(tunable, tokenizer, [512, 1024], [EAGER, matmul, broken, sdpa, templates])
 
     assert tuning.mode == templates and tunable.mode == templates
     assert tuning.choice() == "budget 512, compiled cpp-gemm (measured)"
@@ -303,17 +293,7 @@ def test_batches_keep_row_steps_only_where_scores_stay_the_same_in_any_compositi
     tokenizer = load(model_dir, model_dir.parent / "state-shapes").model.cross_encoder.tokenizer
     cache_file = tmp_path / "tuning.json"
 
-    def tune() -> Tuning:
-        return calibration.tune(
-            tunable,
-            tokenizer,
-            budgets=[512, 1024],
-            modes=[EAGER],
-            compile_required=False,
-            cache_file=cache_file,
-        )
-
-    tuning = tune()
+    tuning = tune(tunable, tokenizer, [512, 1024], cache_file=cache_file)
 
     assert tuning.full_rows is drifts and tunable.shapes == FixedShapes(full_rows=drifts)
     assert tuning.composition_drift is not None
@@ -324,7 +304,8 @@ def test_batches_keep_row_steps_only_where_scores_stay_the_same_in_any_compositi
     assert ("full rows" if drifts else "row steps kept") in tuning.summary()
 
     tunable.shapes = FixedShapes(full_rows=not drifts)
-    assert tune().source == "cached" and tunable.shapes == FixedShapes(full_rows=drifts)
+    again = tune(tunable, tokenizer, [512, 1024], cache_file=cache_file)
+    assert again.source == "cached" and tunable.shapes == FixedShapes(full_rows=drifts)
 
 
 def test_row_steps_are_kept_where_full_rows_leave_scores_as_dependent_on_the_batch(
@@ -335,9 +316,7 @@ def test_row_steps_are_kept_where_full_rows_leave_scores_as_dependent_on_the_bat
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
     tokenizer = load(model_dir, model_dir.parent / "state-shapes").model.cross_encoder.tokenizer
 
-    tuning = calibration.tune(
-        tunable, tokenizer, budgets=[512, 1024], modes=[EAGER], compile_required=False, cache_file=None
-    )
+    tuning = tune(tunable, tokenizer, [512, 1024])
 
     assert True in tunable.timed_with  # full rows were tried ...
     assert tuning.full_rows is False and tunable.shapes == FixedShapes(full_rows=False)  # ... and dropped
@@ -374,17 +353,7 @@ def test_with_full_rows_a_slow_model_times_the_smaller_budgets_in_its_fastest_mo
     monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
     tokenizer = load(model_dir, model_dir.parent / "state-padded").model.cross_encoder.tokenizer
 
-    def tune(cache_file: Path | None) -> Tuning:
-        return calibration.tune(
-            tunable,
-            tokenizer,
-            budgets=[512, 1024, 2048],
-            modes=[EAGER, compiled],
-            compile_required=False,
-            cache_file=cache_file,
-        )
-
-    tuning = tune(cache_file=None)
+    tuning = tune(tunable, tokenizer, [512, 1024, 2048], [EAGER, compiled])
 
     assert tuning.full_rows is True
     # Row steps: both modes at the middle budget only; full rows: the fastest mode below it too, and the
@@ -403,7 +372,7 @@ def test_with_full_rows_a_slow_model_times_the_smaller_budgets_in_its_fastest_mo
     # A halved budget is one a later load reads back from the cache.
     cache_file = tmp_path / "tuning.json"
     calibration.write_cached(cache_file, tuning)
-    again = tune(cache_file)
+    again = tune(tunable, tokenizer, [512, 1024, 2048], [EAGER, compiled], cache_file)
     assert again.source == "cached" and again.token_budget == 256 and tunable.budget == 256
 
 
