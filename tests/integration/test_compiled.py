@@ -7,6 +7,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,6 +58,40 @@ def test_compiled_scores_match_eager_with_one_graph_for_every_batch_shape(model_
     assert counters["stats"]["unique_graphs"] - graphs_before == 1
 
 
+def test_single_rows_compile_one_more_graph_and_score_as_the_batched_one(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eager = load(model_dir, compile="off")
+    # Batch-invariant shapes at float32: the 512-token pair and a call of one pair are batches of one.
+    compiled = load(model_dir, compile="on", batch_invariant="on")
+    expected = eager.score(QUERIES, TEXTS).scores
+    graphs_before = counters["stats"]["unique_graphs"]
+
+    assert compiled.use_single_rows(True)  # compiles the one-row graph now, on a warm-up pair
+
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
+    assert compiled.describe()["batch_shapes"].endswith(", a single pair as one row")
+    rows_run: list[int] = []
+    logits = compiled.model.path.logits
+
+    def counted_logits(features: dict[str, Any]) -> Any:
+        rows_run.append(len(features["input_ids"]))
+        return logits(features)
+
+    monkeypatch.setattr(compiled.model.path, "logits", counted_logits)
+    result = compiled.score(QUERIES, TEXTS)
+    singles = [compiled.score([query], [text]).scores[0] for query, text in PAIRS]
+    np.testing.assert_allclose(result.scores, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(singles, expected, atol=1e-5, rtol=0)
+    assert rows_run.count(1) >= len(PAIRS) + 1  # each pair alone, and the 512-token pair in the whole call
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1  # no graph per length
+
+    assert not compiled.use_single_rows(False)
+    rows_run.clear()
+    compiled.score(QUERIES[:1], TEXTS[:1])
+    assert rows_run != [1]
+
+
 def test_compiled_bfloat16_attentions_are_measured_and_stay_close_to_float32(
     model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,6 +104,11 @@ def test_compiled_bfloat16_attentions_are_measured_and_stay_close_to_float32(
     compiled = load(model_dir, compile="on", dtype="bfloat16", calibrate=True, state_dir=tmp_path)
 
     assert compiled.describe()["dtype"] == "bfloat16"
+    # ... and tries a single pair as one row (a graph of its own) in the mode it chose.
+    assert compiled.tuning.single_rows_drift is not None
+    assert compiled.tuning.single_rows is (
+        compiled.tuning.single_rows_drift <= calibration.INVARIANCE_TOLERANCE
+    )
     assert set(compiled.tuning.trials) == {"compiled matmul 600", "compiled 600", "compiled cpp-gemm 600"}
     attention = {None: "sdpa", "matmul": "bulk-rerank-cpu"}
     assert compiled.describe()["attention"] == attention[compiled.tuning.attention]

@@ -403,11 +403,15 @@ def test_avx512_detection(monkeypatch: pytest.MonkeyPatch, capability: str, avx5
         cpu_has_avx512.cache_clear()
 
 
-@pytest.mark.parametrize("full_rows", [True, False])
-def test_fixed_shapes_keep_batches_in_one_length_bucket_with_fixed_row_counts(full_rows: bool) -> None:
+@pytest.mark.parametrize(
+    ("full_rows", "single_rows"), [(True, False), (False, False), (True, True), (False, True)]
+)
+def test_fixed_shapes_keep_batches_in_one_length_bucket_with_fixed_row_counts(
+    full_rows: bool, single_rows: bool
+) -> None:
     from worker.backends.local.batch_shapes import FixedShapes
 
-    shapes = FixedShapes(length_step=16, row_step=2, full_rows=full_rows)
+    shapes = FixedShapes(length_step=16, row_step=2, full_rows=full_rows, single_rows=single_rows)
     lengths = random_lengths(301, seed=3)
     forward = RecordingForward(lengths)
     batcher = TokenBudgetBatcher(512, shapes=shapes)
@@ -417,12 +421,15 @@ def test_fixed_shapes_keep_batches_in_one_length_bucket_with_fixed_row_counts(fu
     assert np.array_equal(results, np.arange(301, dtype=np.float32) * 10 + 0.5)
     for batch in forward.batches:
         width = shapes.width(lengths[batch].max())
-        assert len(batch) == shapes.rows(width, 512) if full_rows else len(batch) % 2 == 0
-        assert len(batch) * width <= 512 or len(batch) == 2
+        if len(batch) > 1 or not single_rows:
+            assert len(batch) == shapes.rows(width, 512) if full_rows else len(batch) % 2 == 0
+        assert len(batch) * width <= 512 or len(batch) <= 2  # an item longer than the budget runs alone
         assert len({shapes.width(length) for length in lengths[batch]}) == 1
     # Each item once, plus copies of a batch's last item to fill its rows.
     real = [item for batch in forward.batches for item in dict.fromkeys(batch.tolist())]
     assert sorted(real) == list(range(301))
+    # The long buckets are sparse: some hold one item, which runs alone only with single rows.
+    assert any(len(batch) == 1 for batch in forward.batches) is single_rows
     assert batcher.real_tokens == int(lengths.sum())
     widths = [shapes.width(lengths[batch].max()) for batch in forward.batches]
     assert batcher.padded_tokens == sum(len(b) * w for b, w in zip(forward.batches, widths, strict=True))

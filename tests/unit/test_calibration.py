@@ -155,6 +155,12 @@ class ClockedTunable:
     def use_budget(self, budget: int) -> None:
         self.budget = budget
 
+    def use_single_rows(self, enabled: bool) -> bool:
+        if self.shapes is None:
+            return False
+        self.shapes = replace(self.shapes, single_rows=enabled)
+        return enabled
+
     def use_mode(self, mode: Mode, *, required: bool) -> bool:
         if mode not in self.mode_factors:
             return False
@@ -260,13 +266,15 @@ def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
 
 class ShapeSensitive(ClockedTunable):
     """Fixed batch shapes: full rows cost twice the time of row steps, and with row steps a score depends
-    on how many pairs its call holds (``drifts``), as where kernels reduce differently by row count."""
+    on how many pairs its call holds (``drifts``), as where kernels reduce differently by row count; so
+    does it with single rows where ``single_rows_drift``, as where a one-row graph reduces otherwise."""
 
-    def __init__(self, drifts: bool, full_rows_drift: bool = False) -> None:
+    def __init__(self, drifts: bool, full_rows_drift: bool = False, single_rows_drift: bool = False) -> None:
         super().__init__({256: 1.5, 512: 1.0, 1024: 1.2})
         self.shapes = FixedShapes()
         self.drifts = drifts
         self.full_rows_drift = full_rows_drift
+        self.single_rows_drift = single_rows_drift
         self.call_sizes: list[int] = []
         self.timed_with: list[bool] = []
 
@@ -275,6 +283,8 @@ class ShapeSensitive(ClockedTunable):
         self.timed_with.append(self.shapes.full_rows)
         self.call_sizes.append(len(queries))
         result = super().score(queries, texts)
+        if self.shapes.single_rows and self.single_rows_drift:
+            return replace(result, scores=result.scores + 1e-3 * len(queries))
         if self.shapes.full_rows:
             self.now += self.seconds_per_budget[self.budget]
             if self.full_rows_drift:
@@ -295,7 +305,7 @@ def test_batches_keep_row_steps_only_where_scores_stay_the_same_in_any_compositi
 
     tuning = tune(tunable, tokenizer, [512, 1024], cache_file=cache_file)
 
-    assert tuning.full_rows is drifts and tunable.shapes == FixedShapes(full_rows=drifts)
+    assert tuning.full_rows is drifts and tunable.shapes == FixedShapes(full_rows=drifts, single_rows=True)
     assert tuning.composition_drift is not None
     assert (tuning.composition_drift > calibration.INVARIANCE_TOLERANCE) is drifts
     assert tuning.token_budget == 512
@@ -305,7 +315,7 @@ def test_batches_keep_row_steps_only_where_scores_stay_the_same_in_any_compositi
 
     tunable.shapes = FixedShapes(full_rows=not drifts)
     again = tune(tunable, tokenizer, [512, 1024], cache_file=cache_file)
-    assert again.source == "cached" and tunable.shapes == FixedShapes(full_rows=drifts)
+    assert again.source == "cached" and tunable.shapes == FixedShapes(full_rows=drifts, single_rows=True)
 
 
 def test_row_steps_are_kept_where_full_rows_leave_scores_as_dependent_on_the_batch(
@@ -319,7 +329,7 @@ def test_row_steps_are_kept_where_full_rows_leave_scores_as_dependent_on_the_bat
     tuning = tune(tunable, tokenizer, [512, 1024])
 
     assert True in tunable.timed_with  # full rows were tried ...
-    assert tuning.full_rows is False and tunable.shapes == FixedShapes(full_rows=False)  # ... and dropped
+    assert tuning.full_rows is False and tunable.shapes.full_rows is False  # ... and dropped
     assert tuning.full_rows_drift is not None and tuning.full_rows_drift > calibration.INVARIANCE_TOLERANCE
     assert (
         tuning.composition_drift is not None and tuning.composition_drift > calibration.INVARIANCE_TOLERANCE
@@ -328,6 +338,28 @@ def test_row_steps_are_kept_where_full_rows_leave_scores_as_dependent_on_the_bat
     # budget 512 (full rows took two).
     assert tuning.trials["eager 512"] == pytest.approx(max(tunable.call_sizes) / 1.0)
     assert "full rows moved it" in tuning.summary() and "row steps kept" in tuning.summary()
+
+
+@pytest.mark.parametrize("drifts", [False, True])
+def test_a_single_pair_runs_as_one_row_only_where_that_leaves_scores_the_same(
+    drifts: bool, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tunable = ShapeSensitive(drifts=False, single_rows_drift=drifts)
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-shapes").model.cross_encoder.tokenizer
+    cache_file = tmp_path / "tuning.json"
+
+    tuning = tune(tunable, tokenizer, [512, 1024], cache_file=cache_file)
+
+    assert tuning.full_rows is False and tuning.single_rows is not drifts
+    assert tunable.shapes == FixedShapes(full_rows=False, single_rows=not drifts)
+    assert tuning.single_rows_drift is not None
+    assert (tuning.single_rows_drift > calibration.INVARIANCE_TOLERANCE) is drifts
+    assert ("padded as before" if drifts else "(kept)") in tuning.summary()
+
+    tunable.shapes = FixedShapes()
+    again = tune(tunable, tokenizer, [512, 1024], cache_file=cache_file)
+    assert again.source == "cached" and tunable.shapes == FixedShapes(full_rows=False, single_rows=not drifts)
 
 
 class PaddedToFullRows(ShapeSensitive):
@@ -383,5 +415,9 @@ def test_bf16_calibration_measures_the_rows_batches_are_padded_to(model_dir: Pat
     assert tuning.source == "measured" and tuning.composition_drift is not None
     assert tuning.full_rows is (tuning.composition_drift > calibration.INVARIANCE_TOLERANCE)
     rows = "full rows per length" if tuning.full_rows else "rows in steps of 2"
-    assert reranker.describe()["batch_shapes"] == f"fixed: lengths in steps of 16, {rows}"
-    assert reranker.batcher.shapes == reranker.target.shapes == FixedShapes(full_rows=tuning.full_rows)
+    single = ", a single pair as one row" if tuning.single_rows else ""
+    assert reranker.describe()["batch_shapes"] == f"fixed: lengths in steps of 16, {rows}{single}"
+    shapes = FixedShapes(full_rows=bool(tuning.full_rows), single_rows=bool(tuning.single_rows))
+    assert reranker.batcher.shapes == reranker.target.shapes == shapes
+    assert tuning.single_rows_drift is not None
+    assert tuning.single_rows is (tuning.single_rows_drift <= calibration.INVARIANCE_TOLERANCE)

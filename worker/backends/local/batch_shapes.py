@@ -13,6 +13,11 @@ scores identical. The load-time calibration measures which holds on the machine 
 (``calibration.composition_drift``); without it, batches get full rows. The padding this costs (the
 last batch of each length bucket in a call) shows in the benchmark's padded-per-real token ratio, next
 to the largest change of a score between two compositions measured on the machine it runs on.
+
+A bucket that holds a single pair in a call (the long ones, sparse in a shard) would still run it as
+``row_step`` rows, or as the bucket's full rows; with ``single_rows`` such a batch runs as the one row
+it holds. A compiled model then needs a graph of its own for one row, and whether that graph scores a
+pair as the batched one does is measured too (``calibration``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class FixedShapes:
     row_step: int = 2
     # Pad every batch to the full row count of its bucket, not just to a multiple of ``row_step``.
     full_rows: bool = True
+    # A batch of one pair runs as one row, however the batches of more are padded.
+    single_rows: bool = False
 
     def width(self, longest: int) -> int:
         """The padded length of a batch whose longest item has ``longest`` tokens."""
@@ -40,10 +47,14 @@ class FixedShapes:
     def padded_rows(self, rows: np.ndarray, width: int, budget: int) -> np.ndarray:
         """``rows`` of a batch of ``width`` followed by copies of its last one, up to the full row count
         under ``budget`` (every batch of a length bucket has the same shape, however many of its rows are
-        real), or without ``full_rows`` up to a multiple of ``row_step``."""
+        real), or without ``full_rows`` up to a multiple of ``row_step``; with ``single_rows``, a batch of
+        one stays one row."""
+        if self.single_rows and len(rows) == 1:
+            return rows
         missing = self.rows(width, budget) - len(rows) if self.full_rows else -len(rows) % self.row_step
         return np.concatenate([rows, np.repeat(rows[-1:], missing)]) if missing > 0 else rows
 
     def describe(self) -> str:
         rows = "full rows per length" if self.full_rows else f"rows in steps of {self.row_step}"
-        return f"fixed: lengths in steps of {self.length_step}, {rows}"
+        single = ", a single pair as one row" if self.single_rows else ""
+        return f"fixed: lengths in steps of {self.length_step}, {rows}{single}"

@@ -23,7 +23,10 @@ too slow to time every budget then times the budgets below the fastest one too, 
 smallest budget is halved while that wins: full rows pad each bucket's last batch in a call to the
 budget's row count, which a smaller budget shrinks); and where full
 rows leave scores moving too (cuBLAS picks a GEMM kernel by the whole shape), the faster row
-steps are kept.
+steps are kept. Last, a batch of one pair is tried as one row instead of padded like the others (a
+compiled model compiles a graph for it): kept where the same check finds scores still in tolerance. It
+is not timed: one row is at most the work of the two or more it replaces, and saves most where a shard's
+long passages spread thinly over many lengths.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 9  # 9: with full rows, smaller budgets timed (and halved) too
+CACHE_VERSION = 10  # 10: single rows tried
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -126,6 +129,9 @@ class Tuning:
     # ... and with full rows, where those were tried: when they leave scores as dependent on the batch
     # (GPU GEMM kernels are chosen by shape, not only by row count), row steps are kept, being faster.
     full_rows_drift: float | None = None
+    # ... and whether a batch of one pair runs as one row, with the largest change measured that way.
+    single_rows: bool | None = None
+    single_rows_drift: float | None = None
 
     @property
     def mode(self) -> Mode:
@@ -152,6 +158,9 @@ class Tuning:
                 rows = f"full rows moved it {self.full_rows_drift:.1e} too: row steps kept"
             moved = f"{self.composition_drift:.1e}"
             drift = f"; with row steps a score moved {moved} between batch compositions ({rows})"
+        if self.single_rows_drift is not None:
+            kept = "kept" if self.single_rows else "padded as before"
+            drift += f"; single pairs as one row moved it {self.single_rows_drift:.1e} ({kept})"
         return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}{drift}"
 
 
@@ -178,6 +187,11 @@ class Tunable(Protocol):
     def use_shapes(self, shapes: FixedShapes) -> None: ...
 
     def use_budget(self, budget: int) -> None: ...
+
+    def use_single_rows(self, enabled: bool) -> bool:
+        """Run a batch of one pair as one row (compiling for it), or padded like the others; returns
+        whether it runs as one row now."""
+        ...
 
     def use_mode(self, mode: Mode, *, required: bool) -> bool:
         """Switch to ``mode`` (compiling it, and scoring a warm-up batch, the first time); returns
@@ -338,6 +352,8 @@ def tune(
     ):
         if shapes is not None and cached.full_rows is not None:
             tunable.use_shapes(replace(shapes, full_rows=cached.full_rows))
+        if cached.single_rows:
+            tunable.use_single_rows(True)
         tunable.use_budget(cached.token_budget)
         return cached
     started = time.perf_counter()
@@ -373,6 +389,15 @@ def tune(
                 tunable.use_shapes(replace(shapes, full_rows=False))
                 rates, best = row_steps
     switch_to(tunable, best, compile_required)
+    single_rows: bool | None = None
+    single_rows_drift: float | None = None
+    if shapes is not None:
+        single_rows = tunable.use_single_rows(True)
+        if single_rows:
+            single_rows_drift = composition_drift(tunable, queries, texts)
+            single_rows = single_rows_drift <= INVARIANCE_TOLERANCE
+            if not single_rows:
+                tunable.use_single_rows(False)
     tuning = Tuning(
         best.budget,
         best.mode.compiled,
@@ -384,6 +409,8 @@ def tune(
         full_rows,
         drift,
         full_rows_drift,
+        single_rows,
+        single_rows_drift,
     )
     log.info(
         "calibrated in %.1fs on %d pairs: %s", time.perf_counter() - started, len(queries), tuning.summary()

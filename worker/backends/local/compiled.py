@@ -11,7 +11,9 @@ and eager float32 already runs its matrix multiplies (MKL) near the measured mat
 MiniLM-L6 shape 38-42 pairs/s eager and compiled alike), so ``auto`` skips the ~40 s compile there.
 
 Sizes are dynamic, so one graph serves every batch width and length; Dynamo still specialises size 1,
-so a single-row batch is sent as two copies of its row instead of compiling a second graph (~20 s).
+so a single-row batch is sent as two copies of its row instead of compiling a second graph (~20 s) —
+unless the caller asks for ``single_rows``: then one row runs as one, through a graph compiled for it
+on its first call (the calibration asks where that graph scores a pair as the batched one does).
 
 With ``gemm_templates``, TorchInductor also generates C++ GEMM kernels for the linear layers (on AMX,
 tile micro-kernels with the bias and the elementwise ops that follow fused into them), times them against
@@ -71,11 +73,13 @@ class CompiledLogits:
         options: dict[str, Any] | None = dict(GEMM_TEMPLATE_OPTIONS) if gemm_templates else None
         self.compiled: Any = torch.compile(model, dynamic=True, options=options)
 
-    def __call__(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, features: dict[str, torch.Tensor], *, single_rows: bool = False) -> torch.Tensor:
+        """The logits of ``features``' rows; with ``single_rows``, a batch of one row runs as one."""
         rows = next(iter(features.values())).shape[0]
-        if rows < MIN_ROWS:  # contiguous copies: a stride-0 view would fail a guard and recompile too
+        least = 1 if single_rows else MIN_ROWS
+        if rows < least:  # contiguous copies: a stride-0 view would fail a guard and recompile too
             features = {
-                name: tensor.expand(MIN_ROWS, *tensor.shape[1:]).contiguous()
+                name: tensor.expand(least, *tensor.shape[1:]).contiguous()
                 for name, tensor in features.items()
             }
         # Patched per call, not set globally, so it also covers recompiles and nothing else in the process.

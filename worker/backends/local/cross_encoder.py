@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 from core.errors import ConfigError, ModelLoadError
 from core.model_spec import ModelSpec
 from core.settings import Settings
+from worker.backends.local.batch_shapes import FixedShapes
 from worker.backends.local.calibration import EAGER, Mode, Tuning, cache_key, candidate_budgets, tune
 from worker.backends.local.compiled import CompiledLogits, missing_cpu_compiler, wants_compile
 from worker.backends.local.cpu_attention import (
@@ -57,6 +59,8 @@ _NO_LIMIT = 1_000_000
 # Two distinct pairs: one batch of two rows compiles the graph every later batch reuses.
 _WARM_UP_QUERIES = ("warm-up query", "another warm-up query")
 _WARM_UP_TEXTS = ("a short document to compile the model with", "and a second one")
+# With single rows (``FixedShapes.single_rows``), one pair compiles the graph of one-row batches.
+_WARM_UP_SINGLE = (("warm-up query",), ("a single document to compile the one-row graph with",))
 
 
 class CrossEncoderModel:
@@ -77,6 +81,7 @@ class CrossEncoderModel:
         self.pads_to_fixed_shapes = isinstance(self.path, DirectPath)
         if isinstance(self.path, DirectPath) and target.shapes is not None:
             self.path.length_step = target.shapes.length_step
+            self.path.single_rows = target.shapes.single_rows
 
     def distinct(self, queries: Sequence[str], texts: Sequence[str]) -> Distinct[Pair]:
         return distinct_pairs(queries, texts)
@@ -177,7 +182,7 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
         if mode not in self._warm_modes:
             started = time.perf_counter()
             try:
-                self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)  # compiles this mode's graph off the clock
+                self._warm_up()  # compiles this mode's graphs off the clock
             except Exception as error:  # whatever TorchInductor raises; the mode compiled first stands
                 path.compiled = None
                 restore_attention(path.model)
@@ -188,6 +193,34 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
             seconds = time.perf_counter() - started
             log.info("compiled %r in mode %s in %.1fs", self.spec.name, mode.name, seconds)
         return True
+
+    def use_shapes(self, shapes: FixedShapes) -> None:
+        super().use_shapes(shapes)
+        if isinstance(self.path, DirectPath):
+            self.path.single_rows = shapes.single_rows
+
+    def use_single_rows(self, enabled: bool) -> bool:
+        """Run a batch of one pair as one row from now on, or padded as ``shapes`` pads the others
+        (``FixedShapes.single_rows``); a compiled model compiles its one-row graph now, on a warm-up
+        pair. Returns whether a batch of one runs as one row now."""
+        if self.shapes is None:
+            return False
+        self.use_shapes(replace(self.shapes, single_rows=enabled))
+        if not enabled:
+            return False
+        try:
+            self.score(*_WARM_UP_SINGLE)
+        except Exception as error:  # whatever TorchInductor raises; single rows run as two, as before
+            self.use_shapes(replace(self.shapes, single_rows=False))
+            log.warning("cannot compile %r for one-row batches: %s", self.spec.name, error)
+            return False
+        return True
+
+    def _warm_up(self) -> None:
+        """Score the warm-up pairs: the batched graph's, and with single rows the one-row graph's."""
+        self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)
+        if self.shapes is not None and self.shapes.single_rows:
+            self.score(*_WARM_UP_SINGLE)
 
     def describe(self) -> dict[str, str]:
         described = super().describe()
@@ -215,7 +248,7 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
         try:
             if self.target.device.type == "cpu" and (missing := missing_cpu_compiler()) is not None:
                 raise RuntimeError(missing)
-            self.score(_WARM_UP_QUERIES, _WARM_UP_TEXTS)
+            self._warm_up()
         except Exception as error:  # whatever TorchInductor raises (no C++ compiler, an unsupported op)
             path.compiled = None
             restore_attention(path.model)

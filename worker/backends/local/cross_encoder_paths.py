@@ -80,6 +80,7 @@ class DirectPath:
         self.tokenizer = PairTokenizer(tokenizer, max_length, processes=tokenizer_processes)
         self.compiled: CompiledLogits | None = None  # set by ``CrossEncoderReranker.compile``
         self.length_step = 1  # padded lengths are multiples of it (``batch_shapes.FixedShapes``)
+        self.single_rows = False  # a compiled model runs a batch of one row as one (``FixedShapes``)
 
     def tokenize(self, pairs: list[Pair]) -> TokenizedPairs:
         return self.tokenizer(pairs)
@@ -92,7 +93,7 @@ class DirectPath:
 
     def logits(self, features: Features) -> torch.Tensor:
         if self.compiled is not None:
-            return self.compiled(features)
+            return self.compiled(features, single_rows=self.single_rows)
         logits: torch.Tensor = self.model(**features, return_dict=True).logits
         return logits
 
