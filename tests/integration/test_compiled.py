@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from testkit.model_factory import build_tiny_cross_encoder
 from testkit.model_factory import load_cross_encoder_on_cpu as load
 from worker.backends.local import calibration
 from worker.backends.local.calibration import Mode
+from worker.backends.local.device import cpu_has_amx
 
 PAIRS = [
     ("what is a cat", "A cat is a small domesticated carnivorous mammal."),
@@ -118,6 +120,24 @@ def test_compiled_bfloat16_attentions_are_measured_and_stay_close_to_float32(
         assert compiled.describe()["attention"] == attention[mode.attention]
         assert compiled.describe()["compiled"] == kernels[mode.gemm_templates]
         np.testing.assert_allclose(compiled.score(QUERIES, TEXTS).scores, reference, atol=0.05, rtol=0)
+
+
+@pytest.mark.skipif(not cpu_has_amx(), reason="a property of the AMX tile kernels: this CPU has no AMX")
+def test_generated_gemm_kernels_score_a_pair_alike_in_batches_of_any_rows_on_amx(tmp_path: Path) -> None:
+    # oneDNN's AMX kernels block a multiply's reduction by its row count; the generated kernels alone
+    # (cpp-gemm mode) do not, so neither row steps nor a single pair as one row move a bf16 score. The
+    # layers are as wide as MiniLM-L6's, where oneDNN's kernels moved scores by ~1e-2.
+    wide = build_tiny_cross_encoder(tmp_path / "wide", hidden_size=384, layers=1)
+    compiled = load(wide, compile="on", dtype="bfloat16", batch_invariant="on")
+    assert compiled.use_mode(Mode(True, gemm_templates=True), required=True)
+    assert compiled.shapes is not None
+    compiled.use_shapes(replace(compiled.shapes, full_rows=False))
+    assert compiled.use_single_rows(True)
+
+    whole = compiled.score(QUERIES, TEXTS).scores
+    singles = [compiled.score([query], [text]).scores[0] for query, text in PAIRS]
+    np.testing.assert_allclose(singles, whole, atol=calibration.INVARIANCE_TOLERANCE, rtol=0)
+    assert calibration.composition_drift(compiled, QUERIES * 5, TEXTS * 5) <= calibration.INVARIANCE_TOLERANCE
 
 
 class Child:

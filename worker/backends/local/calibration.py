@@ -51,7 +51,7 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 10  # 10: single rows tried
+CACHE_VERSION = 11  # 10: single rows tried; 11: generated GEMM kernels alone in cpp-gemm mode
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -88,8 +88,9 @@ INVARIANCE_TOLERANCE = 1e-5
 @dataclass(frozen=True)
 class Mode:
     """How the forward pass runs: eager or compiled, and for a compiled one the attention it is
-    compiled with (``None``: the one the model comes with) and whether its matrix multiplies may run on
-    TorchInductor's generated C++ GEMM kernels (``gemm_templates``) instead of only oneDNN's."""
+    compiled with (``None``: the one the model comes with) and whether its matrix multiplies run on
+    TorchInductor's generated C++ GEMM kernels (``gemm_templates``, oneDNN only where those cannot)
+    instead of oneDNN's."""
 
     compiled: bool
     attention: str | None = None
