@@ -46,6 +46,9 @@ LEASE_S = 4
 # 30 shards of 5 queries x 10 documents; the tiny model scores one in a fraction of a second.
 N_QUERIES, DOCS_PER_QUERY, SHARD_PAIRS = 150, 10, 50
 DONE_BEFORE_CUT = 4
+# Shards a worker process holds at once (RERANK_SHARDS_IN_FLIGHT, the default): its Celery slots and
+# prefetched messages.
+SHARDS_IN_FLIGHT = 2
 RUN_TIMEOUT_S = 150
 
 pytestmark = pytest.mark.timeout(400)
@@ -108,6 +111,7 @@ def host_env(site: Site, state_dir: Path, prefix: str) -> dict[str, str]:
         heartbeat_s="1",
         lease_s=str(LEASE_S),
         log_level="INFO",
+        shards_in_flight=str(SHARDS_IN_FLIGHT),
     )
     env.update(site.endpoint.env(data_dir=f"s3://{BUCKET}/data"))
     return env
@@ -152,16 +156,17 @@ def in_transaction(ledger: Ledger, ports: list[int]) -> bool:
 def cut_off_while_holding_a_lease(
     network: PrivateNetwork, site: Site, ledger: Ledger, run_id: str, deadline: float
 ) -> list[Shard]:
-    """Once a few shards are done, catch w1 holding a shard's lease and cut it off; returns the shards it
-    held. w1's processes are stopped while the ledger is read, so that what it holds cannot change under
-    the look; they go on (unable to reach anything) once its link is down.
+    """Once a few shards are done, catch w1 holding a lease for every shard it has in flight and cut it
+    off; returns the shards it held. w1's processes are stopped while the ledger is read, so that what it
+    holds cannot change under the look; they go on (unable to reach anything) once its link is down.
 
     Two moments are avoided, not because the product would lose anything there but because recovering
     from them takes minutes (tests/integration/test_stranded_shards.py shows each):
     - between taking a shard's message and leasing it: no lease expires, so the shard is sent again only
-      once it has waited RERANK_STRANDED_S (300 s) with its queue empty. With one prefetched message and
-      late acks, a worker that holds a lease holds no other message, so a cut made while w1 holds a
-      lease is clear of this.
+      once it has waited RERANK_STRANDED_S (300 s) with its queue empty. A worker process reserves one
+      message per shard in flight and acks it late, so a cut made while w1 holds as many leases as it
+      has shards in flight is clear of this (with one lease held, its other slot may hold a message it
+      has not leased yet: a run here once waited on such a shard past its timeout).
     - inside one of w1's ledger transactions: its row locks stay held until PostgreSQL ends the idle
       transaction (after 30 s, storage/ledger/engine.py), and the reapers wait on them meanwhile."""
     w1, name = network.hosts["w1"], node(network, "w1")
@@ -174,13 +179,15 @@ def cut_off_while_holding_a_lease(
             time.sleep(0.2)  # what w1 sent before it stopped reaches the ledger
             running = ledger.shards(run_id, statuses=[ShardStatus.RUNNING])
             held = [shard for shard in running if shard.worker == name]
-            if held and not in_transaction(ledger, site.forwarder.upstream_ports(w1.address)):
+            if len(held) == SHARDS_IN_FLIGHT and not in_transaction(
+                ledger, site.forwarder.upstream_ports(w1.address)
+            ):
                 w1.cut_off()
                 return held
         finally:
             freeze(w1, False)
         time.sleep(0.05)
-    raise AssertionError(f"w1 never held a shard while the run {run_id} went on")
+    raise AssertionError(f"w1 never held {SHARDS_IN_FLIGHT} shards at once while the run {run_id} went on")
 
 
 def not_done(ledger: Ledger, run_id: str) -> str:
