@@ -17,12 +17,13 @@ on its first call (the calibration asks where that graph scores a pair as the ba
 
 With ``gemm_templates``, TorchInductor generates C++ GEMM kernels for the linear layers (on AMX, tile
 micro-kernels with the bias and the elementwise ops that follow fused into them); oneDNN runs only the
-layers those kernels cannot. They are not timed against oneDNN's per layer, although oneDNN wins some: a
-generated kernel reduces a row the same way at every row count, while oneDNN's AMX kernels block the
-reduction by the row count (and a one-row graph picked oneDNN where the batched graph had not), so with
-generated kernels alone a pair scores the same in batches of any rows, one row included, and batches need
-no padding to their bucket's full rows. Whether the mode pays depends on the CPU and the model, so the
-calibration measures it as a mode of its own, together with its batch invariance; it compiles slower and
+layers those kernels cannot. They are not timed against oneDNN's per layer, although oneDNN wins some:
+oneDNN's AMX kernels block the reduction by the row count, and with the per-layer timing, row steps and
+one-row graphs moved bf16 scores on AMX (the one-row graph's timing presumably picked oneDNN for layers
+where the batched graph had not: inferred, as the generated kernels alone moved none). With them alone a
+pair scored the same in batches of any rows there, one row included, so batches need no padding to their
+bucket's full rows. Whether the mode pays depends on the CPU and the model, so the calibration measures
+it as a mode of its own (and checks its batch invariance where it is the fastest); it compiles slower and
 is its own ``torch.compile`` object, as Dynamo does not recompile for a changed Inductor setting.
 """
 
