@@ -208,7 +208,7 @@ def test_candidates_close_to_the_best_get_deciding_rounds(
     rounds, deciding = calibration.ROUNDS, calibration.DECIDING_ROUNDS
     assert tunable.calls[2048] == rounds
     assert tunable.calls[1024] == rounds + deciding
-    assert tunable.calls[512] == 2 + rounds + deciding  # trial_pairs timed the first budget twice first
+    assert tunable.calls[512] == 2 + rounds + deciding  # the first timing scored twice at the first budget
 
 
 def test_deciding_rounds_are_skipped_when_trials_are_slow(
@@ -236,7 +236,7 @@ def test_a_model_too_slow_to_time_every_candidate_times_its_modes_at_the_middle_
 
     assert set(tuning.trials) == {"eager 1024", "compiled 1024"}
     assert tuning.choice() == "budget 1024, compiled (measured)"
-    assert tunable.calls[512] == 2  # the first timing only
+    assert tunable.calls[512] == 4  # the first timing of each mode only
     assert tunable.calls.get(2048, 0) == 0
 
 
@@ -262,6 +262,27 @@ def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
     # Set up in order first (each compiles off the clock), then the timed rounds switch between them.
     assert tunable.switches[:3] == ["compiled matmul", "compiled", "compiled cpp-gemm"]
     assert Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"}).mode == templates
+
+
+def test_a_mode_far_behind_at_the_first_timing_is_left_out_and_the_others_are_timed_at_every_budget(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Generated GEMM kernels on a CPU without the matrix units they are written for: 4x slower than oneDNN's
+    # at the first timing. Timing it at every budget too would leave time for the middle budget only.
+    compiled, templates = Mode(True), Mode(True, gemm_templates=True)
+    budgets = [512, 1024, 2048]
+    tunable = ClockedTunable(dict.fromkeys(budgets, 1.0), {EAGER: 1.2, compiled: 1.0, templates: 4.0})
+    monkeypatch.setattr(calibration.time, "perf_counter", lambda: tunable.now)
+    tokenizer = load(model_dir, model_dir.parent / "state-screen").model.cross_encoder.tokenizer
+
+    tuning = tune(tunable, tokenizer, budgets, [EAGER, compiled, templates])
+
+    assert tuning.screened_out == {"compiled cpp-gemm": calibration.PROBE_PAIRS / 4.0}
+    assert set(tuning.trials) == {f"{mode.name} {budget}" for mode in (EAGER, compiled) for budget in budgets}
+    assert tuning.mode == compiled
+    assert "left out as too slow at a first timing (pairs/s): compiled cpp-gemm 2.0" in tuning.summary()
+    cached = Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"})
+    assert cached.screened_out == tuning.screened_out
 
 
 class ShapeSensitive(ClockedTunable):

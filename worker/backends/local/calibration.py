@@ -8,9 +8,10 @@ CPU kinds (AMX, AVX512-BF16, AVX2 only), thread counts, GPUs and models, so no c
 one machine to another. At load, ``tune`` times the candidates the settings leave open on the same
 synthetic pairs (short queries, passages from 16 to 512 words, words from the model's own vocabulary),
 in interleaved rounds across every mode (each mode is compiled once, before any timing), and keeps the
-fastest. The choice is cached as JSON per model, device kind, dtype,
-thread count and library versions under ``<state dir>/calibration/``, so later loads on such a machine
-read it back in milliseconds (and skip a compile that did not pay). ``RERANK_TOKEN_BUDGET`` and
+fastest; a mode at less than half the fastest one's speed at a first timing is left out of the
+rounds. The choice is cached as JSON per model, device kind, dtype, thread count and library versions
+under ``<state dir>/calibration/``, so later loads on such a machine read it back in milliseconds (and
+skip a compile that did not pay). ``RERANK_TOKEN_BUDGET`` and
 ``RERANK_COMPILE=on|off`` fix their part; ``RERANK_CALIBRATE=false`` turns the measuring off.
 
 With fixed batch shapes (``batch_shapes``: bf16 and fp16), how many rows a batch is padded to is measured
@@ -51,7 +52,9 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 11  # 10: single rows tried; 11: generated GEMM kernels alone in cpp-gemm mode
+CACHE_VERSION = (
+    12  # 10: single rows tried; 11: generated GEMM kernels alone in cpp-gemm mode; 12: modes screened
+)
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -67,7 +70,10 @@ DECIDING_SECONDS = 10.0
 MIN_PAIRS, MAX_PAIRS = 32, 1024
 # With full rows, how many times the smallest budget may be halved while a smaller one keeps winning.
 HALVINGS = 2
-PROBE_PAIRS = 8  # a first timing, which sizes the trials
+PROBE_PAIRS = 8  # a first timing of each mode, which sizes the trials
+# A mode this far behind the fastest at the first timing is not timed further: no budget makes up a gap of
+# 2x, and timing it at every budget would take the time that lets the others be timed at every budget.
+SCREEN_SHARE = 0.5
 # Timing every candidate must fit in about this long. A large model on a slow device (a 24-layer model on
 # 2 CPU cores: tens of seconds per trial) times its modes at one budget instead: such models ran as fast
 # at every budget from 512 to 4k tokens per batch.
@@ -133,6 +139,8 @@ class Tuning:
     # ... and whether a batch of one pair runs as one row, with the largest change measured that way.
     single_rows: bool | None = None
     single_rows_drift: float | None = None
+    # Modes left out after the first timing, with their pairs/s there.
+    screened_out: dict[str, float] = field(default_factory=dict)
 
     @property
     def mode(self) -> Mode:
@@ -162,6 +170,11 @@ class Tuning:
         if self.single_rows_drift is not None:
             kept = "kept" if self.single_rows else "padded as before"
             drift += f"; single pairs as one row moved it {self.single_rows_drift:.1e} ({kept})"
+        if self.screened_out:
+            slow = ", ".join(
+                f"{name} {rate:.{1 if rate < 10 else 0}f}" for name, rate in self.screened_out.items()
+            )
+            drift += f"; left out as too slow at a first timing (pairs/s): {slow}"
         return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}{drift}"
 
 
@@ -303,23 +316,33 @@ def measure(
     return rates
 
 
-def trial_pairs(tunable: Tunable, tokenizer: Any) -> tuple[list[str], list[str], float]:
-    """The pairs every candidate scores (about ``SECONDS_PER_TRIAL`` of work at a first timing's rate, at
-    least ``MIN_PAIRS``) and the seconds a trial is expected to take."""
+def probe_rates(tunable: Tunable, tokenizer: Any, modes: list[Mode]) -> dict[Mode, float]:
+    """Pairs/s of each mode on a few pairs, at the budget in use: a first timing."""
     queries, texts = calibration_pairs(tokenizer, PROBE_PAIRS)
-    tunable.score(queries[:2], texts[:2])  # first-call costs stay out of the timing
-    started = time.perf_counter()
-    tunable.score(queries, texts)
-    rate = PROBE_PAIRS / max(time.perf_counter() - started, 1e-9)
-    count = int(min(MAX_PAIRS, max(MIN_PAIRS, rate * SECONDS_PER_TRIAL)))
-    return (*calibration_pairs(tokenizer, count, SEED + 1), count / rate)
+    rates: dict[Mode, float] = {}
+    for mode in modes:
+        tunable.use_mode(mode, required=False)
+        tunable.score(queries[:2], texts[:2])  # first-call costs stay out of the timing
+        started = time.perf_counter()
+        tunable.score(queries, texts)
+        rates[mode] = PROBE_PAIRS / max(time.perf_counter() - started, 1e-9)
+    return rates
 
 
-def affordable_candidates(modes: list[Mode], budgets: list[int], trial_seconds: float) -> list[Candidate]:
-    """Every budget in every mode, unless timing them all would take longer than ``CALIBRATION_SECONDS``:
-    then every mode at the middle budget."""
+def trial_pairs(tokenizer: Any, fastest_rate: float) -> tuple[list[str], list[str]]:
+    """The pairs every candidate scores: about ``SECONDS_PER_TRIAL`` of work for the fastest mode at its
+    first timing's rate, at least ``MIN_PAIRS``."""
+    count = int(min(MAX_PAIRS, max(MIN_PAIRS, fastest_rate * SECONDS_PER_TRIAL)))
+    return calibration_pairs(tokenizer, count, SEED + 1)
+
+
+def affordable_candidates(
+    modes: list[Mode], budgets: list[int], trial_seconds: dict[Mode, float]
+) -> list[Candidate]:
+    """Every budget in every mode, unless timing them all (a trial of each mode taking ``trial_seconds``)
+    would take longer than ``CALIBRATION_SECONDS``: then every mode at the middle budget."""
     candidates = [Candidate(budget, mode) for mode in modes for budget in budgets]
-    if len(candidates) * ROUNDS * trial_seconds <= CALIBRATION_SECONDS:
+    if sum(ROUNDS * trial_seconds[candidate.mode] for candidate in candidates) <= CALIBRATION_SECONDS:
         return candidates
     middle = budgets[(len(budgets) - 1) // 2]
     return [Candidate(middle, mode) for mode in modes]
@@ -366,8 +389,13 @@ def tune(
     if shapes is not None:
         tunable.use_shapes(replace(shapes, full_rows=False))
     tunable.use_budget(budgets[0])
-    queries, texts, trial_seconds = trial_pairs(tunable, tokenizer)
-    candidates = affordable_candidates(runnable, budgets, trial_seconds)
+    probed = probe_rates(tunable, tokenizer, runnable)
+    fastest_rate = max(probed.values())
+    timed = [mode for mode in runnable if probed[mode] >= SCREEN_SHARE * fastest_rate]
+    screened_out = {mode.name: rate for mode, rate in probed.items() if mode not in timed}
+    queries, texts = trial_pairs(tokenizer, fastest_rate)
+    trial_seconds = {mode: len(queries) / probed[mode] for mode in timed}
+    candidates = affordable_candidates(timed, budgets, trial_seconds)
     rates = measure_closely(tunable, candidates, queries, texts)
     best = choose(candidates, rates)
     full_rows: bool | None = None
@@ -412,6 +440,7 @@ def tune(
         full_rows_drift,
         single_rows,
         single_rows_drift,
+        screened_out,
     )
     log.info(
         "calibrated in %.1fs on %d pairs: %s", time.perf_counter() - started, len(queries), tuning.summary()
