@@ -52,9 +52,8 @@ from worker.backends.local.device import cpu_flags, describe_dtype
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = (
-    12  # 10: single rows tried; 11: generated GEMM kernels alone in cpp-gemm mode; 12: modes screened
-)
+# 10: single rows tried; 11: generated GEMM kernels alone in cpp-gemm mode; 12: modes screened
+CACHE_VERSION = 12
 # Budgets tried, as padded tokens per CPU thread (at least two threads counted), or per GPU.
 CPU_TOKENS_PER_THREAD = (256, 512, 1024, 2048)
 CUDA_BUDGETS = (16384, 32768, 65536, 131072)
@@ -157,25 +156,25 @@ class Tuning:
         if not self.trials:
             return self.choice()
         when = f" on {self.measured_at[:10]}" if self.measured_at else ""
-        rates = ", ".join(
-            f"{name} {rate:.{1 if rate < 10 else 0}f}" for name, rate in sorted(self.trials.items())
-        )
-        drift = ""
+        details = ""
         if self.composition_drift is not None:
             rows = "full rows" if self.full_rows else "row steps kept"
             if self.full_rows_drift is not None and not self.full_rows:
                 rows = f"full rows moved it {self.full_rows_drift:.1e} too: row steps kept"
             moved = f"{self.composition_drift:.1e}"
-            drift = f"; with row steps a score moved {moved} between batch compositions ({rows})"
+            details = f"; with row steps a score moved {moved} between batch compositions ({rows})"
         if self.single_rows_drift is not None:
             kept = "kept" if self.single_rows else "padded as before"
-            drift += f"; single pairs as one row moved it {self.single_rows_drift:.1e} ({kept})"
+            details += f"; single pairs as one row moved it {self.single_rows_drift:.1e} ({kept})"
         if self.screened_out:
-            slow = ", ".join(
-                f"{name} {rate:.{1 if rate < 10 else 0}f}" for name, rate in self.screened_out.items()
-            )
-            drift += f"; left out as too slow at a first timing (pairs/s): {slow}"
-        return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}{drift}"
+            details += f"; left out as too slow at a first timing (pairs/s): {listed(self.screened_out)}"
+        rates = listed(self.trials)
+        return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}{details}"
+
+
+def listed(rates: dict[str, float]) -> str:
+    """``rates`` (pairs/s by name) as one line, by name, with a decimal below 10."""
+    return ", ".join(f"{name} {rate:.{1 if rate < 10 else 0}f}" for name, rate in sorted(rates.items()))
 
 
 @dataclass(frozen=True)
