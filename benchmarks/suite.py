@@ -306,9 +306,10 @@ def bench_model(
 ) -> tuple[dict[str, object], dict[str, object] | None]:
     """Every contender on ``built``; with ``pipeline_pairs``, also the pipeline run on this model.
 
-    The matmul peak is measured right after the contenders' rounds, with the same pinning, and ``peaks``
-    keeps the best seen so far: on a machine shared with other work, the best is the closest to what the
-    hardware can do, so the utilization is not flattered by a peak measured in a busy moment."""
+    The matmul peak is measured after each of the contenders' rounds (after the last one only in a quick
+    run), with the same pinning, and ``peaks`` keeps the best seen so far: on a machine shared with other
+    work, the best is the closest to what the hardware can do, so the utilization is not flattered by a
+    peak measured in a busy moment (README: the peak swings between measurements on some machines)."""
     corpus = bench_corpus(model_plan.pairs)
     corpus_file = corpus.write_parquet(setup.work / f"{built.shape.key}-corpus.parquet")
     tokenize = pair_tokenizer(built)
@@ -383,9 +384,10 @@ def bench_model(
             for label in labels[round_index % len(labels) :] + labels[: round_index % len(labels)]:
                 seconds = contenders[label].score_once()
                 progress(f"round {round_index + 1}: {label}: {len(corpus) / seconds:.1f} pairs/s")
-        progress("measuring the matmul peak")
-        for dtype, gflops in measure_peaks(setup.device, setup.cpus, quick=quick).items():
-            peaks[dtype] = max(peaks.get(dtype, 0.0), gflops)
+            if not quick or round_index == model_plan.rounds - 1:
+                progress("measuring the matmul peak")
+                for dtype, gflops in measure_peaks(setup.device, setup.cpus, quick=quick).items():
+                    peaks[dtype] = max(peaks.get(dtype, 0.0), gflops)
         tokenizer_rate = tokenizer_pairs_per_s(tokenize, corpus)
         helpers_rate = helped_tokenizer_pairs_per_s(built, corpus)
         pipeline_figures = None

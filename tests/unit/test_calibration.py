@@ -148,9 +148,13 @@ class ClockedTunable:
         self.switches: list[str] = []
 
     shapes: FixedShapes | None = None
+    gemm_share: float | None = None  # of generated GEMM kernels against oneDNN's, on one layer
 
     def use_shapes(self, shapes: FixedShapes) -> None:
         self.shapes = shapes
+
+    def generated_gemm_share(self, tokens: int) -> float | None:
+        return self.gemm_share
 
     def use_budget(self, budget: int) -> None:
         self.budget = budget
@@ -283,6 +287,32 @@ def test_a_mode_far_behind_at_the_first_timing_is_left_out_and_the_others_are_ti
     assert "left out as too slow at a first timing (pairs/s): compiled cpp-gemm 2.0" in tuning.summary()
     cached = Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"})
     assert cached.screened_out == tuning.screened_out
+
+
+def test_generated_gemm_kernels_slow_on_one_layer_are_not_compiled_for_the_model(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Compiling a whole model with generated GEMM kernels takes minutes for a large one; where one layer
+    # already runs at a quarter of oneDNN's speed, the mode is neither compiled nor timed.
+    compiled, templates = Mode(True), Mode(True, gemm_templates=True)
+    budgets = [512, 1024]
+    tokenizer = load(model_dir, model_dir.parent / "state-gemm-share").model.cross_encoder.tokenizer
+    tunings = {}
+    for share in (0.25, 1.1):
+        tunable = ClockedTunable(dict.fromkeys(budgets, 1.0), {EAGER: 1.2, compiled: 1.0, templates: 0.9})
+        tunable.gemm_share = share
+        monkeypatch.setattr(calibration.time, "perf_counter", lambda tunable=tunable: tunable.now)
+        tunings[share] = tune(tunable, tokenizer, budgets, [EAGER, compiled, templates])
+        assert ("compiled cpp-gemm" in tunable.switches) == (share == 1.1)
+
+    slow, fast = tunings[0.25], tunings[1.1]
+    assert slow.mode == compiled and fast.mode == templates
+    assert not any("cpp-gemm" in name for name in [*slow.trials, *slow.screened_out])
+    assert slow.gemm_share == 0.25
+    left_out = "generated GEMM kernels ran one layer at 0.25x oneDNN's speed (cpp-gemm not compiled)"
+    assert left_out in slow.summary()
+    assert fast.summary().endswith("generated GEMM kernels ran one layer at 1.10x oneDNN's speed")
+    assert Tuning(**{**json.loads(json.dumps(slow.__dict__)), "source": "cached"}).gemm_share == 0.25
 
 
 class ShapeSensitive(ClockedTunable):

@@ -9,10 +9,13 @@ one machine to another. At load, ``tune`` times the candidates the settings leav
 synthetic pairs (short queries, passages from 16 to 512 words, words from the model's own vocabulary),
 in interleaved rounds across every mode (each mode is compiled once, before any timing), and keeps the
 fastest; a mode at less than half the fastest one's speed at a first timing is left out of the
-rounds. The choice is cached as JSON per model, device kind, dtype, thread count and library versions
-under ``<state dir>/calibration/``, so later loads on such a machine read it back in milliseconds (and
-skip a compile that did not pay). ``RERANK_TOKEN_BUDGET`` and
-``RERANK_COMPILE=on|off`` fix their part; ``RERANK_CALIBRATE=false`` turns the measuring off.
+rounds, and generated GEMM kernels that run one layer's matrix multiplies at less than half oneDNN's
+speed are not compiled for the whole model at all (where the CPU lacks the AMX tiles they are written
+for, they ran whole models at a quarter of oneDNN's speed). The choice is cached as JSON per model,
+device kind, dtype, thread count and library versions under ``<state dir>/calibration/``, so later
+loads on such a machine read it back in milliseconds (and skip a compile that did not pay).
+``RERANK_TOKEN_BUDGET`` and ``RERANK_COMPILE=on|off`` fix their part; ``RERANK_CALIBRATE=false`` turns
+the measuring off.
 
 With fixed batch shapes (``batch_shapes``: bf16 and fp16), how many rows a batch is padded to is measured
 too. Rows padded only to a step of two cost far less than every batch at its bucket's full row count,
@@ -140,6 +143,8 @@ class Tuning:
     single_rows_drift: float | None = None
     # Modes left out after the first timing, with their pairs/s there.
     screened_out: dict[str, float] = field(default_factory=dict)
+    # Generated GEMM kernels' speed as a share of oneDNN's on one layer, where a mode would use them.
+    gemm_share: float | None = None
 
     @property
     def mode(self) -> Mode:
@@ -168,6 +173,10 @@ class Tuning:
             details += f"; single pairs as one row moved it {self.single_rows_drift:.1e} ({kept})"
         if self.screened_out:
             details += f"; left out as too slow at a first timing (pairs/s): {listed(self.screened_out)}"
+        if self.gemm_share is not None:
+            left_out = f" ({GEMM_TEMPLATES} not compiled)" if self.gemm_share < SCREEN_SHARE else ""
+            share = f"{self.gemm_share:.2f}x oneDNN's speed"
+            details += f"; generated GEMM kernels ran one layer at {share}{left_out}"
         rates = listed(self.trials)
         return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}{details}"
 
@@ -209,6 +218,11 @@ class Tunable(Protocol):
     def use_mode(self, mode: Mode, *, required: bool) -> bool:
         """Switch to ``mode`` (compiling it, and scoring a warm-up batch, the first time); returns
         whether it runs in ``mode`` now."""
+        ...
+
+    def generated_gemm_share(self, tokens: int) -> float | None:
+        """The speed of generated GEMM kernels as a share of oneDNN's on one layer's matrix multiplies of
+        ``tokens`` rows, timed without compiling the whole model; None where it cannot be timed."""
         ...
 
     def score(self, queries: Sequence[str], texts: Sequence[str]) -> ScoreResult: ...
@@ -380,6 +394,11 @@ def tune(
         tunable.use_budget(cached.token_budget)
         return cached
     started = time.perf_counter()
+    gemm_share: float | None = None
+    if any(mode.gemm_templates for mode in modes):
+        gemm_share = tunable.generated_gemm_share(budgets[0])
+        if gemm_share is not None and gemm_share < SCREEN_SHARE:
+            modes = [mode for mode in modes if not mode.gemm_templates]
     # Every mode is set up (compiled, warmed up) before any timing; one that cannot run drops out.
     runnable = [mode for mode in modes if tunable.use_mode(mode, required=compile_required)]
     if not runnable:
@@ -440,6 +459,7 @@ def tune(
         single_rows,
         single_rows_drift,
         screened_out,
+        gemm_share,
     )
     log.info(
         "calibrated in %.1fs on %d pairs: %s", time.perf_counter() - started, len(queries), tuning.summary()

@@ -30,7 +30,12 @@ from core.model_spec import ModelSpec
 from core.settings import Settings
 from worker.backends.local.batch_shapes import FixedShapes
 from worker.backends.local.calibration import EAGER, Mode, Tuning, cache_key, candidate_budgets, tune
-from worker.backends.local.compiled import CompiledLogits, missing_cpu_compiler, wants_compile
+from worker.backends.local.compiled import (
+    CompiledLogits,
+    generated_gemm_share,
+    missing_cpu_compiler,
+    wants_compile,
+)
 from worker.backends.local.cpu_attention import (
     MATMUL_ATTENTION,
     attention_of,
@@ -193,6 +198,27 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
             seconds = time.perf_counter() - started
             log.info("compiled %r in mode %s in %.1fs", self.spec.name, mode.name, seconds)
         return True
+
+    def generated_gemm_share(self, tokens: int) -> float | None:
+        """The speed of generated GEMM kernels as a share of oneDNN's on a feed-forward block of this
+        model's widths (``compiled.generated_gemm_share``); None where the model does not say its widths,
+        runs through the library's pipeline, or the block does not compile."""
+        path = self.model.path
+        config = getattr(getattr(path, "model", None), "config", None)
+        # Widths as BERT-like configs name them; others are not probed.
+        hidden = getattr(config, "hidden_size", None)
+        intermediate = getattr(config, "intermediate_size", None)
+        if (
+            not isinstance(path, DirectPath)
+            or not isinstance(hidden, int)
+            or not isinstance(intermediate, int)
+        ):
+            return None
+        try:
+            return generated_gemm_share(hidden, intermediate, tokens, self.target.dtype)
+        except Exception as error:  # whatever TorchInductor raises; the whole model's compile will tell
+            log.warning("cannot time generated GEMM kernels for %r: %s", self.spec.name, error)
+            return None
 
     def use_shapes(self, shapes: FixedShapes) -> None:
         super().use_shapes(shapes)
