@@ -138,11 +138,13 @@ def test_compiled_bfloat16_attentions_are_measured_and_stay_close_to_float32(
 def test_one_layer_is_timed_on_generated_gemm_kernels_against_onednn() -> None:
     # The block compiles twice, the second time with the generated kernels in place of oneDNN's linears.
     templated_before = counters["inductor"]["cpp_templated_kernel_counter"]
+    random_state = torch.random.get_rng_state()
 
     share = generated_gemm_share(64, 128, 32, torch.bfloat16)
 
     assert counters["inductor"]["cpp_templated_kernel_counter"] - templated_before == 2
     assert 0.0 < share < float("inf")
+    assert torch.equal(torch.random.get_rng_state(), random_state)
 
 
 @pytest.mark.skipif(not cpu_has_amx(), reason="a property of the AMX tile kernels: this CPU has no AMX")

@@ -88,9 +88,10 @@ def generated_gemm_share(hidden: int, intermediate: int, rows: int, dtype: torch
     quarter to a fifth of oneDNN's speed, and the calibration need not compile a mode that cannot win."""
     timings = []
     for options in (None, GEMM_TEMPLATE_OPTIONS):
-        block = nn.Sequential(nn.Linear(hidden, intermediate), nn.GELU(), nn.Linear(intermediate, hidden))
-        block = block.eval().to(dtype)
-        inputs = torch.randn(rows, hidden, dtype=dtype)
+        with torch.random.fork_rng(devices=[]):  # the caller's random state stays as it was
+            block = nn.Sequential(nn.Linear(hidden, intermediate), nn.GELU(), nn.Linear(intermediate, hidden))
+            block = block.eval().to(dtype)
+            inputs = torch.randn(rows, hidden, dtype=dtype)
         with torch.no_grad(), torch._inductor.config.patch(freezing=True):
             compiled: Any = torch.compile(block, options=dict(options) if options else None)
             compiled(inputs)
