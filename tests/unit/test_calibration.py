@@ -180,6 +180,11 @@ class ClockedTunable:
         return ScoreResult(scores=scores, tokens=0, device_seconds=0.0)
 
 
+def as_cached(tuning: Tuning) -> Tuning:
+    """``tuning`` after a trip through the cache's JSON, as a later load reads it back."""
+    return Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"})
+
+
 def tune(
     tunable: calibration.Tunable,
     tokenizer: Any,
@@ -265,7 +270,7 @@ def test_every_mode_is_set_up_before_timing_and_the_fastest_mode_wins(
     }
     # Set up in order first (each compiles off the clock), then the timed rounds switch between them.
     assert tunable.switches[:3] == ["compiled matmul", "compiled", "compiled cpp-gemm"]
-    assert Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"}).mode == templates
+    assert as_cached(tuning).mode == templates
 
 
 def test_a_mode_far_behind_at_the_first_timing_is_left_out_and_the_others_are_timed_at_every_budget(
@@ -285,7 +290,7 @@ def test_a_mode_far_behind_at_the_first_timing_is_left_out_and_the_others_are_ti
     assert set(tuning.trials) == {f"{mode.name} {budget}" for mode in (EAGER, compiled) for budget in budgets}
     assert tuning.mode == compiled
     assert "left out as too slow at a first timing (pairs/s): compiled cpp-gemm 2.0" in tuning.summary()
-    cached = Tuning(**{**json.loads(json.dumps(tuning.__dict__)), "source": "cached"})
+    cached = as_cached(tuning)
     assert cached.screened_out == tuning.screened_out
 
 
@@ -312,7 +317,7 @@ def test_generated_gemm_kernels_slow_on_one_layer_are_not_compiled_for_the_model
     left_out = "generated GEMM kernels ran one layer at 0.25x oneDNN's speed (cpp-gemm not compiled)"
     assert left_out in slow.summary()
     assert fast.summary().endswith("generated GEMM kernels ran one layer at 1.10x oneDNN's speed")
-    assert Tuning(**{**json.loads(json.dumps(slow.__dict__)), "source": "cached"}).gemm_share == 0.25
+    assert as_cached(slow).gemm_share == 0.25
 
 
 class ShapeSensitive(ClockedTunable):

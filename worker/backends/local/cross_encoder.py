@@ -204,15 +204,12 @@ class CrossEncoderReranker(LocalReranker[CrossEncoderModel]):
         model's widths (``compiled.generated_gemm_share``); None where the model does not say its widths,
         runs through the library's pipeline, or the block does not compile."""
         path = self.model.path
-        config = getattr(getattr(path, "model", None), "config", None)
+        if not isinstance(path, DirectPath) or missing_cpu_compiler() is not None:
+            return None  # no compile at all: ``use_mode`` says why, once
         # Widths as BERT-like configs name them; others are not probed.
-        hidden = getattr(config, "hidden_size", None)
-        intermediate = getattr(config, "intermediate_size", None)
-        if (
-            not isinstance(path, DirectPath)
-            or not isinstance(hidden, int)
-            or not isinstance(intermediate, int)
-        ):
+        hidden = getattr(path.model.config, "hidden_size", None)
+        intermediate = getattr(path.model.config, "intermediate_size", None)
+        if not isinstance(hidden, int) or not isinstance(intermediate, int):
             return None
         try:
             return generated_gemm_share(hidden, intermediate, tokens, self.target.dtype)
