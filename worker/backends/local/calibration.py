@@ -174,11 +174,17 @@ class Tuning:
         if self.screened_out:
             details += f"; left out as too slow at a first timing (pairs/s): {listed(self.screened_out)}"
         if self.gemm_share is not None:
-            left_out = f" ({GEMM_TEMPLATES} not compiled)" if self.gemm_share < SCREEN_SHARE else ""
+            left_out = f" ({GEMM_TEMPLATES} not compiled)" if gemm_templates_left_out(self.gemm_share) else ""
             share = f"{self.gemm_share:.2f}x oneDNN's speed"
             details += f"; generated GEMM kernels ran one layer at {share}{left_out}"
         rates = listed(self.trials)
         return f"{self.choice()}; measured{when}, pairs/s of the calibration pairs: {rates}{details}"
+
+
+def gemm_templates_left_out(share: float | None) -> bool:
+    """Whether generated GEMM kernels timed on one layer at ``share`` of oneDNN's speed (None: not timed)
+    are too slow to be worth compiling for the whole model."""
+    return share is not None and share < SCREEN_SHARE
 
 
 def listed(rates: dict[str, float]) -> str:
@@ -397,7 +403,7 @@ def tune(
     gemm_share: float | None = None
     if any(mode.gemm_templates for mode in modes):
         gemm_share = tunable.generated_gemm_share(budgets[0])
-        if gemm_share is not None and gemm_share < SCREEN_SHARE:
+        if gemm_templates_left_out(gemm_share):
             modes = [mode for mode in modes if not mode.gemm_templates]
     # Every mode is set up (compiled, warmed up) before any timing; one that cannot run drops out.
     runnable = [mode for mode in modes if tunable.use_mode(mode, required=compile_required)]
